@@ -1,0 +1,39 @@
+"""convscope: open up convolutional networks for images.
+
+Sub-modules are imported on first use, so ``import convscope`` stays cheap and
+``convscope.numpy_cnn`` never pulls in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvscopeError",
+    "__version__",
+    "attribution",
+    "data",
+    "kernels",
+    "models",
+    "report",
+    "train",
+]
+
+_SUBMODULES = {"attribution", "data", "kernels", "models", "report", "train"}
+
+from convscope.errors import ConvscopeError  # noqa: E402
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"convscope.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'convscope' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _SUBMODULES)
