@@ -160,7 +160,7 @@ _FAMILY_TEXT = {
 _S2 = math.sqrt(2.0)
 
 
-def _a(rows: Sequence[Sequence[float]], scale: float = 1.0) -> np.ndarray:
+def _a(rows: Sequence[Sequence[float]] | np.ndarray, scale: float = 1.0) -> np.ndarray:
     return np.array(rows, dtype=np.float64) * scale
 
 
@@ -399,9 +399,7 @@ def correlate2d(
     if w.ndim != 3 or w.shape[0] != w.shape[1]:
         raise ConvscopeError(f"kernel must be (f, f) or (f, f, C), got shape {np.shape(k)}")
     if w.shape[2] != x.shape[2]:
-        raise ConvscopeError(
-            f"kernel has {w.shape[2]} channels but the image has {x.shape[2]}"
-        )
+        raise ConvscopeError(f"kernel has {w.shape[2]} channels but the image has {x.shape[2]}")
     f = w.shape[0]
     h_out = output_size(x.shape[0], f, padding, stride)
     w_out = output_size(x.shape[1], f, padding, stride)

@@ -123,8 +123,7 @@ class KernelBank2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ConvscopeError(
-                f"the kernel bank expects (N, {self.in_channels}, H, W) input, "
-                f"got {tuple(x.shape)}"
+                f"the kernel bank expects (N, {self.in_channels}, H, W) input, got {tuple(x.shape)}"
             )
         return kernel_bank_conv2d(x, self.weight, self.stride, self.padding)
 
@@ -256,7 +255,9 @@ class GFNN(nn.Module):
         )
         side = input_size // 8
         if side < 1:
-            raise ConvscopeError(f"input_size must be at least 8 (three 2x2 pools); got {input_size}")
+            raise ConvscopeError(
+                f"input_size must be at least 8 (three 2x2 pools); got {input_size}"
+            )
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(128 * side * side, 2048, bias=bias),
