@@ -45,6 +45,7 @@ __all__ = [
     "convolve2d",
     "correlate2d",
     "edge_subset",
+    "filter_image",
     "gaussian_kernel",
     "get",
     "gfnn_bank",
@@ -423,3 +424,26 @@ def convolve2d(
     if w.ndim not in (2, 3):
         raise ConvscopeError(f"kernel must be (f, f) or (f, f, C), got shape {np.shape(k)}")
     return correlate2d(img, w[::-1, ::-1], stride=stride, padding=padding, bias=bias)
+
+
+def filter_image(img: np.ndarray, k: np.ndarray | Kernel | str, clip: bool = True) -> np.ndarray:
+    """A kernel's effect on a picture: every channel correlated separately, same size.
+
+    Args:
+        img: ``(H, W)`` or ``(H, W, C)`` with values in 0..255.
+        k: kernel weights, record or name; zero padding keeps the size (odd ``f``).
+        clip: clip the result to 0..255 and return ``uint8`` (what a viewer shows).
+
+    Returns:
+        Same shape as ``img``: ``uint8`` when ``clip``, else float64.
+    """
+    w = get(k).weight if isinstance(k, str) else k.weight if isinstance(k, Kernel) else k
+    w = np.asarray(w, dtype=np.float64)
+    x = np.asarray(img, dtype=np.float64)
+    chans = x[..., None] if x.ndim == 2 else x
+    out = np.stack(
+        [correlate2d(chans[..., c], w, padding=w.shape[0] // 2) for c in range(chans.shape[2])],
+        axis=-1,
+    )
+    out = out[..., 0] if x.ndim == 2 else out
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8) if clip else out

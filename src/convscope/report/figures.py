@@ -1,0 +1,230 @@
+"""Matplotlib figures. Drawing only: every function takes arrays already computed.
+
+Each ``plot_*`` function returns a :class:`matplotlib.figure.Figure`;
+:func:`save_figure` writes it as PNG through a temporary name and closes it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from convscope.io import atomic_path  # noqa: E402
+
+__all__ = [
+    "plot_attribution_comparison",
+    "plot_class_filter_scores",
+    "plot_contact_sheet",
+    "plot_kernel_bank",
+    "plot_top_filter_images",
+    "plot_training_curves",
+    "save_figure",
+]
+
+# One colour per seed-000 Fig. 4 category, stable across figures.
+_CATEGORY_COLOURS = {
+    "E": "#1f77b4",
+    "NE": "#aec7e8",
+    "N": "#ff7f0e",
+    "NW": "#ffbb78",
+    "W": "#2ca02c",
+    "SW": "#98df8a",
+    "S": "#d62728",
+    "SE": "#ff9896",
+    "second_derivative": "#9467bd",
+    "sharpen": "#8c564b",
+    "emboss": "#e377c2",
+    "blur": "#7f7f7f",
+    "first_derivative": "#bcbd22",
+}
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 110) -> Path:
+    """Write ``fig`` as PNG atomically and close it."""
+    dst = Path(path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(dst) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return dst
+
+
+def _signed_imshow(ax: plt.Axes, img: np.ndarray, title: str = "") -> None:
+    """Red for positive, blue for negative, white at zero."""
+    lim = float(np.abs(img).max()) or 1.0
+    ax.imshow(img, cmap="bwr", norm=TwoSlopeNorm(0.0, -lim, lim))
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def _grey_imshow(ax: plt.Axes, img: np.ndarray, title: str = "") -> None:
+    if img.ndim == 3 and img.shape[0] in (1, 3):  # (C, H, W) -> (H, W, C)
+        img = np.moveaxis(img, 0, -1)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    ax.imshow(np.clip(img, 0, 1), cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def plot_kernel_bank(weights: np.ndarray, names: Sequence[str], ncols: int = 8) -> Figure:
+    """The kernels of a bank as small signed images with their names.
+
+    Args:
+        weights: ``(K, f, f)``.
+    """
+    k = len(names)
+    nrows = int(np.ceil(k / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.4 * ncols, 1.5 * nrows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < k:
+            _signed_imshow(ax, weights[i], f"{i}: {names[i]}")
+            ax.title.set_fontsize(6)
+        else:
+            ax.axis("off")
+    fig.suptitle("Fixed kernels (red > 0, blue < 0)", fontsize=10)
+    return fig
+
+
+def plot_class_filter_scores(
+    scores: np.ndarray,
+    kernel_names: Sequence[str],
+    categories: Sequence[str],
+    class_names: Sequence[str],
+) -> Figure:
+    """Seed 000 Fig. 4: average filter score of every kernel, one panel per class.
+
+    Args:
+        scores: ``(num_classes, K)`` class-average filter scores (e.g. divided by the logit).
+        categories: the Fig. 4 category of each kernel (edge direction or group).
+    """
+    n_cls, k = scores.shape
+    fig, axes = plt.subplots(n_cls, 1, figsize=(11, 1.3 * n_cls + 0.8), sharex=True)
+    axes = np.atleast_1d(axes)
+    colours = [_CATEGORY_COLOURS.get(c, "#333333") for c in categories]
+    x = np.arange(k)
+    # boundaries between runs of the same category
+    bounds = [i for i in range(1, k) if categories[i] != categories[i - 1]]
+    for c, ax in enumerate(axes):
+        ax.bar(x, scores[c], color=colours, width=0.85)
+        ax.axhline(0, color="black", lw=0.5)
+        for b in bounds:
+            ax.axvline(b - 0.5, color="grey", lw=0.4, ls=":")
+        ax.set_ylabel(str(class_names[c]), rotation=0, labelpad=12, fontsize=9, va="center")
+        ax.tick_params(labelsize=7)
+    starts = [0, *bounds]
+    ends = [*bounds, k]
+    for s, e in zip(starts, ends, strict=True):
+        axes[0].text(
+            (s + e - 1) / 2,
+            1.02,
+            categories[s].replace("_", " "),
+            transform=axes[0].get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+    axes[-1].set_xticks(x)
+    axes[-1].set_xticklabels(kernel_names, rotation=90, fontsize=6)
+    fig.suptitle("Average filter score per class (share of the class logit)", y=1.0, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_top_filter_images(
+    images: np.ndarray,
+    score_images: np.ndarray,
+    top_names: Sequence[Sequence[str]],
+    top_scores: np.ndarray,
+    row_titles: Sequence[str],
+) -> Figure:
+    """Seed 000 Fig. 5: each input beside its top filter score images.
+
+    Args:
+        images: ``(R, C, H, W)`` inputs in [0, 1].
+        score_images: ``(R, T, H, W)`` filter score images of the top ``T`` kernels.
+        top_names: ``R`` lists of ``T`` kernel names.
+        top_scores: ``(R, T)`` their filter scores.
+    """
+    r, t = score_images.shape[:2]
+    fig, axes = plt.subplots(r, t + 1, figsize=(1.7 * (t + 1), 1.7 * r), squeeze=False)
+    for i in range(r):
+        _grey_imshow(axes[i, 0], images[i], row_titles[i])
+        for j in range(t):
+            _signed_imshow(
+                axes[i, j + 1], score_images[i, j], f"{top_names[i][j]}\n{top_scores[i, j]:+.2f}"
+            )
+    fig.suptitle("Top filters and their filter score images", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attribution_comparison(
+    images: np.ndarray,
+    maps: dict[str, np.ndarray],
+    row_titles: Sequence[str],
+) -> Figure:
+    """Seed 000 Fig. 1 (right): one column per attribution method.
+
+    Args:
+        images: ``(R, C, H, W)`` inputs in [0, 1].
+        maps: method name -> ``(R, H, W)`` signed maps.
+    """
+    r = images.shape[0]
+    cols = len(maps) + 1
+    fig, axes = plt.subplots(r, cols, figsize=(1.8 * cols, 1.8 * r), squeeze=False)
+    for i in range(r):
+        _grey_imshow(axes[i, 0], images[i], row_titles[i] if i else f"input\n{row_titles[i]}")
+        for j, (name, m) in enumerate(maps.items()):
+            _signed_imshow(axes[i, j + 1], m[i], name if i == 0 else "")
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(histories: dict[str, dict[str, list[float]]]) -> Figure:
+    """Loss and test accuracy per epoch for several runs."""
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, h in histories.items():
+        ep = np.arange(1, len(h["train_loss"]) + 1)
+        ax_l.plot(ep, h["train_loss"], label=f"{name} train")
+        if h.get("test_loss"):
+            ax_l.plot(ep, h["test_loss"], ls="--", label=f"{name} test")
+        if h.get("test_acc"):
+            ax_a.plot(ep, 100 * np.asarray(h["test_acc"]), marker="o", label=name)
+    ax_l.set_xlabel("epoch")
+    ax_l.set_ylabel("cross-entropy")
+    ax_l.legend(fontsize=7)
+    ax_a.set_xlabel("epoch")
+    ax_a.set_ylabel("test accuracy (%)")
+    ax_a.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_contact_sheet(
+    tiles: Sequence[np.ndarray], titles: Sequence[str], ncols: int = 8
+) -> Figure:
+    """Images (``(H, W)`` or ``(H, W, 3)`` uint8) in a grid with titles."""
+    n = len(tiles)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.0 * ncols, 2.0 * nrows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            tile = tiles[i]
+            ax.imshow(tile, cmap="gray" if tile.ndim == 2 else None, vmin=0, vmax=255)
+            ax.set_title(titles[i], fontsize=7)
+    fig.tight_layout()
+    return fig
