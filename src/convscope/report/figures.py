@@ -111,8 +111,8 @@ def plot_class_filter_scores(
         categories: the Fig. 4 category of each kernel (edge direction or group).
     """
     n_cls, k = scores.shape
-    fig, axes = plt.subplots(n_cls, 1, figsize=(11, 1.3 * n_cls + 0.8), sharex=True)
-    axes = np.atleast_1d(axes)
+    fig, grid = plt.subplots(n_cls, 1, figsize=(11, 1.3 * n_cls + 0.8), sharex=True, squeeze=False)
+    axes = list(grid[:, 0])
     colours = [_CATEGORY_COLOURS.get(c, "#333333") for c in categories]
     x = np.arange(k)
     # boundaries between runs of the same category
