@@ -21,9 +21,8 @@ def _grey(bias: bool = False, **kw: object) -> GFNN:
 def _colour() -> GFNN:
     torch.manual_seed(0)
     model = GFNN(in_channels=3, input_size=16, bias=False)
-    # ColorFrontEnd's 1x1 conv has a bias whatever GFNN's `bias` says; it sits after L,
-    # so it must go for the scores to add up to the logit.
-    model.first.mix.bias = None
+    # bias=False reaches the colour front-end's 1x1 conv too: it sits after L
+    assert model.first.mix.bias is None
     return model.double().eval()
 
 

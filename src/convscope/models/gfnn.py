@@ -187,6 +187,7 @@ def _first_layer(
     in_channels: int,
     seed: int,
     width: int = 64,
+    bias: bool = True,
 ) -> tuple[nn.Module, int]:
     """The first layer of a GFNN and its number of output maps."""
     if first_layer not in FIRST_LAYER_MODES:
@@ -200,7 +201,7 @@ def _first_layer(
         return KernelBank2d(kernels, 1, first_layer, seed=seed), n  # type: ignore[arg-type]
     if first_layer == "learned":
         return nn.Conv2d(in_channels, width, 3, padding=1), width
-    front = ColorFrontEnd(kernels, in_channels, width, first_layer, seed=seed)  # type: ignore[arg-type]
+    front = ColorFrontEnd(kernels, in_channels, width, first_layer, bias=bias, seed=seed)  # type: ignore[arg-type]
     return front, width
 
 
@@ -241,7 +242,7 @@ class GFNN(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.first, maps = _first_layer(first_layer, kernels, in_channels, seed)
+        self.first, maps = _first_layer(first_layer, kernels, in_channels, seed, bias=bias)
         k2 = 3 if in_channels == 1 else 5
         self.features = nn.Sequential(
             nn.ReLU(),
