@@ -49,6 +49,9 @@ _CATEGORY_COLOURS = {
 }
 
 
+_SHORT = {"second_derivative": "2nd der.", "first_derivative": "1st der."}
+
+
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 110) -> Path:
     """Write ``fig`` as PNG atomically and close it."""
     dst = Path(path)
@@ -130,7 +133,7 @@ def plot_class_filter_scores(
         axes[0].text(
             (s + e - 1) / 2,
             1.02,
-            categories[s].replace("_", " "),
+            _SHORT.get(categories[s], categories[s]),
             transform=axes[0].get_xaxis_transform(),
             ha="center",
             va="bottom",

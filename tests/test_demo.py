@@ -1,0 +1,34 @@
+"""The demo end to end (quick mode) on the embedded MNIST subset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from convscope.demo import run_demo
+from convscope.models import load_checkpoint
+
+
+def test_quick_demo_writes_a_complete_report(tmp_path: Path) -> None:
+    lines: list[str] = []
+    m = run_demo(tmp_path, quick=True, log=lines.append, progress=False)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["models"].keys() == {"gfnn", "regular_cnn"}
+    # two epochs on 2,000 images already learn something real
+    assert on_disk["models"]["gfnn"]["test_acc"] > 0.8
+    assert on_disk["models"]["regular_cnn"]["first_layer"] == "learned"
+    fs = on_disk["filter_scores"]
+    assert len(fs["kernel_names"]) == 40 and np.array(fs["class_average_share"]).shape == (10, 40)
+    assert {e["label"] for e in fs["examples"]} == set(range(10))
+    html = (tmp_path / "report.html").read_text()
+    for needle in ("GFNN", "regular CNN", "class_filter_scores.png", "top_filters.png",
+                   "attribution_comparison.png", "training_curves.png"):  # fmt: skip
+        assert needle in html
+    for png in tmp_path.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model, extra = load_checkpoint(tmp_path / "gfnn.pt")
+    assert extra["test_acc"] == m["models"]["gfnn"]["test_acc"]
+    assert any("test accuracy" in ln for ln in lines)
+    assert not list(tmp_path.rglob("*.tmp*"))  # atomic writes leave nothing behind
