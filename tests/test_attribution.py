@@ -164,6 +164,9 @@ def test_class_averages() -> None:
     torch.testing.assert_close(ca.scores[3], fs.scores[labels == 3].mean(0))
     torch.testing.assert_close(ca.logits[0], fs.logits[labels == 0].mean())
     assert torch.isnan(ca.scores[1]).all() and ca.color_scores is None
+    rel = A.class_average_filter_scores(model, (x, labels), relative=True)
+    share = fs.scores / fs.logits[:, None]
+    torch.testing.assert_close(rel.scores[3], share[labels == 3].mean(0))
     loader = DataLoader(TensorDataset(x, labels), batch_size=5)
     ca2 = A.class_average_filter_scores(model, loader, target="pred")
     pred = model(x).argmax(1)

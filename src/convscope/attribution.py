@@ -478,6 +478,7 @@ def class_average_filter_scores(
     batch_size: int = 256,
     target: Literal["label", "pred"] = "label",
     *,
+    relative: bool = False,
     eval_mode: bool = True,
 ) -> ClassAverages:
     """Average filter scores per class over a data set (seed 000 Fig. 4).
@@ -491,6 +492,8 @@ def class_average_filter_scores(
         batch_size: batch size when ``data`` is a dataset or a tuple.
         target: ``"label"`` explains each image for its label; ``"pred"`` for the
             predicted class. Images are averaged in the class they are explained for.
+        relative: divide each image's scores by its target logit before averaging, so
+            classes with large logits do not dominate a comparison (the demo's Fig. 4).
         eval_mode: run in eval mode for the call (see the module docstring).
 
     Returns:
@@ -522,7 +525,10 @@ def class_average_filter_scores(
                     )
                 names = fs.kernel_names
             assert logit_sum is not None and counts is not None
-            sums.index_add_(0, fs.target, fs.scores.double())
+            scores = fs.scores.double()
+            if relative:
+                scores = scores / fs.logits.double()[:, None]
+            sums.index_add_(0, fs.target, scores)
             logit_sum.index_add_(0, fs.target, fs.logits.double())
             counts += torch.bincount(fs.target, minlength=counts.shape[0])
             if color is not None and fs.color_scores is not None:

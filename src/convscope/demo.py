@@ -152,8 +152,7 @@ def run_demo(
     y = torch.from_numpy(test_set.labels)
     classes = test_set.class_names
     fs = attr.filter_scores(gfnn, x, target=y)
-    rel = _np(fs.scores) / _np(fs.logits)[:, None]  # share of each image's logit
-    class_avg = np.stack([rel[test_set.labels == c].mean(0) for c in range(len(classes))])
+    class_avg = _np(attr.class_average_filter_scores(gfnn, (x, y), relative=True).scores)
     completeness = _np(fs.scores).sum(1) / _np(fs.logits)
     with torch.no_grad():
         preds = gfnn(x).argmax(1).numpy()
