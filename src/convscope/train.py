@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, Te
 from tqdm import tqdm
 
 from convscope.errors import ConvscopeError
-from convscope.io import atomic_path, write_json
+from convscope.io import atomic_path, to_jsonable, write_json
 
 __all__ = [
     "OPTIMIZERS",
@@ -223,11 +223,11 @@ class History:
 
     def log(self, name: str, value: Any) -> None:
         """Append ``value`` to ``extra[name]`` (tensors and NumPy scalars become numbers)."""
-        self.extra.setdefault(name, []).append(_jsonable(value))
+        self.extra.setdefault(name, []).append(to_jsonable(value))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy; NaN and infinite values become ``None``."""
-        return _jsonable(dataclasses.asdict(self))
+        return to_jsonable(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> History:
@@ -426,29 +426,6 @@ def _prepare(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch
             f"images must be floating point (got {x.dtype}); scale them to [0, 1] first"
         )
     return x.to(device=device, dtype=dtype, non_blocking=True)
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types: NaN/inf become None, tensors and NumPy values become numbers."""
-    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.detach().cpu().tolist())
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj))
-    return str(obj)
 
 
 def _save_last(path: Path, blob: dict[str, Any]) -> None:
@@ -921,7 +898,7 @@ def _fit(
         # one process asking to stop stops all; otherwise the others would hang in DDP
         stopped = bool(ctx.all_reduce(stop, dist.ReduceOp.MAX if ctx.active else None).item())
         if out is not None and ctx.is_main:
-            write_json(out / "metrics.json", _jsonable(payload(False, stopped)))
+            write_json(out / "metrics.json", to_jsonable(payload(False, stopped)))
             if save_last:
                 _save_last(
                     out / "last.pt",
@@ -956,7 +933,7 @@ def _fit(
         final = payload(True, stopped)
         final["parameter_digests"] = digests
         final["ranks_in_sync"] = in_sync
-        write_json(out / "metrics.json", _jsonable(final))
+        write_json(out / "metrics.json", to_jsonable(final))
         if getattr(model, "convscope_arch", None) is not None:
             from convscope.models.zoo import save_checkpoint
 
