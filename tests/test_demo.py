@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from convscope.demo import run_demo
 from convscope.models import load_checkpoint
@@ -32,3 +33,11 @@ def test_quick_demo_writes_a_complete_report(tmp_path: Path) -> None:
     assert extra["test_acc"] == m["models"]["gfnn"]["test_acc"]
     assert any("test accuracy" in ln for ln in lines)
     assert not list(tmp_path.rglob("*.tmp*"))  # atomic writes leave nothing behind
+
+
+@pytest.mark.slow
+def test_full_demo_reaches_97_percent(tmp_path: Path) -> None:
+    # The acceptance bar of the demo's default settings (about 90 s on 2 cores).
+    m = run_demo(tmp_path, progress=False, log=lambda s: None)
+    assert m["models"]["gfnn"]["test_acc"] >= 0.97
+    assert m["models"]["regular_cnn"]["test_acc"] >= 0.95
