@@ -327,10 +327,9 @@ def explain_image(
     side = int(getattr(model, "input_size", 0)) or None
     x = load_image(image, channels=channels, size=(side, side) if side else None, invert=invert)
     if x.shape[1] != in_ch:
-        hint = "1 (grey)" if in_ch == 1 else str(in_ch)
         raise ConvscopeError(
             f"{image}: image has {x.shape[1]} channels but the model expects {in_ch}; "
-            f"pass --channels {hint.split()[0]} to convert it"
+            f"pass --channels {in_ch} to convert it"
         )
     has_bank = True
     try:
@@ -342,9 +341,9 @@ def explain_image(
     use_fs = has_bank and method != "gradients"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    classes = list(extra.get("class_names") or [str(i) for i in range(model(x).shape[1])])
     with torch.no_grad():
         logits = model(x)[0]
+    classes = list(extra.get("class_names") or [str(i) for i in range(len(logits))])
     probs = torch.softmax(logits, 0)
     t = int(logits.argmax()) if target is None else int(target)
     if not 0 <= t < len(classes):
