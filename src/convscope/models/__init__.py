@@ -10,6 +10,7 @@ from convscope.models.gfnn import (
     gf_resnet50,
     kernel_bank_conv2d,
 )
+from convscope.models.lenet import LENET_LAYER_NUMBERS, LeNet
 from convscope.models.zoo import (
     ARCHITECTURES,
     build_model,
@@ -21,8 +22,10 @@ from convscope.models.zoo import (
 __all__ = [
     "ARCHITECTURES",
     "GFNN",
+    "LENET_LAYER_NUMBERS",
     "ColorFrontEnd",
     "KernelBank2d",
+    "LeNet",
     "build_model",
     "find_kernel_bank",
     "gf_resnet50",

@@ -42,9 +42,16 @@ def _gf_resnet50(**kw: Any) -> nn.Module:
     return gf_resnet50(**kw)
 
 
+def _lenet(**kw: Any) -> nn.Module:
+    from convscope.models.lenet import LeNet
+
+    return LeNet(**kw)
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "gfnn": _gfnn,
     "gf_resnet50": _gf_resnet50,
+    "lenet": _lenet,
 }
 
 
