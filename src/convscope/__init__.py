@@ -18,11 +18,22 @@ __all__ = [
     "data",
     "kernels",
     "models",
+    "numpy_cnn",
     "report",
+    "spectral",
     "train",
 ]
 
-_SUBMODULES = {"attribution", "data", "kernels", "models", "report", "train"}
+_SUBMODULES = {
+    "attribution",
+    "data",
+    "kernels",
+    "models",
+    "numpy_cnn",
+    "report",
+    "spectral",
+    "train",
+}
 
 from convscope.errors import ConvscopeError  # noqa: E402
 

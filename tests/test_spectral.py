@@ -1,0 +1,206 @@
+"""Spectral response: the toy CNN of seed 004 section III-B, Maximum Gain, diagnose."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convscope import spectral as sp
+from convscope.data import sample_photo
+from convscope.errors import ConvscopeError
+from convscope.kernels import gaussian_kernel
+
+
+class ToyCNN(nn.Module):
+    """conv with a 7x7 Gaussian (sigma 1), then ReLU; 'same' padding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.from_numpy(gaussian_kernel(7, 1.0))[None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(F.conv2d(x, self.w.to(x.dtype), padding=3))
+
+
+@pytest.fixture(scope="module")
+def red() -> torch.Tensor:
+    """Mean-subtracted red channel of a real photo, (1, 1, 96, 128), float64."""
+    r = sample_photo("chelsea")[100:196, 150:278, 0].astype(np.float64)
+    return torch.from_numpy(r - r.mean())[None, None]
+
+
+def _placed(kernel: torch.Tensor, shape: tuple[int, int], r: int, c: int) -> torch.Tensor:
+    out = torch.zeros(shape, dtype=torch.float64)
+    k = kernel.shape[-1] // 2
+    out[r - k : r + k + 1, c - k : c + k + 1] = kernel
+    return out
+
+
+def test_active_pixel_derivative_is_the_kernel_and_spectrum_the_gaussian(red: torch.Tensor) -> None:
+    toy = ToyCNN()
+    z = toy(red)[0, 0]
+    active = torch.nonzero(z[10:-10, 10:-10] > 0)[0] + 10
+    r, c = int(active[0]), int(active[1])
+    p = torch.zeros_like(z)[None]
+    p[0, r, c] = 1.0
+    spec, d = sp.transfer_function(toy, red[0], projection=p, window=None)
+    kernel = toy.w[0, 0]
+    # the Gaussian is symmetric, so the flipped impulse response is the kernel itself
+    torch.testing.assert_close(d, _placed(kernel, tuple(z.shape), r, c), rtol=0, atol=1e-15)
+    padded = torch.zeros_like(z)
+    padded[:7, :7] = kernel
+    expected = 20 * torch.log10(torch.fft.fftshift(torch.fft.fft2(padded).abs()))
+    torch.testing.assert_close(spec, expected, rtol=0, atol=1e-9)
+    # a low-pass filter: the gain is highest at DC (the centre after fftshift)
+    h, w = spec.shape
+    assert spec[h // 2, w // 2] == spec.max()
+    assert spec[h // 2, w // 2].item() == pytest.approx(
+        20 * math.log10(kernel.sum().item()), abs=1e-9
+    )
+
+
+def test_inactive_pixel_gives_zero_derivative(red: torch.Tensor) -> None:
+    toy = ToyCNN()
+    z = toy(red)[0, 0]
+    off = torch.nonzero(z[10:-10, 10:-10] == 0)[0] + 10
+    p = torch.zeros_like(z)[None]
+    p[0, int(off[0]), int(off[1])] = 1.0
+    spec, d = sp.transfer_function(toy, red[0], projection=p, window=None)
+    assert torch.count_nonzero(d) == 0
+    assert spec.max() < -300  # floored, not -inf or NaN
+
+
+def test_projection_of_ones_superposes_the_active_kernels(red: torch.Tensor) -> None:
+    toy = ToyCNN()
+    z = toy(red)
+    _, d = sp.transfer_function(toy, red[0], projection=torch.ones_like(z[0]), window=None)
+    mask = (z > 0).to(torch.float64)
+    expected = F.conv_transpose2d(mask, toy.w, padding=3)[0, 0]
+    torch.testing.assert_close(d, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_impulse_image_through_the_toy_cnn() -> None:
+    toy = ToyCNN()
+    x = sp.impulse_image((1, 33, 33), dtype=torch.float64)
+    assert x[0, 0, 16, 16] == 1.0 and x.sum() == 1.0  # 255 / 255
+    raw = sp.impulse_image((1, 33, 33), scale=1.0, dtype=torch.float64)
+    assert raw.max() == 255.0
+    z = toy(raw)
+    _, d = sp.transfer_function(toy, raw[0], projection=torch.ones_like(z[0]), window=None)
+    # exactly the 7x7 outputs within the kernel's reach are active, so the derivative is
+    # the kernel summed over those 49 placements (a 13x13 patch around the impulse)
+    assert torch.equal((z[0, 0] > 0).nonzero().amin(0), torch.tensor([13, 13]))
+    reach = F.conv2d(F.pad(torch.ones(1, 1, 7, 7, dtype=torch.float64), (6, 6, 6, 6)), toy.w)
+    torch.testing.assert_close(d, _placed(reach[0, 0], (33, 33), 16, 16), rtol=1e-12, atol=1e-14)
+    spec, _ = sp.transfer_function(toy, raw[0], projection=torch.ones_like(z[0]))  # Hann
+    assert torch.isfinite(spec).all()
+
+
+def test_impulse_image_preprocessing_and_errors() -> None:
+    x = sp.impulse_image((3, 8, 8), mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    assert x.shape == (1, 3, 8, 8)
+    torch.testing.assert_close(x[0, :, 4, 4], torch.full((3,), 2.0))
+    torch.testing.assert_close(x[0, :, 0, 0], torch.full((3,), -2.0))
+    with pytest.raises(ConvscopeError, match="shape"):
+        sp.impulse_image((8, 8))
+
+
+def _classifier() -> nn.Module:
+    torch.manual_seed(0)
+    return (
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 12 * 12, 5)
+        )
+        .double()
+        .eval()
+    )
+
+
+def test_softmax_projection_is_one_over_score() -> None:
+    model = _classifier()
+    x = torch.rand(1, 1, 12, 12, dtype=torch.float64)
+    d_soft = sp.data_derivative(model, x)
+    logits = model(x)
+    i = int(logits.argmax())
+    xg = x.clone().requires_grad_(True)
+    score = torch.softmax(model(xg), 1)[0, i]
+    (g,) = torch.autograd.grad(score, xg)
+    torch.testing.assert_close(d_soft, g / score.detach(), rtol=1e-12, atol=1e-15)
+    d_logit = sp.data_derivative(model, x, on="logit")
+    (gl,) = torch.autograd.grad(model(xg)[0, i], xg)
+    torch.testing.assert_close(d_logit, gl)
+    # batched equals one by one
+    xs = torch.rand(3, 1, 12, 12, dtype=torch.float64)
+    batch = sp.data_derivative(model, xs)
+    for k in range(3):
+        torch.testing.assert_close(batch[k : k + 1], sp.data_derivative(model, xs[k : k + 1]))
+
+
+def test_maximum_gain_is_the_peak_per_channel() -> None:
+    torch.manual_seed(0)
+    model = (
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16 * 16, 3)
+        )
+        .double()
+        .eval()
+    )
+    gains = sp.maximum_gain(model, shape=(3, 16, 16))
+    assert len(gains) == 3
+    x = sp.impulse_image((3, 16, 16), dtype=torch.float64)
+    for ch in range(3):
+        spec, _ = sp.transfer_function(model, x, channel=ch)
+        assert gains[ch] == pytest.approx(float(spec.max()))
+    with pytest.raises(ConvscopeError, match="input shape"):
+        sp.maximum_gain(model)
+    with pytest.raises(ConvscopeError, match="channel 5"):
+        sp.transfer_function(model, x, channel=5)
+
+
+def test_max_gain_callback_logs_every_epoch(tmp_path: Path) -> None:
+    from convscope.models import build_model
+    from convscope.train import TrainConfig, fit, toy_dataset
+
+    model = build_model("gfnn", input_size=16, num_classes=4)
+    cb = sp.MaxGainCallback()
+    hist = fit(model, toy_dataset(64), toy_dataset(32, seed=1),
+               TrainConfig(epochs=2, batch_size=32), callbacks=[cb], out_dir=tmp_path,
+               progress=False)  # fmt: skip
+    assert len(hist.extra["max_gain"]) == 2
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["history"]["extra"]["max_gain"] == hist.extra["max_gain"]
+    assert cb.seconds > 0
+    assert model.training is False  # fit leaves it in eval; the callback restored the mode
+
+
+@pytest.mark.parametrize(
+    "curve,pattern",
+    [
+        ([-30, -25, -21, -18, -16.5, -15.5, -15, -14.8, -14.7, -14.7, -14.6, -14.6], "converging"),
+        ([-30, -29, -28, -27, -26, -25, -24, -23, -22, -21, -20, -19], "too low or keep training"),
+        ([-30, -22, -27, -19, -26, -18, -25, -20, -27, -17, -24, -21], "rate too high"),
+        (
+            [-20, -19.8, -19.7, -19.6, -19.6, -19.5, -17, -21, -16.5, -22, -17, -21.5],
+            "overfitting - stop",
+        ),
+    ],
+)
+def test_diagnose_names_the_four_patterns(curve: list[float], pattern: str) -> None:
+    d = sp.diagnose(curve)
+    assert d.pattern == pattern, d
+    assert d.advice
+    assert sp.diagnose({"extra": {"max_gain": curve}}).pattern == pattern
+
+
+def test_diagnose_errors() -> None:
+    with pytest.raises(ConvscopeError, match="at least 4"):
+        sp.diagnose([1.0, 2.0])
+    with pytest.raises(ConvscopeError, match="MaxGainCallback"):
+        sp.diagnose({"train_loss": [1, 2, 3, 4]})
