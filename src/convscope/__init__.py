@@ -16,6 +16,7 @@ __all__ = [
     "__version__",
     "attribution",
     "data",
+    "decoding",
     "kernels",
     "models",
     "numpy_cnn",
@@ -27,6 +28,7 @@ __all__ = [
 _SUBMODULES = {
     "attribution",
     "data",
+    "decoding",
     "kernels",
     "models",
     "numpy_cnn",

@@ -1,0 +1,639 @@
+"""Filter decoding by substitution (seed 003): a deep filter as an image-space pattern.
+
+A filter of layer ``L`` is a pattern over the maps of the layer below. Decoding reads
+it as a pattern over the image by walking down the network and, at every layer:
+
+- **convolution** (substitution): every value of the pattern is replaced by the
+  lower-layer filter it connects to, scaled by that value, placed at the value's
+  position on the lower grid (positions ``stride`` apart, filter taps ``dilation``
+  apart), overlaps added. That is a full transposed convolution with the layer's own
+  weights, so all ``K`` filters of a layer are decoded at once as a batch of ``K``
+  patterns: ``F.conv_transpose2d(pattern, weight, stride, dilation=..., groups=...)``.
+- **pooling** (unpooling): the pattern is upsampled by the pooling factor, with
+  ``"nearest"``, ``"bilinear"`` or ``"bicubic"`` interpolation, or ``"adjoint"``:
+  nearest upsampling divided by the pool area, the exact adjoint of average pooling.
+- **ReLU** (and the other elementwise rectifiers): skipped, as the paper does. A
+  ReLU has no sign pattern without an image; with one, masking gives the image's
+  exact gradient, which is the linear interpreter's row, not a decoded filter.
+- **batch norm** (eval mode): its linear part, a per-channel scale, is applied.
+
+Dropout and identities are no-ops. Anything else below the layer (branches, adds,
+concatenations, unknown functions) is a :class:`~convscope.errors.ConvscopeError`
+that names the module or function: decoding is defined for chains only. The
+chain is read from a torch.fx trace of the model, so functional calls are seen too.
+
+A decoded filter ``df_k`` estimates filter ``k``'s response by one correlation with
+the image, ``I * df_k`` at the stride that aligns the grids (the product of the
+strides below the layer, see :class:`DecodedFilters`). For a chain of convolutions
+and average pools without ReLU and without padding, with ``"adjoint"`` unpooling,
+this is exact; everything else makes it the paper's approximation, measured by
+:func:`reconstruction_error`. Definitions: ``docs/decoding.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from convscope.errors import ConvscopeError
+
+__all__ = [
+    "UNPOOL_MODES",
+    "ChainStep",
+    "DecodedFilters",
+    "ReconstructionError",
+    "decode",
+    "decode_filters",
+    "decoding_chain",
+    "error_table",
+    "layer_name",
+    "layer_response",
+    "max_activation_matrix",
+    "reconstruction_error",
+    "threshold_filters",
+    "top_activating",
+]
+
+UnpoolMode = Literal["nearest", "bilinear", "bicubic", "adjoint"]
+
+UNPOOL_MODES: tuple[str, ...] = ("nearest", "bilinear", "bicubic", "adjoint")
+"""Unpooling modes accepted by :func:`decode`."""
+
+# Elementwise rectifiers the paper's decoding steps over.
+_SKIPPED_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+)
+_SKIPPED_FUNCTIONS: tuple[Callable[..., Any], ...] = (
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.dropout,
+    F.dropout2d,
+    torch.relu,
+    torch.relu_,
+)
+_SKIPPED_METHODS = frozenset({"relu", "relu_", "contiguous"})
+
+
+# --------------------------------------------------------------------------- the chain
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """One layer between the image and the decoded layer.
+
+    Attributes:
+        name: dotted module name (or the function's name for functional calls).
+        kind: ``"conv"``, ``"pool"``, ``"scale"`` (batch norm) or ``"skip"``.
+        module: the module (``None`` for a skipped function).
+        stride, padding, dilation, kernel_size: of a conv or pool, as (rows, cols);
+            ``(1, 1)``/``(0, 0)`` for the others.
+    """
+
+    name: str
+    kind: Literal["conv", "pool", "scale", "skip"]
+    module: nn.Module | None
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    kernel_size: tuple[int, int] = (1, 1)
+
+    def describe(self) -> str:
+        """One line, e.g. ``"conv features.conv2 (5x5, stride 1)"``."""
+        what = type(self.module).__name__ if self.module is not None else "function"
+        if self.kind in ("conv", "pool"):
+            kh, kw = self.kernel_size
+            return f"{self.kind} {self.name} ({what} {kh}x{kw}, stride {_pair_str(self.stride)})"
+        return f"{self.kind} {self.name} ({what})"
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        return (int(v[0]), int(v[1]))
+    return (int(v), int(v))
+
+
+def _pair_str(p: tuple[int, int]) -> str:
+    return str(p[0]) if p[0] == p[1] else f"{p[0]}x{p[1]}"
+
+
+def layer_name(model: nn.Module, layer: nn.Module | str) -> str:
+    """The dotted name of ``layer`` in ``model.named_modules()``.
+
+    Raises:
+        ConvscopeError: the name or module is not part of ``model``.
+    """
+    if isinstance(layer, str):
+        names = dict(model.named_modules())
+        if layer not in names or layer == "":
+            convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+            raise ConvscopeError(
+                f"{type(model).__name__} has no module {layer!r}; its Conv2d layers are "
+                f"{', '.join(convs) or 'none'}"
+            )
+        return layer
+    for name, m in model.named_modules():
+        if m is layer and name:
+            return name
+    raise ConvscopeError(f"{type(layer).__name__} module is not part of {type(model).__name__}")
+
+
+def _step_for_module(name: str, m: nn.Module) -> ChainStep:
+    if isinstance(m, nn.Conv2d):
+        return ChainStep(
+            name,
+            "conv",
+            m,
+            stride=_pair(m.stride),
+            padding=_pair(m.padding) if not isinstance(m.padding, str) else _same_padding(m),
+            dilation=_pair(m.dilation),
+            kernel_size=_pair(m.kernel_size),
+        )
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+        if isinstance(m, nn.AvgPool2d) and m.divisor_override is not None:
+            raise ConvscopeError(f"cannot decode through {name}: AvgPool2d with divisor_override")
+        dil = _pair(m.dilation) if isinstance(m, nn.MaxPool2d) else (1, 1)
+        return ChainStep(
+            name,
+            "pool",
+            m,
+            stride=_pair(m.stride if m.stride is not None else m.kernel_size),
+            padding=_pair(m.padding),
+            dilation=dil,
+            kernel_size=_pair(m.kernel_size),
+        )
+    if isinstance(m, nn.BatchNorm2d):
+        if m.training or m.running_var is None:
+            raise ConvscopeError(
+                f"cannot decode through {name}: BatchNorm2d needs eval mode and running "
+                "statistics (call model.eval())"
+            )
+        return ChainStep(name, "scale", m)
+    if isinstance(m, _SKIPPED_MODULES):
+        return ChainStep(name, "skip", m)
+    raise ConvscopeError(
+        f"cannot decode through {name} ({type(m).__name__}): decoding knows Conv2d, "
+        "MaxPool2d, AvgPool2d, BatchNorm2d and skips ReLU, dropout and identities"
+    )
+
+
+def _same_padding(m: nn.Conv2d) -> tuple[int, int]:
+    if m.padding == "valid":
+        return (0, 0)
+    # padding="same" (stride 1): PyTorch pads total d*(k-1), the smaller half first
+    d, k = _pair(m.dilation), _pair(m.kernel_size)
+    return (d[0] * (k[0] - 1) // 2, d[1] * (k[1] - 1) // 2)
+
+
+def _where(node: torch.fx.Node) -> str:
+    """The module a traced function call sits in, for error messages."""
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1]
+        path = path[0] if isinstance(path, tuple) else path
+        if path:
+            return f" inside {path}"
+    return ""
+
+
+def decoding_chain(model: nn.Module, layer: nn.Module | str) -> list[ChainStep]:
+    """The layers from the image up to ``layer`` (inclusive), bottom first.
+
+    The model is traced with torch.fx; from ``layer`` the trace is followed back
+    to the input along the single tensor argument of each call.
+
+    Args:
+        model: any model torch.fx can trace (``nn.Sequential`` chains, LeNet ...).
+        layer: a ``Conv2d`` module of ``model`` or its dotted name.
+
+    Raises:
+        ConvscopeError: ``layer`` is not a Conv2d of ``model``, is called more than
+            once, or something below it is not decodable (a branch, a merge, an
+            unknown module or function); the message names it.
+    """
+    name = layer_name(model, layer)
+    modules = dict(model.named_modules())
+    if not isinstance(modules[name], nn.Conv2d):
+        raise ConvscopeError(
+            f"{name} is a {type(modules[name]).__name__}; decode_filters decodes Conv2d layers"
+        )
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConvscopeError(
+            f"cannot trace {type(model).__name__} with torch.fx ({first[:160]}); decoding "
+            "needs a traceable model, e.g. an nn.Sequential chain"
+        ) from None
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == name]
+    if not calls:
+        raise ConvscopeError(f"{name} is never called in {type(model).__name__}.forward")
+    if len(calls) > 1:
+        raise ConvscopeError(f"{name} is called {len(calls)} times; its filters are ambiguous")
+
+    # nodes whose value depends on the input: only they can be the chain
+    from_input: set[torch.fx.Node] = set()
+    for n in graph.nodes:
+        if n.op == "placeholder" or any(a in from_input for a in n.all_input_nodes):
+            from_input.add(n)
+
+    steps: list[ChainStep] = []
+    node = calls[0]
+    while node.op != "placeholder":
+        if node.op == "call_module":
+            step = _step_for_module(str(node.target), modules[str(node.target)])
+        elif node.op == "call_function" and node.target in _SKIPPED_FUNCTIONS:
+            fname = getattr(node.target, "__name__", str(node.target))
+            step = ChainStep(f"{fname}{_where(node)}", "skip", None)
+        elif node.op == "call_method" and node.target in _SKIPPED_METHODS:
+            step = ChainStep(f"Tensor.{node.target}{_where(node)}", "skip", None)
+        else:
+            fname = getattr(node.target, "__name__", str(node.target))
+            raise ConvscopeError(
+                f"cannot decode {name}: {node.op} {fname}{_where(node)} lies between it and "
+                "the input; decoding follows chains of Conv2d, pooling, batch norm and ReLU"
+            )
+        steps.append(step)
+        inputs = [a for a in node.all_input_nodes if a in from_input]
+        if len(inputs) != 1:
+            raise ConvscopeError(
+                f"cannot decode {name}: {step.name} takes {len(inputs)} inputs that depend on "
+                "the image (a branch or merge); decoding is defined for chains only"
+            )
+        node = inputs[0]
+    steps.reverse()
+    return steps
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@dataclass
+class DecodedFilters:
+    """Decoded filters of one layer and how to correlate them with images.
+
+    Attributes:
+        filters: ``(K, C_in, h, w)`` image-space patterns, raw (not normalised).
+        layer: dotted name of the decoded layer.
+        unpool: the unpooling mode used.
+        stride: ``(S_h, S_w)``, the product of the strides of every conv and pool
+            in the chain (the layer included): one step on the layer's grid is
+            ``S`` pixels in the image.
+        padding: ``(P_h, P_w)``, the zero padding of every layer in the chain,
+            measured in image pixels (each layer's padding times the stride below it).
+        chain: :meth:`ChainStep.describe` of each step, image first.
+        filter_index: which filters of the layer, in order (all by default).
+    """
+
+    filters: torch.Tensor
+    layer: str
+    unpool: str
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    chain: list[str] = field(default_factory=list)
+    filter_index: list[int] = field(default_factory=list)
+
+    def correlate(self, images: torch.Tensor) -> torch.Tensor:
+        """Each image correlated with every decoded filter on the layer's grid.
+
+        Args:
+            images: ``(N, C_in, H, W)``.
+
+        Returns:
+            ``(N, K, h', w')``: ``F.conv2d(images, filters, stride, padding)``;
+            the estimate of the layer's response (without its biases).
+        """
+        w = self.filters.to(device=images.device, dtype=images.dtype)
+        if images.dim() != 4 or images.shape[1] != w.shape[1]:
+            raise ConvscopeError(
+                f"images must be (N, {w.shape[1]}, H, W) for these filters, got "
+                f"{tuple(images.shape)}"
+            )
+        return F.conv2d(images, w, stride=self.stride, padding=self.padding)
+
+
+def _unpool(d: torch.Tensor, step: ChainStep, mode: str) -> torch.Tensor:
+    """Upsample patterns ``(K, C, h, w)`` from a pool's output grid to its input grid."""
+    (sh, sw), (kh, kw), (dh, dw) = step.stride, step.kernel_size, step.dilation
+    h, w = d.shape[-2:]
+    # the pooled windows of an (h, w) map cover this much of the grid below
+    size = ((h - 1) * sh + dh * (kh - 1) + 1, (w - 1) * sw + dw * (kw - 1) + 1)
+    if mode == "adjoint":
+        c = d.shape[1]
+        box = torch.full((c, 1, kh, kw), 1.0 / (kh * kw), dtype=d.dtype, device=d.device)
+        return F.conv_transpose2d(d, box, stride=(sh, sw), dilation=(dh, dw), groups=c)
+    if mode == "nearest":
+        # integer source indices floor(i * h / H): exact replication for an integer
+        # factor, where F.interpolate's float scale can land one pixel off
+        iy = torch.div(torch.arange(size[0], device=d.device) * h, size[0], rounding_mode="floor")
+        ix = torch.div(torch.arange(size[1], device=d.device) * w, size[1], rounding_mode="floor")
+        return d[:, :, iy[:, None], ix[None, :]]
+    return F.interpolate(d, size=size, mode=mode, align_corners=False)
+
+
+def _check_mode(unpool: str) -> None:
+    if unpool not in UNPOOL_MODES:
+        raise ConvscopeError(f"unknown unpool {unpool!r}; use one of {', '.join(UNPOOL_MODES)}")
+
+
+def decode(
+    model: nn.Module,
+    layer: nn.Module | str,
+    unpool: UnpoolMode | str = "nearest",
+    *,
+    filters: Iterable[int] | None = None,
+    dtype: torch.dtype | None = None,
+) -> DecodedFilters:
+    """Decode the filters of ``layer`` into image space (all at once).
+
+    Args:
+        model: a traceable model whose layers below ``layer`` form a chain.
+        layer: a ``Conv2d`` of ``model`` or its dotted name (see ``named_modules()``).
+        unpool: ``"nearest"``, ``"bilinear"``, ``"bicubic"`` or ``"adjoint"``.
+        filters: indices of the filters to decode (default: all ``K``).
+        dtype: compute in this dtype (default: the layer's weight dtype), e.g.
+            ``torch.float64`` for comparisons to 1e-10.
+
+    Returns:
+        :class:`DecodedFilters`; ``.filters`` is ``(K, C_in, h, w)`` with
+        ``h = (h_L - 1) * S + ...``, the receptive field of one unit of the layer.
+
+    Raises:
+        ConvscopeError: see :func:`decoding_chain`; an unknown mode or filter index.
+    """
+    _check_mode(unpool)
+    steps = decoding_chain(model, layer)
+    top = steps[-1].module
+    assert isinstance(top, nn.Conv2d)
+    k_all = top.out_channels
+    idx = list(range(k_all)) if filters is None else [int(i) for i in filters]
+    bad = [i for i in idx if not 0 <= i < k_all]
+    if bad or not idx:
+        raise ConvscopeError(f"{steps[-1].name} has filters 0..{k_all - 1}; got {bad or 'none'}")
+    dt = dtype or top.weight.dtype
+    dev = top.weight.device
+    with torch.no_grad():
+        # one unit pattern per decoded filter; substituting layer L's own weights into
+        # it gives the (dilated, group-expanded) filters themselves
+        d = torch.zeros(len(idx), k_all, 1, 1, dtype=dt, device=dev)
+        d[torch.arange(len(idx)), idx] = 1.0
+        for step in reversed(steps):
+            m = step.module
+            if step.kind == "conv":
+                assert isinstance(m, nn.Conv2d)
+                d = F.conv_transpose2d(
+                    d,
+                    m.weight.detach().to(dt),
+                    stride=step.stride,
+                    dilation=step.dilation,
+                    groups=m.groups,
+                )
+            elif step.kind == "pool":
+                d = _unpool(d, step, unpool)
+            elif step.kind == "scale":
+                assert isinstance(m, nn.BatchNorm2d) and m.running_var is not None
+                scale = torch.rsqrt(m.running_var.detach().to(dt) + m.eps)
+                if m.weight is not None:
+                    scale = scale * m.weight.detach().to(dt)
+                d = d * scale[None, :, None, None]
+    stride, padding = (1, 1), (0, 0)
+    for step in steps:
+        if step.kind in ("conv", "pool"):
+            padding = (
+                padding[0] + step.padding[0] * stride[0],
+                padding[1] + step.padding[1] * stride[1],
+            )
+            stride = (stride[0] * step.stride[0], stride[1] * step.stride[1])
+    return DecodedFilters(
+        filters=d,
+        layer=steps[-1].name,
+        unpool=str(unpool),
+        stride=stride,
+        padding=padding,
+        chain=[s.describe() for s in steps],
+        filter_index=idx,
+    )
+
+
+def decode_filters(
+    model: nn.Module, layer: nn.Module | str, unpool: UnpoolMode | str = "nearest"
+) -> torch.Tensor:
+    """Raw image-space filters of ``layer``: ``(K, C_in, h, w)``.
+
+    Shorthand for ``decode(model, layer, unpool).filters``; see :func:`decode`.
+    ReLUs below the layer are skipped, as in seed 003.
+    """
+    return decode(model, layer, unpool).filters
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def layer_response(
+    model: nn.Module, layer: nn.Module | str, images: torch.Tensor, batch_size: int = 256
+) -> torch.Tensor:
+    """The output of ``layer`` for a batch of images, ``(N, K, h, w)``.
+
+    Captured with a forward hook that is always removed; the model runs in the
+    mode it is in (call ``model.eval()`` first for batch norm and dropout).
+    """
+    name = layer_name(model, layer)
+    module = dict(model.named_modules())[name]
+    captured: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        captured.append(out.detach())
+
+    handle = module.register_forward_hook(hook)
+    outs = []
+    try:
+        with torch.no_grad():
+            for i in range(0, images.shape[0], batch_size):
+                captured.clear()
+                model(images[i : i + batch_size])
+                if len(captured) != 1:
+                    raise ConvscopeError(f"{name} ran {len(captured)} times in one forward pass")
+                outs.append(captured[0])
+    finally:
+        handle.remove()
+    return torch.cat(outs)
+
+
+def _minmax(z: torch.Tensor) -> torch.Tensor:
+    """Contrast range per image: ``(z - min) / (max - min)`` over all but dim 0."""
+    flat = z.flatten(1)
+    lo = flat.min(1).values[:, None, None, None]
+    hi = flat.max(1).values[:, None, None, None]
+    span = hi - lo
+    # a constant response has no contrast to normalise: map it to 0
+    return torch.where(span > 0, (z - lo) / torch.where(span > 0, span, 1), 0.0)
+
+
+@dataclass
+class ReconstructionError:
+    """Seed 003 eq. 3 for one layer and unpooling mode (see ``docs/decoding.md``).
+
+    Attributes:
+        layer: dotted name; unpool: the mode.
+        mean, std: over images of the per-image error.
+        per_image: ``(N,)`` per-image error: mean over filters and positions of the
+            squared difference between the contrast-normalised response and the
+            contrast-normalised reconstruction.
+        offset: whether the response to a black image was added to the reconstruction.
+    """
+
+    layer: str
+    unpool: str
+    mean: float
+    std: float
+    per_image: np.ndarray
+    offset: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (without the per-image values)."""
+        return {
+            "layer": self.layer,
+            "unpool": self.unpool,
+            "mean": self.mean,
+            "std": self.std,
+            "n_images": int(self.per_image.shape[0]),
+            "offset": self.offset,
+        }
+
+
+def reconstruction_error(
+    model: nn.Module,
+    layer: nn.Module | str,
+    images: torch.Tensor,
+    unpool: UnpoolMode | str = "nearest",
+    *,
+    offset: bool = True,
+    decoded: DecodedFilters | None = None,
+    batch_size: int = 256,
+) -> ReconstructionError:
+    """Mean squared error between a layer's response and its decoded estimate.
+
+    For each image ``I``: ``R = layer response (K, h, w)``, ``E = I * df`` (correlation
+    at the aligning stride, :meth:`DecodedFilters.correlate`), plus, with ``offset``,
+    the layer's response to an all-zero image (it carries the biases, which decoded
+    filters leave out). Both are cropped to their common top-left extent, then each
+    is contrast-normalised to [0, 1] over all its filters and positions; the error
+    is the mean squared difference. Computed in float64.
+
+    Args:
+        images: ``(N, C_in, H, W)`` on the model's device.
+        decoded: reuse filters decoded before (must be of ``layer`` and ``unpool``).
+
+    Returns:
+        :class:`ReconstructionError` with the mean and std over the images.
+    """
+    name = layer_name(model, layer)
+    dec = decoded if decoded is not None else decode(model, name, unpool, dtype=torch.float64)
+    if dec.layer != name:
+        raise ConvscopeError(f"decoded filters are of {dec.layer}, not {name}")
+    errs = []
+    zero = torch.zeros_like(images[:1])
+    base = layer_response(model, name, zero).double() if offset else None
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i : i + batch_size]
+        r = layer_response(model, name, x, batch_size).double()
+        e = dec.correlate(x.double())
+        h, w = min(r.shape[-2], e.shape[-2]), min(r.shape[-1], e.shape[-1])
+        r, e = r[..., :h, :w], e[..., :h, :w]
+        if base is not None:
+            e = e + base[..., :h, :w]
+        errs.append(((_minmax(r) - _minmax(e)) ** 2).flatten(1).mean(1))
+    per = torch.cat(errs).cpu().numpy()
+    return ReconstructionError(
+        layer=name,
+        unpool=dec.unpool,
+        mean=float(per.mean()),
+        std=float(per.std()),
+        per_image=per,
+        offset=offset,
+    )
+
+
+def error_table(
+    model: nn.Module,
+    layers: Sequence[nn.Module | str],
+    images: torch.Tensor,
+    unpools: Sequence[str] = UNPOOL_MODES,
+    *,
+    offset: bool = True,
+) -> dict[str, dict[str, ReconstructionError]]:
+    """:func:`reconstruction_error` for every layer and unpooling mode.
+
+    Returns:
+        ``table[layer_name][unpool]``.
+    """
+    table: dict[str, dict[str, ReconstructionError]] = {}
+    for layer in layers:
+        name = layer_name(model, layer)
+        table[name] = {
+            mode: reconstruction_error(model, name, images, mode, offset=offset) for mode in unpools
+        }
+    return table
+
+
+# --------------------------------------------------------------------------- reading them
+
+
+def threshold_filters(filters: torch.Tensor, fraction: float = 0.5) -> torch.Tensor:
+    """Seed 003's thresholded filters: the sign where ``|v| >= fraction * max|v|``, else 0.
+
+    The maximum is taken per filter (over channels and positions), so every filter
+    keeps its own strongest positive and negative strokes.
+
+    Args:
+        filters: ``(K, ...)``.
+
+    Returns:
+        Same shape, values in {-1, 0, 1}.
+    """
+    if not 0 < fraction <= 1:
+        raise ConvscopeError(f"fraction must lie in (0, 1], got {fraction}")
+    peak = filters.abs().flatten(1).max(1).values.view(-1, *([1] * (filters.dim() - 1)))
+    return torch.where(filters.abs() >= fraction * peak, torch.sign(filters), 0.0)
+
+
+def top_activating(scores: torch.Tensor, n: int = 4) -> torch.Tensor:
+    """Indices of the ``n`` images with the highest score per filter.
+
+    Args:
+        scores: ``(N, K)`` activations (e.g. a decoded filter's correlation, maxed
+            over positions).
+
+    Returns:
+        ``(K, n)`` image indices, highest first.
+    """
+    n = min(n, scores.shape[0])
+    return scores.topk(n, dim=0).indices.T.contiguous()
+
+
+def max_activation_matrix(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seed 003 Fig. 1: each filter against the images that excite each filter most.
+
+    Args:
+        scores: ``(N, K)`` activations of ``K`` filters on ``N`` images.
+
+    Returns:
+        ``(best, matrix)``: ``best (K,)`` the image index with the highest score per
+        filter; ``matrix (K, K)`` with ``matrix[k, j]`` = score of filter ``k`` on
+        image ``best[j]``. Its diagonal is each row's maximum by construction; how
+        much smaller the rest of a row is says how selective the filter is.
+    """
+    best = scores.argmax(0)
+    return best, scores[best].T.contiguous()
