@@ -204,3 +204,30 @@ def test_diagnose_errors() -> None:
         sp.diagnose([1.0, 2.0])
     with pytest.raises(ConvscopeError, match="MaxGainCallback"):
         sp.diagnose({"train_loss": [1, 2, 3, 4]})
+
+
+def test_spectrum_cli(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from convscope.models import build_model, save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "m.pt", build_model("gfnn", input_size=16))
+    run = [sys.executable, "-m", "convscope.cli", "spectrum", "--checkpoint", str(ckpt)]
+    proc = subprocess.run([*run, "--out", str(tmp_path / "a")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    model = build_model("gfnn", input_size=16)
+    from convscope.models import load_checkpoint
+
+    model, _ = load_checkpoint(ckpt)
+    assert m["maximum_gain_db"] == pytest.approx(sp.maximum_gain(model), abs=1e-4)
+    assert (tmp_path / "a" / "transfer_function.png").stat().st_size > 0
+    rgb = tmp_path / "rgb.png"
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(rgb)
+    proc = subprocess.run(
+        [*run, "--image", str(rgb), "--out", str(tmp_path / "b")], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "--channels 1" in proc.stderr and "Traceback" not in proc.stderr

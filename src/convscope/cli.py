@@ -71,6 +71,9 @@ def train(
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
+    max_gain: Annotated[
+        bool, typer.Option(help="Log the impulse-image Maximum Gain (dB) every epoch.")
+    ] = False,
 ) -> None:
     """Train a model and write checkpoint.pt and metrics.json."""
     from convscope import train as tr
@@ -94,9 +97,22 @@ def train(
         k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v
     }
     config = tr.PRESETS[preset].replace(seed=seed, device=device, **overrides)
+    callbacks = []
+    if max_gain:
+        from convscope.spectral import MaxGainCallback
+
+        callbacks.append(MaxGainCallback(shape=(c, h, w)))
     history = tr.fit(model, train_set.to_torch(), test_set.to_torch(), config, out_dir=out,
-                     progress=progress)  # fmt: skip
+                     progress=progress, callbacks=callbacks)  # fmt: skip
     typer.echo(f"test accuracy: {100 * history.test_acc[-1]:.2f}%")
+    if max_gain:
+        from convscope.spectral import diagnose
+
+        mg = history.extra["max_gain"]
+        typer.echo(f"Maximum Gain: {mg[0]:.2f} -> {mg[-1]:.2f} dB")
+        if len(mg) >= 4:
+            d = diagnose(history)
+            typer.echo(f"diagnosis: {d.pattern} ({d.advice})")
     _done(out)
 
 
@@ -123,6 +139,78 @@ def explain(
     typer.echo(f"class {r['target_name']} (logit {r['logit']:.3f})")
     if "top_kernels" in r:
         typer.echo("top kernels: " + ", ".join(r["top_kernels"]))
+    _done(out)
+
+
+@app.command()
+def spectrum(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint from `convscope train`.")],
+    image: Annotated[
+        Path | None, typer.Option(help="Operating point (default: the impulse image).")
+    ] = None,
+    out: OutDir = Path("spectrum_output"),
+    target: Annotated[int | None, typer.Option(help="Class (default: the winner).")] = None,
+    on: Annotated[str, typer.Option(help="softmax (p = 1/score) or logit.")] = "softmax",
+    channels: Annotated[int | None, typer.Option(help="Convert the image's channels.")] = None,
+    shape: Annotated[
+        str | None, typer.Option(help="Impulse image shape C,H,W when the model does not say.")
+    ] = None,
+) -> None:
+    """Transfer function and Maximum Gain of a model (seed 004)."""
+    import torch
+
+    from convscope import spectral as sp
+    from convscope.data import load_image
+    from convscope.io import write_json
+    from convscope.models import load_checkpoint
+    from convscope.report.figures import plot_transfer_function, save_figure
+
+    if on not in ("softmax", "logit"):
+        raise ConvscopeError(f"--on must be softmax or logit, got {on!r}")
+    model, extra = load_checkpoint(checkpoint)
+    if image is None:
+        if shape:
+            try:
+                dims = tuple(int(v) for v in shape.split(","))
+            except ValueError:
+                raise ConvscopeError(f"--shape must look like 1,28,28; got {shape!r}") from None
+        else:
+            dims = sp.model_input_shape(model)
+        x = sp.impulse_image(dims)
+        window: sp.Window = "hann"
+    else:
+        side = getattr(model, "input_size", None)
+        x = load_image(image, channels=channels, size=(side, side) if side else None)
+        window = None
+    in_ch = int(getattr(model, "in_channels", x.shape[1]))
+    if x.shape[1] != in_ch:
+        raise ConvscopeError(
+            f"{image}: image has {x.shape[1]} channels but the model expects {in_ch}; "
+            f"pass --channels {in_ch} to convert it"
+        )
+    d = sp.data_derivative(model, x, target, on=on)[0]  # type: ignore[arg-type]
+    spec = sp.spectrum_db(d, window)
+    gains = [float(v) for v in spec.flatten(1).amax(1)]
+    out.mkdir(parents=True, exist_ok=True)
+    src = "impulse image" if image is None else image.name
+    save_figure(
+        plot_transfer_function(d.numpy(), spec.numpy(), gains, f"{checkpoint.name} at {src}"),
+        out / "transfer_function.png",
+    )
+    with torch.no_grad():
+        logits = model(x)[0]
+    write_json(
+        out / "metrics.json",
+        {
+            "checkpoint": str(checkpoint),
+            "operating_point": src,
+            "window": window,
+            "projection": on,
+            "class": int(logits.argmax()) if target is None else target,
+            "maximum_gain_db": gains,
+        },
+    )
+    typer.echo("Maximum Gain: " + ", ".join(f"{g:.2f} dB" for g in gains))
     _done(out)
 
 

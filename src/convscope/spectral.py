@@ -38,6 +38,7 @@ __all__ = [
     "impulse_image",
     "log_max_gain",
     "maximum_gain",
+    "model_input_shape",
     "spectrum_db",
     "transfer_function",
     "variability",
@@ -210,12 +211,17 @@ def transfer_function(
     return spectrum_db(d, window), d
 
 
-def _model_shape(model: nn.Module) -> tuple[int, int, int]:
+def model_input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """``(C, H, W)`` from a model's ``input_shape`` or ``in_channels``/``input_size``."""
+    shape = getattr(model, "input_shape", None)
+    if shape is not None:
+        return tuple(int(v) for v in shape)  # type: ignore[return-value]
     c = getattr(model, "in_channels", None)
     s = getattr(model, "input_size", None)
     if c is None or s is None:
         raise ConvscopeError(
-            f"cannot tell the input shape of {type(model).__name__}: pass shape=(C, H, W) or x"
+            f"cannot tell the input shape of {type(model).__name__}: "
+            "pass shape=(C, H, W) (on the command line: --shape C,H,W)"
         )
     return int(c), int(s), int(s)
 
@@ -243,7 +249,7 @@ def maximum_gain(
         p = next(iter(model.parameters()), None)
         dtype = p.dtype if p is not None else torch.float32
         device = p.device if p is not None else None
-        x = impulse_image(shape or _model_shape(model), dtype=dtype, device=device)
+        x = impulse_image(shape or model_input_shape(model), dtype=dtype, device=device)
     xb = _as_batch(x)
     if xb.shape[0] != 1:
         raise ConvscopeError("maximum_gain takes one image")

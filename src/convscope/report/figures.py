@@ -28,6 +28,7 @@ __all__ = [
     "plot_kernel_bank",
     "plot_top_filter_images",
     "plot_training_curves",
+    "plot_transfer_function",
     "save_figure",
 ]
 
@@ -229,5 +230,31 @@ def plot_contact_sheet(
             tile = tiles[i]
             ax.imshow(tile, cmap="gray" if tile.ndim == 2 else None, vmin=0, vmax=255)
             ax.set_title(titles[i], fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_transfer_function(
+    derivative: np.ndarray, spectrum: np.ndarray, gains: Sequence[float], title: str = ""
+) -> Figure:
+    """Seed 004 Fig. 3-6: data derivative and its amplitude spectrum, one row per channel.
+
+    Args:
+        derivative: ``(C, H, W)`` data derivatives.
+        spectrum: ``(C, H, W)`` spectra in dB, DC in the centre.
+        gains: Maximum Gain per channel (dB).
+    """
+    c = derivative.shape[0]
+    fig, axes = plt.subplots(c, 2, figsize=(6.4, 3.0 * c), squeeze=False)
+    for i in range(c):
+        _signed_imshow(axes[i, 0], derivative[i], f"dz/dx, channel {i}")
+        finite = spectrum[i][spectrum[i] > -300]
+        lo = float(finite.min()) if finite.size else -300.0
+        im = axes[i, 1].imshow(spectrum[i], cmap="viridis", vmin=max(lo, float(gains[i]) - 80))
+        axes[i, 1].set_title(f"|H| (dB), max {gains[i]:.1f} dB", fontsize=8)
+        axes[i, 1].axis("off")
+        fig.colorbar(im, ax=axes[i, 1], fraction=0.046)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
