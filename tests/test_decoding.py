@@ -15,8 +15,10 @@ from torch import nn
 import convscope as cs
 from convscope.decoding import (
     UNPOOL_MODES,
+    compare_responses,
     decode,
     decode_filters,
+    decoded_activations,
     decoding_chain,
     layer_response,
     max_activation_matrix,
@@ -260,3 +262,25 @@ def test_table_shape_on_trained_lenet() -> None:
     for layer in layers:
         e = [errs[layer, mode] for mode in ("nearest", "bilinear", "bicubic")]
         assert max(e) < 1.5 * min(e)
+
+
+def test_compare_responses_and_activations() -> None:
+    model = LeNet().eval()
+    x = torch.rand(3, 1, 28, 28)
+    r, e = compare_responses(model, "features.conv2", x, "bicubic")
+    assert r.shape == e.shape == (3, 50, 8, 8)
+    for t in (r, e):
+        flat = t.flatten(1)
+        torch.testing.assert_close(flat.amin(1), torch.zeros(3, dtype=torch.float64))
+        torch.testing.assert_close(flat.amax(1), torch.ones(3, dtype=torch.float64))
+    err = reconstruction_error(model, "features.conv2", x, "bicubic")
+    torch.testing.assert_close(
+        torch.from_numpy(err.per_image), ((r - e) ** 2).flatten(1).mean(1), rtol=1e-12, atol=0
+    )
+    dec = decode(model, "features.conv2")
+    acts = decoded_activations(dec, x)
+    torch.testing.assert_close(acts, dec.correlate(x).amax((2, 3)))
+    with pytest.raises(ConvscopeError, match="all decoded filters"):
+        reconstruction_error(
+            model, "features.conv2", x, decoded=decode(model, "features.conv2", filters=[1])
+        )

@@ -49,8 +49,10 @@ __all__ = [
     "ChainStep",
     "DecodedFilters",
     "ReconstructionError",
+    "compare_responses",
     "decode",
     "decode_filters",
+    "decoded_activations",
     "decoding_chain",
     "error_table",
     "layer_name",
@@ -513,6 +515,65 @@ class ReconstructionError:
         }
 
 
+def _decoded_for(
+    model: nn.Module,
+    layer: nn.Module | str,
+    unpool: str,
+    decoded: DecodedFilters | None,
+) -> tuple[str, DecodedFilters]:
+    name = layer_name(model, layer)
+    dec = decoded if decoded is not None else decode(model, name, unpool, dtype=torch.float64)
+    if dec.layer != name or dec.filter_index != list(range(len(dec.filter_index))):
+        raise ConvscopeError(f"pass all decoded filters of {name} (got {dec.layer})")
+    return name, dec
+
+
+def _black_response(model: nn.Module, name: str, images: torch.Tensor) -> torch.Tensor:
+    """The layer's response to an all-zero image ``(1, K, h, w)``: the biases, carried up."""
+    return layer_response(model, name, torch.zeros_like(images[:1])).double()
+
+
+def _normalized_pair(
+    model: nn.Module,
+    name: str,
+    x: torch.Tensor,
+    dec: DecodedFilters,
+    base: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r = layer_response(model, name, x).double()
+    e = dec.correlate(x.double())
+    h, w = min(r.shape[-2], e.shape[-2]), min(r.shape[-1], e.shape[-1])
+    r, e = r[..., :h, :w], e[..., :h, :w]
+    if base is not None:
+        e = e + base[..., :h, :w]
+    return _minmax(r), _minmax(e)
+
+
+def compare_responses(
+    model: nn.Module,
+    layer: nn.Module | str,
+    images: torch.Tensor,
+    unpool: UnpoolMode | str = "nearest",
+    *,
+    offset: bool = True,
+    decoded: DecodedFilters | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's response and its decoded estimate, as :func:`reconstruction_error` compares them.
+
+    Args:
+        images: ``(N, C_in, H, W)``, a few (everything is held in memory).
+        decoded: reuse filters decoded before (all filters of ``layer``); then
+            ``unpool`` is ignored.
+
+    Returns:
+        ``(response, estimate)``, both ``(N, K, h, w)`` float64, cropped to their
+        common extent and contrast-normalised to [0, 1] per image.
+    """
+    name, dec = _decoded_for(model, layer, unpool, decoded)
+    base = _black_response(model, name, images) if offset else None
+    return _normalized_pair(model, name, images, dec, base)
+
+
 def reconstruction_error(
     model: nn.Module,
     layer: nn.Module | str,
@@ -534,27 +595,20 @@ def reconstruction_error(
 
     Args:
         images: ``(N, C_in, H, W)`` on the model's device.
-        decoded: reuse filters decoded before (must be of ``layer`` and ``unpool``).
+        offset: add the response to a black image to the estimate (default); without
+            it, eq. 3 is read literally and the biases count as error.
+        decoded: reuse filters decoded before (all filters of ``layer``); then
+            ``unpool`` is ignored.
 
     Returns:
         :class:`ReconstructionError` with the mean and std over the images.
     """
-    name = layer_name(model, layer)
-    dec = decoded if decoded is not None else decode(model, name, unpool, dtype=torch.float64)
-    if dec.layer != name:
-        raise ConvscopeError(f"decoded filters are of {dec.layer}, not {name}")
+    name, dec = _decoded_for(model, layer, unpool, decoded)
+    base = _black_response(model, name, images) if offset else None
     errs = []
-    zero = torch.zeros_like(images[:1])
-    base = layer_response(model, name, zero).double() if offset else None
     for i in range(0, images.shape[0], batch_size):
-        x = images[i : i + batch_size]
-        r = layer_response(model, name, x, batch_size).double()
-        e = dec.correlate(x.double())
-        h, w = min(r.shape[-2], e.shape[-2]), min(r.shape[-1], e.shape[-1])
-        r, e = r[..., :h, :w], e[..., :h, :w]
-        if base is not None:
-            e = e + base[..., :h, :w]
-        errs.append(((_minmax(r) - _minmax(e)) ** 2).flatten(1).mean(1))
+        r, e = _normalized_pair(model, name, images[i : i + batch_size], dec, base)
+        errs.append(((r - e) ** 2).flatten(1).mean(1))
     per = torch.cat(errs).cpu().numpy()
     return ReconstructionError(
         layer=name,
@@ -607,6 +661,21 @@ def threshold_filters(filters: torch.Tensor, fraction: float = 0.5) -> torch.Ten
         raise ConvscopeError(f"fraction must lie in (0, 1], got {fraction}")
     peak = filters.abs().flatten(1).max(1).values.view(-1, *([1] * (filters.dim() - 1)))
     return torch.where(filters.abs() >= fraction * peak, torch.sign(filters), 0.0)
+
+
+def decoded_activations(
+    decoded: DecodedFilters, images: torch.Tensor, batch_size: int = 512
+) -> torch.Tensor:
+    """Each decoded filter's strongest response to each image: ``(N, K)``.
+
+    The correlation :meth:`DecodedFilters.correlate`, maxed over positions (for
+    filters as large as the image there is one position).
+    """
+    out = [
+        decoded.correlate(images[i : i + batch_size]).flatten(2).amax(2)
+        for i in range(0, images.shape[0], batch_size)
+    ]
+    return torch.cat(out)
 
 
 def top_activating(scores: torch.Tensor, n: int = 4) -> torch.Tensor:

@@ -1,0 +1,174 @@
+"""Figures for filter decoding (seed 003). Drawing only: arrays in, figures out.
+
+Decoded filters are drawn signed (red > 0, blue < 0, white at 0), each on its own
+scale, because a decoded filter's absolute size depends on the unpooling mode and
+says nothing about its shape. Thresholded versions (values -1, 0, 1) use the same
+colours. Filters with 3 channels are drawn as colour images (0 at mid grey).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
+
+from convscope.errors import ConvscopeError
+from convscope.report.figures import _grey_imshow, _signed_imshow
+
+__all__ = [
+    "plot_decoded_filters",
+    "plot_max_activation_matrix",
+    "plot_response_comparison",
+    "plot_top_images",
+]
+
+
+def _show_filter(ax: plt.Axes, f: np.ndarray, title: str = "") -> None:
+    """A decoded filter ``(C, h, w)`` with C = 1 (signed) or 3 (colour around grey)."""
+    if f.ndim == 2 or f.shape[0] == 1:
+        _signed_imshow(ax, f.reshape(f.shape[-2:]), title)
+        return
+    if f.shape[0] != 3:
+        raise ConvscopeError(f"can draw 1- or 3-channel filters, got {f.shape[0]} channels")
+    lim = float(np.abs(f).max()) or 1.0
+    ax.imshow(np.moveaxis(0.5 + 0.5 * f / lim, 0, -1))
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def plot_decoded_filters(
+    filters: np.ndarray,
+    thresholded: np.ndarray | None = None,
+    titles: Sequence[str] | None = None,
+    ncols: int = 10,
+    title: str = "Decoded filters",
+) -> Figure:
+    """Seed 003 Fig. 4: decoded filters in a grid, each above its thresholded version.
+
+    Args:
+        filters: ``(K, C, h, w)`` decoded filters, C in {1, 3}.
+        thresholded: ``(K, C, h, w)`` values in {-1, 0, 1}, drawn under each filter.
+        titles: one per filter (default: its index).
+    """
+    k = filters.shape[0]
+    titles = list(titles) if titles is not None else [str(i) for i in range(k)]
+    ncols = max(1, min(ncols, k))
+    nrows = int(np.ceil(k / ncols))
+    per = 2 if thresholded is not None else 1
+    fig, axes = plt.subplots(
+        nrows * per, ncols, figsize=(1.1 * ncols, 1.2 * nrows * per), squeeze=False
+    )
+    for i in range(nrows * ncols):
+        r, c = divmod(i, ncols)
+        if i >= k:
+            for j in range(per):
+                axes[r * per + j, c].axis("off")
+            continue
+        _show_filter(axes[r * per, c], filters[i], titles[i])
+        if thresholded is not None:
+            _show_filter(axes[r * per + 1, c], thresholded[i])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_max_activation_matrix(
+    filters: np.ndarray,
+    thresholded: np.ndarray,
+    images: np.ndarray,
+    matrix: np.ndarray,
+    filter_labels: Sequence[str],
+    image_labels: Sequence[str],
+) -> Figure:
+    """Seed 003 Fig. 1: decoded filters (rows) against the images they excite most (columns).
+
+    Args:
+        filters, thresholded: ``(K, C, h, w)``, drawn on the left of each row.
+        images: ``(K, C, H, W)`` in [0, 1]: image ``j`` excites filter ``j`` most.
+        matrix: ``(K, K)``, ``matrix[k, j]`` = activation of filter ``k`` on image ``j``.
+        filter_labels, image_labels: ``K`` names each.
+    """
+    k = matrix.shape[0]
+    size = 0.75
+    fig = plt.figure(figsize=(size * (k + 3), size * (k + 1.4)))
+    grid = fig.add_gridspec(k + 1, k + 2, wspace=0.05, hspace=0.05)
+    for j in range(k):
+        _grey_imshow(fig.add_subplot(grid[0, j + 2]), images[j], image_labels[j])
+    for i in range(k):
+        _show_filter(fig.add_subplot(grid[i + 1, 0]), thresholded[i])
+        _show_filter(fig.add_subplot(grid[i + 1, 1]), filters[i])
+    ax = fig.add_subplot(grid[1:, 2:])
+    ax.imshow(matrix, cmap="viridis", aspect="auto")
+    top = np.abs(matrix).max() or 1.0
+    for i in range(k):
+        for j in range(k):
+            v = matrix[i, j]
+            ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=6,
+                    color="black" if v > 0.6 * top else "white")  # fmt: skip
+    ax.set_xticks([])
+    ax.set_yticks(range(k))
+    ax.set_yticklabels(filter_labels, fontsize=7)
+    ax.yaxis.tick_right()
+    fig.suptitle(
+        "Decoded top-layer filters (left: thresholded, raw) against the images with their "
+        "highest activation (top)",
+        fontsize=9,
+    )
+    return fig
+
+
+def plot_top_images(
+    filters: np.ndarray,
+    images: np.ndarray,
+    scores: np.ndarray,
+    titles: Sequence[str],
+) -> Figure:
+    """Each decoded filter beside the images that excite it most.
+
+    Args:
+        filters: ``(K, C, h, w)``.
+        images: ``(K, n, C, H, W)`` in [0, 1], highest first.
+        scores: ``(K, n)`` their activations.
+        titles: one per filter.
+    """
+    k, n = scores.shape
+    fig, axes = plt.subplots(k, n + 1, figsize=(1.3 * (n + 1), 1.35 * k), squeeze=False)
+    for i in range(k):
+        _show_filter(axes[i, 0], filters[i], titles[i])
+        for j in range(n):
+            _grey_imshow(axes[i, j + 1], images[i, j], f"{scores[i, j]:.3g}")
+    fig.suptitle("Decoded filters and their top-activating images", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_response_comparison(
+    image: np.ndarray,
+    network: np.ndarray,
+    decoded: np.ndarray,
+    titles: Sequence[str],
+) -> Figure:
+    """Seed 003 Fig. 3: a layer's response maps beside the decoded filters' estimates.
+
+    Args:
+        image: ``(C, H, W)`` in [0, 1].
+        network, decoded: ``(R, h, w)`` maps of ``R`` filters, each already
+            contrast-normalised the way the error is.
+        titles: one per filter.
+    """
+    r = network.shape[0]
+    fig, axes = plt.subplots(2, r + 1, figsize=(1.3 * (r + 1), 2.8), squeeze=False)
+    _grey_imshow(axes[0, 0], image, "image")
+    axes[1, 0].axis("off")
+    for j in range(r):
+        for row, maps, label in ((0, network, "network"), (1, decoded, "decoded")):
+            ax = axes[row, j + 1]
+            ax.imshow(maps[j], cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{label} {titles[j]}", fontsize=7)
+            ax.axis("off")
+    fig.suptitle("Layer response (top) and the image correlated with decoded filters (bottom)",
+                 fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    return fig
