@@ -21,6 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "convscope" / "numpy_cnn
 def test_importing_numpy_cnn_does_not_import_torch() -> None:
     code = (
         "import sys, convscope, convscope.numpy_cnn, convscope.numpy_cnn.networks; "
+        "import convscope.numpy_cnn.walkthrough, convscope.numpy_cnn.plots; "
         "assert 'torch' not in sys.modules, 'torch was imported'; "
         "assert convscope.numpy_cnn.Conv2D is not None"
     )

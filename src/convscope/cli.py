@@ -278,6 +278,41 @@ def kernels_apply(
     _done(out, f"{len(ks)} filtered images and contact_sheet.png")
 
 
+numpy_cnn_app = typer.Typer(help="The textbook CNN in NumPy (seed 002).", no_args_is_help=True)
+app.add_typer(numpy_cnn_app, name="numpy-cnn")
+
+
+@numpy_cnn_app.command("walkthrough")
+def numpy_cnn_walkthrough(
+    out: OutDir = Path("walkthrough_output"),
+    pairs: Annotated[
+        str, typer.Option(help='Digit pairs "positive:negative", comma-separated.')
+    ] = "1:0,7:1",
+    epochs: Annotated[int, typer.Option(help="Training epochs (25 in the chapter).")] = 25,
+    seeds: Annotated[int, typer.Option(help="Random starts trained per pair.")] = 3,
+    seed: int = 0,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = False,
+) -> None:
+    """Section 11.6.3: one learned 3x3 kernel read through line probes, and a hand-made one."""
+    from convscope.numpy_cnn.walkthrough import run_walkthrough
+
+    parsed: list[tuple[int, int]] = []
+    for item in pairs.split(","):
+        a, sep, b = item.strip().partition(":")
+        if not sep or not a.isdigit() or not b.isdigit():
+            raise ConvscopeError(f'--pairs: expected digits like "1:0,7:1", got {item!r}')
+        parsed.append((int(a), int(b)))
+    m = run_walkthrough(out, parsed, epochs=epochs, seeds=seeds, seed=seed, progress=progress)
+    for p in m["pairs"].values():
+        typer.echo(
+            f'"{p["positive"]}" vs "{p["negative"]}": learned kernel '
+            f"{100 * p['learned']['test']['accuracy']:.1f}%, hand-made "
+            f"{' + '.join(p['hand_designed']['recipe'])} "
+            f"{100 * p['hand_designed']['test']['accuracy']:.1f}% test accuracy"
+        )
+    _done(out / "report.html", "the report")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turn ConvscopeError into one line and exit code 2."""
     try:
