@@ -1,4 +1,4 @@
-"""Architectures: fixed-kernel networks and models by name."""
+"""Architectures: fixed-kernel networks, super-resolution and image-to-image models, by name."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from convscope.models.gfnn import (
     gf_resnet50,
     kernel_bank_conv2d,
 )
+from convscope.models.i2i import CycleGANGenerator
 from convscope.models.lenet import LENET_LAYER_NUMBERS, LeNet
+from convscope.models.sr import ESPCN, BicubicUpscaler, EDSRBaseline
 from convscope.models.zoo import (
     ARCHITECTURES,
     build_model,
@@ -21,9 +23,13 @@ from convscope.models.zoo import (
 
 __all__ = [
     "ARCHITECTURES",
+    "ESPCN",
     "GFNN",
     "LENET_LAYER_NUMBERS",
+    "BicubicUpscaler",
     "ColorFrontEnd",
+    "CycleGANGenerator",
+    "EDSRBaseline",
     "KernelBank2d",
     "LeNet",
     "build_model",

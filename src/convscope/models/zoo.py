@@ -42,6 +42,30 @@ def _gf_resnet50(**kw: Any) -> nn.Module:
     return gf_resnet50(**kw)
 
 
+def _bicubic(**kw: Any) -> nn.Module:
+    from convscope.models.sr import BicubicUpscaler
+
+    return BicubicUpscaler(**kw)
+
+
+def _espcn(**kw: Any) -> nn.Module:
+    from convscope.models.sr import ESPCN
+
+    return ESPCN(**kw)
+
+
+def _edsr_baseline(**kw: Any) -> nn.Module:
+    from convscope.models.sr import EDSRBaseline
+
+    return EDSRBaseline(**kw)
+
+
+def _cyclegan_generator(**kw: Any) -> nn.Module:
+    from convscope.models.i2i import CycleGANGenerator
+
+    return CycleGANGenerator(**kw)
+
+
 def _lenet(**kw: Any) -> nn.Module:
     from convscope.models.lenet import LeNet
 
@@ -52,6 +76,10 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "gfnn": _gfnn,
     "gf_resnet50": _gf_resnet50,
     "lenet": _lenet,
+    "bicubic": _bicubic,
+    "espcn": _espcn,
+    "edsr_baseline": _edsr_baseline,
+    "cyclegan_generator": _cyclegan_generator,
 }
 
 
