@@ -1,0 +1,229 @@
+"""State of one frozen forward pass: which tensors depend on the input, where we are
+in the model, and which additive constants (bias sources) each probe sees.
+
+A pass runs the model on the batch ``[x0, p_1 ... p_B]`` (``rows = B + 1``). Row 0 is
+the image the non-linear decisions are taken from; rows ``1 .. B`` are probes that go
+through the frozen, affine system. The rules in :mod:`convscope.linear.rules` and
+:mod:`convscope.linear.affine` read and write this state; the interception itself
+lives in :mod:`convscope.linear.interpreter`.
+
+Input dependence. A tensor is *tracked* when its values depend on the batch: the
+batch itself and every output of an op that had a tracked argument. Tracking is by
+identity (a dictionary from ``id`` to a weak reference, so a freed tensor whose id is
+reused is not mistaken for a tracked one), not by shape: a parameter that happens to
+have ``rows`` entries in its first dimension is not mistaken for a batch. Ops on
+untracked tensors only (parameters, buffers, constants) run untouched. Limits: the
+sample index must stay the leading dimension of every tracked tensor (checked by
+size after each op, so a permutation that brings another dimension of the same size
+to the front goes unnoticed), and the model must treat the samples of a batch
+independently (no train-mode batch statistics over the batch, which the rules
+replace by ``x0``'s statistics, and no reductions over the batch, which are refused
+when they are explicit).
+
+Bias sources. Every additive constant the frozen system adds to a tracked tensor is a
+*source*, numbered in the order the pass meets them: conv/linear biases, batch-norm
+shifts, constants added by ``x + c``, and the ``c(x0)`` of frozen units. Each probe row
+has a switch: all sources on (``li(x1)``), all off (``li.linear(x1)``, which is then
+``F x1`` exactly, with no subtraction of the residual), or one source only
+(``contributions()``). Row 0 always sees every source, so it computes ``f(x0)``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch.overrides import resolve_name
+
+from convscope.errors import ConvscopeError
+
+__all__ = [
+    "ALL_OFF",
+    "ALL_ON",
+    "Mode",
+    "PassContext",
+    "Source",
+    "SourceHook",
+    "check_batch_size",
+    "op_name",
+]
+
+Mode = Literal["freeze", "taylor"]
+
+ALL_ON = -1
+"""Switch code of a probe that sees every bias source (``F x1 + r``)."""
+ALL_OFF = -2
+"""Switch code of a probe that sees no bias source (``F x1``)."""
+
+SourceHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``hook(index, lin, const) -> out``: replaces how a pass adds source ``index``."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One additive constant of the frozen system.
+
+    Attributes:
+        name: unique key, the module path where the constant is added (``"(root)"``
+            for the model's own ``forward``), with ``#2``, ``#3`` ... when the same
+            path adds more than one constant in a pass.
+        module: the module path (``""`` for the root).
+        op: what adds it, e.g. ``"conv2d bias"``, ``"batch_norm shift"``, ``"silu c(x0)"``.
+    """
+
+    name: str
+    module: str
+    op: str
+
+
+def op_name(func: Callable[..., Any]) -> str:
+    """A readable name for a torch function or method (``torch.sin``, ``torch.Tensor.abs``)."""
+    try:
+        return resolve_name(func) or getattr(func, "__qualname__", repr(func))
+    except Exception:  # resolve_name walks torch's namespaces and can trip on odd callables
+        return getattr(func, "__qualname__", repr(func))
+
+
+def check_batch_size(size: int) -> int:
+    """``size`` if it is a valid number of probes per pass, else a ConvscopeError."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConvscopeError(f"batch_size must be an integer >= 1; got {size!r}")
+    return size
+
+
+class PassContext:
+    """Per-pass state shared by the interceptor and the rules.
+
+    Args:
+        rows: ``B + 1``, the leading size of every tracked tensor.
+        mode: ``"freeze"`` or ``"taylor"``.
+        codes: ``(B,)`` switch of each probe row: :data:`ALL_ON`, :data:`ALL_OFF` or a
+            source index ``s >= 0`` (only that source on).
+        source_hook: when given, every source goes through it instead of the mask.
+    """
+
+    def __init__(
+        self,
+        rows: int,
+        mode: Mode,
+        codes: torch.Tensor,
+        source_hook: SourceHook | None = None,
+    ) -> None:
+        self.rows = rows
+        self.mode: Mode = mode
+        self.codes = codes
+        self.source_hook = source_hook
+        self.all_on = bool((codes == ALL_ON).all())
+        self.all_off = bool((codes == ALL_OFF).all())
+        self.sources: list[Source] = []
+        self.stack: list[str] = []
+        self._tracked: dict[int, weakref.ref[torch.Tensor]] = {}
+        self._gates: dict[int, weakref.ref[torch.Tensor]] = {}
+        self._name_counts: dict[str, int] = {}
+
+    # -- where we are -------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        """Dotted path of the innermost module running now (``""``: the root)."""
+        return self.stack[-1] if self.stack else ""
+
+    def where(self) -> str:
+        return f"module {self.path!r}" if self.path else "the model's own forward"
+
+    # -- input dependence ---------------------------------------------------------
+
+    def is_tracked(self, t: object) -> bool:
+        if not isinstance(t, torch.Tensor):
+            return False
+        ref = self._tracked.get(id(t))
+        return ref is not None and ref() is t
+
+    def any_tracked(self, args: Iterable[Any], kwargs: dict[str, Any]) -> bool:
+        for a in (*args, *kwargs.values()):
+            if isinstance(a, torch.Tensor):
+                if self.is_tracked(a):
+                    return True
+            elif isinstance(a, (list, tuple)):
+                for b in a:
+                    if isinstance(b, torch.Tensor) and self.is_tracked(b):
+                        return True
+        return False
+
+    def track(self, out: Any, func: Callable[..., Any] | None = None) -> Any:
+        """Mark every tensor in ``out`` as input dependent and check its batch size."""
+        if isinstance(out, torch.Tensor):
+            if out.ndim == 0 or out.shape[0] != self.rows:
+                what = op_name(func) if func is not None else "an op"
+                size = "a scalar" if out.ndim == 0 else f"leading size {out.shape[0]}"
+                raise ConvscopeError(
+                    f"{what} in {self.where()} moved or merged the batch dimension "
+                    f"({size} instead of {self.rows}); the linear interpreter needs every "
+                    "input-dependent tensor to keep the sample index first"
+                )
+            self._tracked[id(out)] = weakref.ref(out)
+        elif isinstance(out, (list, tuple)):
+            for o in out:
+                self.track(o, func)
+        return out
+
+    def mark_gate(self, t: torch.Tensor) -> torch.Tensor:
+        """Remember ``t`` as the output of a gating unit (sigmoid-like)."""
+        self._gates[id(t)] = weakref.ref(t)
+        return t
+
+    def is_gate(self, t: torch.Tensor) -> bool:
+        ref = self._gates.get(id(t))
+        return ref is not None and ref() is t
+
+    # -- bias sources -------------------------------------------------------------
+
+    @property
+    def plain(self) -> bool:
+        """Every probe sees every source and nobody listens: add constants as usual."""
+        return self.all_on and self.source_hook is None
+
+    def new_source(self, op: str) -> int:
+        """Register the next source met in this pass and return its index."""
+        base = self.path or "(root)"
+        n = self._name_counts.get(base, 0) + 1
+        self._name_counts[base] = n
+        name = base if n == 1 else f"{base}#{n}"
+        self.sources.append(Source(name=name, module=self.path, op=op))
+        return len(self.sources) - 1
+
+    def mask(self, index: int, like: torch.Tensor) -> torch.Tensor | None:
+        """``(rows, 1, ..., 1)`` 0/1 mask of the rows that see source ``index``
+        (``None``: all of them)."""
+        if self.all_on:
+            return None
+        if self.all_off:
+            on = torch.zeros(self.rows - 1, dtype=torch.bool, device=like.device)
+        else:
+            codes = self.codes.to(like.device)
+            on = (codes == ALL_ON) | (codes == index)
+        m = torch.cat([torch.ones(1, dtype=torch.bool, device=like.device), on])
+        return m.to(like.dtype).view(self.rows, *([1] * (like.ndim - 1)))
+
+    def add_constant(self, lin: torch.Tensor, const: Any, op: str) -> torch.Tensor:
+        """``lin + const`` with ``const`` a new source: row 0 and the rows whose switch
+        lets it through get it, the others do not.
+
+        Args:
+            lin: ``(rows, ...)`` the linear part, already computed on every row.
+            const: a tensor broadcastable to ``lin`` (without the batch dimension or
+                with a leading 1 or ``rows``) or a number.
+            op: description of the source.
+
+        Returns:
+            ``(rows, ...)``.
+        """
+        index = self.new_source(op)
+        c = torch.as_tensor(const, dtype=lin.dtype, device=lin.device).detach()
+        if self.source_hook is not None:
+            return self.source_hook(index, lin, c)
+        m = self.mask(index, lin)
+        return lin + c if m is None else lin + m * c

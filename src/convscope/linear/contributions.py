@@ -1,0 +1,310 @@
+"""Where a score comes from: bias contributions, pixel discussions and pixel votes.
+
+Seed 001, Theorem 1, generalized from chains to any graph. The frozen system is
+affine, so its output splits exactly into the part carried by the input and one part
+per additive constant (bias source, see :mod:`convscope.linear.context`)::
+
+    f(x0) = F x0 + sum_s Q_s b_s
+
+where ``b_s`` is the constant at its site and ``Q_s`` the frozen linear map from that
+site to the output. The contribution of a source is the output of the frozen system
+with the input at 0 and only that source switched on; ``"input"`` is ``F x0``. All of
+them come from batched passes, one probe per source.
+
+Pixel discussion (seed 001 eq. 18; the paper leaves the class dependence implicit,
+so this is our reading, see docs/linear.md). For score ``c``::
+
+    PD_c = sum over channels of [ x0 * F^T e_c  +  sum_s F_s^T (b_s * Q_s^T e_c) ]
+
+scaled so that its pixels sum to ``y_c``. ``Q_s^T e_c`` weights the bias map at site
+``s`` by how much each of its entries reaches score ``c`` (so ``b_s * Q_s^T e_c`` sums
+to the source's contribution), and ``F_s^T`` back-projects that map to the input with
+the transposed interpreter of the sub-network input -> ``s``. The first term sums to
+``(F x0)_c`` on its own; the back-projected bias maps do not keep their sums, hence
+the final scaling. Pixel vote: the target whose discussion is largest at a pixel.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from convscope.errors import ConvscopeError
+from convscope.linear.context import ALL_OFF, ALL_ON, check_batch_size
+
+if TYPE_CHECKING:
+    from convscope.linear.interpreter import LinearInterpreter
+
+__all__ = [
+    "ContributionHistogram",
+    "contribution_histogram",
+    "contributions",
+    "group_contributions",
+    "pixel_discussion",
+    "pixel_votes",
+    "residual_share",
+]
+
+
+def _target(li: LinearInterpreter, target: int | None) -> int:
+    n = math.prod(li.out_shape)
+    if target is None:
+        return int(li.output.reshape(-1).argmax())
+    if isinstance(target, bool) or not isinstance(target, int):
+        raise ConvscopeError(f"target must be an int (a flat output index); got {target!r}")
+    if not 0 <= target < n:
+        raise ConvscopeError(f"target {target} is out of range for {n} output values")
+    return target
+
+
+def contributions(
+    li: LinearInterpreter, target: int | None = None, *, batch_size: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Split ``f(x0)`` into the input's part and one part per bias source.
+
+    Args:
+        li: the interpreter.
+        target: ``None`` for whole outputs, or a flat output index ``c`` (the class
+            of a classifier) for the scalar shares of ``y_c``.
+        batch_size: probes per pass (default: the interpreter's).
+
+    Returns:
+        ``{"input": F x0, source name: Q_s b_s, ...}`` in the order the model adds
+        the sources; each value ``(1, *out_shape)`` (``target=None``) or a 0-d tensor.
+        The values sum to ``f(x0)`` (or ``y_c``) up to rounding.
+    """
+    c = None if target is None else _target(li, target)
+    n_sources = len(li.sources)
+    codes = torch.tensor([ALL_OFF, *range(n_sources)])
+    size = check_batch_size(li.batch_size if batch_size is None else batch_size)
+    outs = []
+    for start in range(0, n_sources + 1, size):
+        sl = slice(start, min(n_sources + 1, start + size))
+        probes = torch.zeros(
+            (sl.stop - sl.start, *li.in_shape), dtype=li.x0.dtype, device=li.x0.device
+        )
+        if start == 0:
+            probes[0] = li.x0[0]
+        out, _ = li._run(probes, codes[sl])
+        outs.append(out[1:].detach())
+    values = torch.cat(outs)
+    names = ["input", *(s.name for s in li.sources)]
+    if c is None:
+        return {name: values[i : i + 1] for i, name in enumerate(names)}
+    flat = values.reshape(len(names), -1)[:, c]
+    return {name: flat[i] for i, name in enumerate(names)}
+
+
+def residual_share(li: LinearInterpreter, target: int | None = None) -> float:
+    """``r_c / y_c``: the share of score ``c`` that the biases carry (seed 001 Table 3).
+
+    Args:
+        li: the interpreter.
+        target: flat output index (default: the largest output, the top-1 class).
+
+    Returns:
+        The ratio as a float (``nan`` when ``y_c == 0``).
+    """
+    c = _target(li, target)
+    y = float(li.output.reshape(-1)[c])
+    r = float(li.residual.reshape(-1)[c])
+    return r / y if y != 0 else math.nan
+
+
+_REPEAT = re.compile(r"#\d+$")
+
+
+def group_contributions(
+    contribs: Mapping[str, torch.Tensor],
+    depth: int | None = None,
+    key: Callable[[str], str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Sum contributions by layer, keeping the order in which layers first appear.
+
+    Args:
+        contribs: the output of :func:`contributions`.
+        depth: group by the first ``depth`` parts of the module path
+            (``features.3.conv`` -> ``features.3`` for ``depth=2``); ``None`` merges only
+            repeated calls of one module (``relu#2`` into ``relu``).
+        key: a function from source name to group name, instead of ``depth``.
+            ``"input"`` always stays its own group.
+
+    Returns:
+        ``{group: summed value}``.
+    """
+    if depth is not None and depth < 1:
+        raise ConvscopeError(f"depth must be >= 1; got {depth}")
+
+    def default(name: str) -> str:
+        base = _REPEAT.sub("", name)
+        return base if depth is None else ".".join(base.split(".")[:depth])
+
+    fn = key or default
+    out: dict[str, torch.Tensor] = {}
+    for name, value in contribs.items():
+        group = "input" if name == "input" else fn(name)
+        out[group] = out[group] + value if group in out else value.clone()
+    return out
+
+
+@dataclass(frozen=True)
+class ContributionHistogram:
+    """Per-layer shares of a score averaged over images (seed 001 Fig. 4 and 8).
+
+    Attributes:
+        names: ``"input"`` and the layer groups, in model order.
+        mean: ``(L,)`` mean share (contribution / score) of each group.
+        std: ``(L,)`` standard deviation over the images (0 for one image).
+        count: the number of images.
+    """
+
+    names: list[str]
+    mean: torch.Tensor
+    std: torch.Tensor
+    count: int
+
+
+def contribution_histogram(shares: Sequence[Mapping[str, torch.Tensor]]) -> ContributionHistogram:
+    """Average scalar contributions over images, each normalized by its score.
+
+    Args:
+        shares: one dict per image from ``contributions(target=c)`` (optionally
+            passed through :func:`group_contributions`); each is divided by its own
+            total, the score ``y_c``. Groups missing in an image count as 0.
+
+    Returns:
+        :class:`ContributionHistogram`.
+    """
+    if not shares:
+        raise ConvscopeError("contribution_histogram needs at least one image's contributions")
+    names: list[str] = []
+    for d in shares:
+        names.extend(n for n in d if n not in names)
+    table = torch.zeros(len(shares), len(names), dtype=torch.float64)
+    for i, d in enumerate(shares):
+        total = float(sum(float(v) for v in d.values()))
+        if total == 0:
+            raise ConvscopeError(f"image {i}: the contributions sum to 0, cannot normalize")
+        for j, n in enumerate(names):
+            if n in d:
+                table[i, j] = float(d[n]) / total
+    std = table.std(0) if len(shares) > 1 else torch.zeros(len(names), dtype=torch.float64)
+    return ContributionHistogram(names=names, mean=table.mean(0), std=std, count=len(shares))
+
+
+def _targets(li: LinearInterpreter, targets: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(targets).reshape(-1)
+    if t.is_floating_point() or t.dtype == torch.bool or t.numel() == 0:
+        raise ConvscopeError(f"targets must be one or more integer output indices; got {targets!r}")
+    n = math.prod(li.out_shape)
+    if int(t.min()) < 0 or int(t.max()) >= n:
+        raise ConvscopeError(f"targets must lie in [0, {n}); got {t.tolist()}")
+    return t.long()
+
+
+def pixel_discussion(
+    li: LinearInterpreter,
+    targets: int | Sequence[int] | torch.Tensor,
+    *,
+    normalize: bool = True,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Pixel-wise contributions to each target score (seed 001 eq. 18, our reading).
+
+    One forward pass per chunk of targets with every bias source as a leaf tensor,
+    then two backward passes: the first gives ``F^T e_c`` and every ``Q_s^T e_c``, the
+    second back-projects all weighted bias maps ``b_s * Q_s^T e_c`` at once.
+
+    Args:
+        li: the interpreter; its input is ``(1, C, *spatial)``.
+        targets: flat output indices (classes).
+        normalize: scale each discussion so its pixels sum to the score ``y_c``; a
+            discussion whose raw sum is 0 is left as it is.
+        batch_size: targets per pass.
+
+    Returns:
+        ``(T, *spatial)``, e.g. ``(T, H, W)``, summed over the colour channels.
+    """
+    if len(li.in_shape) < 2:
+        raise ConvscopeError(f"pixel discussions need inputs (C, H, W); got {li.in_shape}")
+    t = _targets(li, targets)
+    size = check_batch_size(li.batch_size if batch_size is None else batch_size)
+    parts = []
+    for start in range(0, t.numel(), size):
+        parts.append(_discuss(li, t[start : start + size]))
+    pd = torch.cat(parts)
+    if normalize:
+        scores = li.output.reshape(-1)[t].to(pd.dtype)
+        sums = pd.flatten(1).sum(1)
+        factor = torch.where(sums != 0, scores / torch.where(sums != 0, sums, 1), 1)
+        pd = pd * factor.view(-1, *([1] * (pd.ndim - 1)))
+    return pd
+
+
+def _discuss(li: LinearInterpreter, t: torch.Tensor) -> torch.Tensor:
+    b = t.numel()
+    records: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def hook(index: int, lin: torch.Tensor, const: torch.Tensor) -> torch.Tensor:
+        rows = lin.shape[0]
+        if const.ndim == lin.ndim and const.shape[0] == rows:
+            c0, cp = const[:1], const[1:]
+        else:
+            c0 = cp = const
+        beta = torch.broadcast_to(cp, (rows - 1, *lin.shape[1:])).clone().requires_grad_(True)
+        records.append((lin[1:], beta))
+        return torch.cat([lin[:1] + c0, lin[1:] + beta])
+
+    x1 = torch.zeros((b, *li.in_shape), dtype=li.x0.dtype, device=li.x0.device)
+    x1.requires_grad_(True)
+    out, _ = li._run(x1, [ALL_ON] * b, source_hook=hook, grad=True)
+    score = out[1:].reshape(b, -1).gather(1, t.to(out.device)[:, None]).sum()
+    inputs = [x1, *(beta for _, beta in records)]
+    grads = torch.autograd.grad(score, inputs, retain_graph=True, allow_unused=True)
+    g_x = torch.zeros_like(x1) if grads[0] is None else grads[0]
+    total = None
+    for (lin, beta), g_beta in zip(records, grads[1:], strict=True):
+        if g_beta is None or not lin.requires_grad:
+            continue
+        term = (lin * (beta.detach() * g_beta)).sum()
+        total = term if total is None else total + term
+    back = torch.zeros_like(x1)
+    if total is not None:
+        (g,) = torch.autograd.grad(total, x1, allow_unused=True)
+        if g is not None:
+            back = g
+    return (li.x0 * g_x + back).detach().sum(1)
+
+
+def pixel_votes(
+    li: LinearInterpreter,
+    targets: int | Sequence[int] | torch.Tensor | None = None,
+    *,
+    top: int = 10,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """The target each pixel votes for: the largest pixel discussion among the targets.
+
+    Args:
+        li: the interpreter.
+        targets: output indices to choose from; ``None``: the ``top`` largest outputs.
+        top: how many top outputs when ``targets`` is ``None``.
+        batch_size: targets per pass.
+
+    Returns:
+        ``(*spatial)`` integer tensor of output indices, e.g. ``(H, W)``.
+    """
+    if targets is None:
+        if top < 1:
+            raise ConvscopeError(f"top must be >= 1; got {top}")
+        flat = li.output.reshape(-1)
+        t = flat.topk(min(top, flat.numel())).indices.cpu()
+    else:
+        t = _targets(li, targets)
+    pd = pixel_discussion(li, t, batch_size=batch_size)
+    return t.to(pd.device)[pd.argmax(0)]

@@ -1,0 +1,476 @@
+"""The linear interpreter (seed 001): freeze a network's decisions at one image ``x0``.
+
+``LinearInterpreter(model, x0)`` turns ``model`` into the affine map
+``y = F(x0) x + r(x0)`` that the network is, with every non-linear decision taken
+for ``x0`` held fixed. Nothing is materialized: each query runs the model once on the
+batch ``[x0, probes ...]``, and every non-linear unit computes its usual output on
+``x0`` and the frozen affine map on the probes (the paper's LinearScope).
+
+The mechanism, in one place. A pass enters :class:`_Interceptor`, a
+``torch.overrides.TorchFunctionMode`` that sees every torch function, ``Tensor``
+method and ``torch.nn.functional`` call, whether it comes from a module (``nn.ReLU``)
+or a functional call in some ``forward`` (``F.relu``, ``torch.flatten``,
+``Tensor.relu_``). Calls on input-dependent (tracked) tensors are routed to a rule
+(:mod:`convscope.linear.rules`), an affine handler or the linear whitelist
+(:mod:`convscope.linear.affine`); anything else is a :class:`ConvscopeError` naming
+the op and the module it ran in. Module forward hooks only keep track of that module
+path. Intercepting at the function level matters: module hooks alone miss the
+functional calls of densenet, inception, mobilenet_v3 and efficientnet, and a
+forward hook on ``nn.ReLU(inplace=True)`` sees its input already overwritten.
+
+The model leaves every pass as it came: the hooks are registered in one context
+manager and removed in its ``finally`` (also when the model raises), parameters get
+their ``requires_grad`` flags back, and buffers their values (train-mode batch norm
+would otherwise count batches). The train/eval flags are never touched: the model
+runs in the mode it is in (eval for the usual analysis; train-mode batch norm and
+dropout are frozen at ``x0``'s statistics and one random mask).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from convscope.errors import ConvscopeError
+from convscope.linear.affine import (
+    CONSTANT_OF_SHAPE,
+    FIRST_LINEAR,
+    HANDLERS,
+    JOINT_LINEAR,
+    METADATA,
+    Handler,
+    linear_first,
+    linear_joint,
+)
+from convscope.linear.context import (
+    ALL_OFF,
+    ALL_ON,
+    Mode,
+    PassContext,
+    Source,
+    SourceHook,
+    check_batch_size,
+    op_name,
+)
+from convscope.linear.rules import RULES
+
+if TYPE_CHECKING:
+    from convscope.linear.svd import SVDResult
+
+__all__ = ["LinearInterpreter", "frozen_pass"]
+
+_MODES = ("freeze", "taylor")
+
+_DISPATCH: dict[Callable[..., Any], Handler] = {
+    **dict.fromkeys(JOINT_LINEAR, linear_joint),
+    **dict.fromkeys(FIRST_LINEAR, linear_first),
+    **HANDLERS,
+    **RULES,
+}
+
+
+class _Interceptor(TorchFunctionMode):
+    """Routes every call that touches a tracked tensor to its rule, or refuses it."""
+
+    def __init__(self, ctx: PassContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        ctx = self.ctx
+        if not ctx.any_tracked(args, kwargs):
+            return func(*args, **kwargs)
+        handler = _DISPATCH.get(func)
+        if handler is not None:
+            return handler(ctx, func, args, kwargs)
+        if func in METADATA or func in CONSTANT_OF_SHAPE:
+            return func(*args, **kwargs)
+        raise ConvscopeError(
+            f"{op_name(func)} in {ctx.where()} is not linear and convscope.linear has no "
+            "rule for it; supported: ReLU-like units, clamps, max-pools, norms, smooth "
+            "activations, dropout, elementwise gates and linear ops"
+        )
+
+
+@contextlib.contextmanager
+def frozen_pass(model: nn.Module, ctx: PassContext) -> Iterator[None]:
+    """Run ``model`` under the interceptor, leaving it exactly as it was afterwards.
+
+    Registers a forward pre-hook and an always-called forward hook on every
+    sub-module (to know the current module path), switches off ``requires_grad`` on
+    the parameters (the transposed system needs gradients for the probes only) and
+    snapshots the buffers; all of it is undone in ``finally``.
+    """
+    handles: list[Any] = []
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+
+    def enter(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            ctx.stack.append(name)
+
+        return hook
+
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
+        if ctx.stack:
+            ctx.stack.pop()
+
+    try:
+        for name, module in model.named_modules():
+            handles.append(module.register_forward_pre_hook(enter(name)))
+            handles.append(module.register_forward_hook(leave, always_call=True))
+        for p, _ in flags:
+            p.requires_grad_(False)
+        with _Interceptor(ctx):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Draw from ``seed`` inside, give every generator its state back afterwards."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    devices = list(range(torch.cuda.device_count())) if cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed_all(seed)
+        yield
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+class LinearInterpreter:
+    """``y = F(x0) x + r(x0)``: a network with its non-linear decisions frozen at ``x0``.
+
+    Args:
+        model: a network that treats the samples of a batch independently and returns
+            one tensor ``(N, *out_shape)``; usually in eval mode.
+        x0: ``(1, *in_shape)`` the image the decisions are taken from, e.g. ``(1, C, H, W)``.
+        mode: ``"freeze"`` (the paper's frozen masks, selections, statistics, ratios
+            and gates) or ``"taylor"`` (first-order expansion: ``F`` is the Jacobian).
+        batch_size: at most this many probes per forward pass (bounds memory).
+        seed: every pass draws its random numbers (train-mode dropout masks) from
+            this seed, so all passes freeze the same mask; the caller's random state
+            is restored afterwards.
+
+    Attributes:
+        output: ``(1, *out_shape)`` ``f(x0)``.
+        residual: ``(1, *out_shape)`` ``r(x0) = li(0)``.
+        sources: the bias sources in the order a pass meets them (see
+            :mod:`convscope.linear.context`).
+        in_shape, out_shape: shapes of one input and one output, without the batch.
+
+    Raises:
+        ConvscopeError: a bad ``x0`` or ``mode``, a model output that is not a batched
+            tensor, or an op the interpreter has no rule for (named with its module).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x0: torch.Tensor,
+        mode: Mode = "freeze",
+        *,
+        batch_size: int = 32,
+        seed: int = 0,
+    ) -> None:
+        if mode not in _MODES:
+            raise ConvscopeError(f"mode must be one of {list(_MODES)}; got {mode!r}")
+        if not isinstance(x0, torch.Tensor) or x0.ndim < 2 or x0.shape[0] != 1:
+            shape = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
+            raise ConvscopeError(
+                f"x0 must be one image with a batch dimension (1, C, H, W); got {shape}"
+            )
+        if not x0.is_floating_point():
+            raise ConvscopeError(f"x0 must be a floating-point tensor; got dtype {x0.dtype}")
+        check_batch_size(batch_size)
+        self.model = model
+        self.mode: Mode = mode
+        self.batch_size = batch_size
+        self.seed = seed
+        self.x0 = x0.detach()
+        self.in_shape: tuple[int, ...] = tuple(x0.shape[1:])
+        self._sources: tuple[Source, ...] | None = None
+        out, ctx = self._run(torch.zeros_like(self.x0), [ALL_ON])
+        self._sources = tuple(ctx.sources)
+        self.output = out[:1].detach()
+        self.residual = out[1:2].detach()
+        self.out_shape: tuple[int, ...] = tuple(out.shape[1:])
+
+    def __repr__(self) -> str:
+        return (
+            f"LinearInterpreter({type(self.model).__name__}, mode={self.mode!r}, "
+            f"in_shape={self.in_shape}, out_shape={self.out_shape}, "
+            f"sources={len(self.sources)})"
+        )
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        assert self._sources is not None
+        return self._sources
+
+    # -- one pass --------------------------------------------------------------------
+
+    def _run(
+        self,
+        probes: torch.Tensor,
+        codes: Sequence[int] | torch.Tensor,
+        *,
+        source_hook: SourceHook | None = None,
+        grad: bool = False,
+    ) -> tuple[torch.Tensor, PassContext]:
+        """One forward pass on ``[x0, probes]``; returns the ``(1 + B, *out)`` output."""
+        rows = 1 + probes.shape[0]
+        codes_t = torch.as_tensor(codes, dtype=torch.long)
+        ctx = PassContext(rows, self.mode, codes_t, source_hook)
+        batch = torch.cat([self.x0, probes.to(self.x0)])
+        ctx.track(batch)
+        with _seeded(self.seed), torch.set_grad_enabled(grad), frozen_pass(self.model, ctx):
+            out = self.model(batch)
+        if not isinstance(out, torch.Tensor):
+            raise ConvscopeError(
+                f"the linear interpreter needs a model that returns one tensor; got "
+                f"{type(out).__name__}"
+            )
+        if not ctx.is_tracked(out):
+            raise ConvscopeError("the model's output does not depend on its input")
+        if self._sources is not None and tuple(ctx.sources) != self._sources:
+            raise ConvscopeError(
+                f"this pass met {len(ctx.sources)} bias sources where the first met "
+                f"{len(self._sources)}: the model does not compute the same graph for x0 "
+                "every time (random or data-dependent control flow?)"
+            )
+        return out, ctx
+
+    def _probes(self, x1: torch.Tensor, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if not isinstance(x1, torch.Tensor) or tuple(x1.shape[1:]) != shape or x1.ndim < 1:
+            got = tuple(x1.shape) if isinstance(x1, torch.Tensor) else type(x1).__name__
+            raise ConvscopeError(
+                f"{name} must be a batch (B, {', '.join(map(str, shape))}); got {got}"
+            )
+        return x1.detach().to(self.x0)
+
+    def _forward(self, x1: torch.Tensor, code: int, batch_size: int | None) -> torch.Tensor:
+        x1 = self._probes(x1, "x1", self.in_shape)
+        size = check_batch_size(self.batch_size if batch_size is None else batch_size)
+        outs = []
+        for sl in _chunks(x1.shape[0], size):
+            out, _ = self._run(x1[sl], [code] * (sl.stop - sl.start))
+            outs.append(out[1:])
+        if not outs:
+            return self.output.new_zeros((0, *self.out_shape))
+        return torch.cat(outs)
+
+    # -- the affine map and its parts ------------------------------------------------------
+
+    def __call__(self, x1: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
+        """``F x1 + r`` for a batch of inputs.
+
+        Args:
+            x1: ``(B, *in_shape)``.
+            batch_size: probes per pass (default: the interpreter's).
+
+        Returns:
+            ``(B, *out_shape)``; ``li(x0) == f(x0)``.
+        """
+        return self._forward(x1, ALL_ON, batch_size)
+
+    def linear(self, x1: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
+        """``F x1``, the linear part alone (every bias source off, not ``li(x1) - r``).
+
+        Args:
+            x1: ``(B, *in_shape)``.
+            batch_size: probes per pass.
+
+        Returns:
+            ``(B, *out_shape)``.
+        """
+        return self._forward(x1, ALL_OFF, batch_size)
+
+    def transpose(self, y2: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
+        """``F^T y2`` by autograd through the frozen pass (seed 001 eq. 6).
+
+        Args:
+            y2: ``(B, *out_shape)``.
+            batch_size: probes per pass.
+
+        Returns:
+            ``(B, *in_shape)``.
+        """
+        y2 = self._probes(y2, "y2", self.out_shape)
+        size = check_batch_size(self.batch_size if batch_size is None else batch_size)
+        grads = []
+        for sl in _chunks(y2.shape[0], size):
+            b = sl.stop - sl.start
+            x1 = torch.zeros((b, *self.in_shape), dtype=self.x0.dtype, device=self.x0.device)
+            x1.requires_grad_(True)
+            out, _ = self._run(x1, [ALL_OFF] * b, grad=True)
+            grads.append(_grad_or_zero(out[1:], x1, y2[sl]))
+        if not grads:
+            return self.x0.new_zeros((0, *self.in_shape))
+        return torch.cat(grads)
+
+    def columns(
+        self, idx: int | Sequence[int] | torch.Tensor, *, batch_size: int | None = None
+    ) -> torch.Tensor:
+        """Columns of ``F`` (projective filters): the response to one input value.
+
+        Args:
+            idx: flat indices into one input (``0 <= i < prod(in_shape)``).
+            batch_size: probes per pass.
+
+        Returns:
+            ``(len(idx), *out_shape)``.
+        """
+        flat = _indices(idx, math.prod(self.in_shape), "input")
+        probes = torch.zeros((len(flat), math.prod(self.in_shape)), dtype=self.x0.dtype)
+        probes[torch.arange(len(flat)), flat] = 1
+        return self.linear(probes.view(-1, *self.in_shape).to(self.x0), batch_size=batch_size)
+
+    def rows(
+        self, idx: int | Sequence[int] | torch.Tensor, *, batch_size: int | None = None
+    ) -> torch.Tensor:
+        """Rows of ``F`` (receptive filters): the inputs one output value reads.
+
+        Args:
+            idx: flat indices into one output (``0 <= i < prod(out_shape)``).
+            batch_size: probes per pass.
+
+        Returns:
+            ``(len(idx), *in_shape)``.
+        """
+        flat = _indices(idx, math.prod(self.out_shape), "output")
+        e = torch.zeros((len(flat), math.prod(self.out_shape)), dtype=self.x0.dtype)
+        e[torch.arange(len(flat)), flat] = 1
+        return self.transpose(e.view(-1, *self.out_shape).to(self.x0), batch_size=batch_size)
+
+    def svd(
+        self,
+        k: int = 5,
+        steps: int = 100,
+        momentum: float = 0.0,
+        *,
+        method: str = "power",
+        **options: Any,
+    ) -> SVDResult:
+        """The ``k`` largest singular triplets of ``F``, never materializing it.
+
+        ``method="power"`` is the paper's Algorithm 1 with deflation
+        (:func:`convscope.linear.svd.power_svd`); ``"randomized"`` the block subspace
+        iteration (:func:`convscope.linear.svd.randomized_svd`, which ignores
+        ``steps`` and ``momentum``; pass ``power_iters``/``oversample``).
+
+        Returns:
+            ``SVDResult`` unpacking as ``S`` ``(k,)``, ``U`` ``(k, *out_shape)``,
+            ``V`` ``(k, *in_shape)``.
+        """
+        from convscope.linear import svd as svd_module
+
+        options.setdefault("device", self.x0.device)
+        if method == "power":
+            return svd_module.power_svd(
+                self.linear,
+                self.transpose,
+                self.in_shape,
+                self.out_shape,
+                k,
+                steps,
+                momentum,
+                **options,
+            )
+        if method == "randomized":
+            return svd_module.randomized_svd(
+                self.linear, self.transpose, self.in_shape, self.out_shape, k, **options
+            )
+        raise ConvscopeError(f"unknown SVD method {method!r}; choose 'power' or 'randomized'")
+
+    # -- classification analyses (convscope.linear.contributions) ----------------------------
+
+    def contributions(
+        self, target: int | None = None, *, batch_size: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``"input"`` = ``F x0`` and one entry per bias source; they sum to ``f(x0)``.
+
+        See :func:`convscope.linear.contributions.contributions`.
+        """
+        from convscope.linear.contributions import contributions
+
+        return contributions(self, target, batch_size=batch_size)
+
+    def residual_share(self, target: int | None = None) -> float:
+        """``r_c / y_c`` for output ``target`` (default: the largest output)."""
+        from convscope.linear.contributions import residual_share
+
+        return residual_share(self, target)
+
+    def pixel_discussion(
+        self,
+        targets: int | Sequence[int] | torch.Tensor,
+        *,
+        normalize: bool = True,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """Pixel-wise contributions to each target score, ``(T, H, W)``.
+
+        See :func:`convscope.linear.contributions.pixel_discussion`.
+        """
+        from convscope.linear.contributions import pixel_discussion
+
+        return pixel_discussion(self, targets, normalize=normalize, batch_size=batch_size)
+
+    def pixel_votes(
+        self,
+        targets: int | Sequence[int] | torch.Tensor | None = None,
+        *,
+        top: int = 10,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """``(H, W)`` the target each pixel's discussion is largest for.
+
+        See :func:`convscope.linear.contributions.pixel_votes`.
+        """
+        from convscope.linear.contributions import pixel_votes
+
+        return pixel_votes(self, targets, top=top, batch_size=batch_size)
+
+
+def _grad_or_zero(out: torch.Tensor, x1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    if not out.requires_grad:  # F is zero: the output ignores the probes
+        return torch.zeros_like(x1)
+    (g,) = torch.autograd.grad(out, x1, grad_outputs=weights, allow_unused=True)
+    return torch.zeros_like(x1) if g is None else g.detach()
+
+
+def _indices(idx: int | Sequence[int] | torch.Tensor, n: int, what: str) -> torch.Tensor:
+    flat = torch.as_tensor(idx).reshape(-1)
+    if flat.is_floating_point() or flat.dtype == torch.bool:
+        raise ConvscopeError(f"{what} indices must be integers; got dtype {flat.dtype}")
+    flat = flat.long()
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= n):
+        bad = int(flat.min()) if int(flat.min()) < 0 else int(flat.max())
+        raise ConvscopeError(f"{what} index {bad} is out of range for {n} {what} values")
+    return flat

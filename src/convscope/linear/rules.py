@@ -1,0 +1,655 @@
+"""One rule per non-linear op: what a unit computes on the probes, chosen from ``x0``.
+
+Every rule receives the whole batch ``x = [x0, x1 ...]`` (``rows`` first) and returns
+``A(x0) x + c(x0)`` on every row, with ``A`` and ``c`` read from row 0 only, so row 0
+still gets ``h(x0)`` and a probe equal to ``x0`` gets it too (seed 001 eq. 3). ``c``
+goes through :meth:`PassContext.add_constant`, which makes it a bias source.
+
+The two modes (see DESIGN.md, "Linear interpreter"):
+
+- ``"freeze"``: the paper's reading. ReLU-like units keep their mask or slopes,
+  clamps their pattern (the clamped value is ``c``), max-pools their selected
+  positions; norms use the mean and standard deviation of ``x0``; smooth units use
+  the ratio ``h(x0) / x0`` with ``c = 0`` (the derivative where ``x0 == 0``, plus
+  ``c = h(0)`` there when ``h(0) != 0``); a product of two input-dependent tensors
+  keeps the gate at its ``x0`` value.
+- ``"taylor"``: every unit by its first-order expansion at ``x0``, ``A = h'(x0)``,
+  ``c = h(x0) - h'(x0) x0``; norms and products by their exact derivatives. The
+  frozen system is then the tangent map, ``F(x0) = J(x0)``.
+
+Piecewise-linear units (ReLU, leaky ReLU, PReLU, hardtanh/ReLU6, clamp, threshold,
+max-pool) are the same in both modes. Slopes of the smooth units come from
+``torch.func.jvp`` on row 0, so they are PyTorch's own derivative formulas.
+
+Which operand of a product is the gate: the one with fewer elements per sample
+(squeeze-excitation scales ``(N, C, 1, 1)``); on a tie the output of a sigmoid-like
+unit; otherwise the second operand.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from convscope.errors import ConvscopeError
+from convscope.linear.affine import Handler, linear_joint, pop_arg, refuse_tracked, torch_funcs
+from convscope.linear.context import PassContext, op_name
+
+__all__ = ["RULES"]
+
+T = torch.Tensor
+_nn = torch._C._nn
+
+
+# -- elementwise units -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """An elementwise non-linearity.
+
+    Attributes:
+        name: used in source descriptions.
+        fn: the out-of-place function, ``fn(x, *params)``.
+        kind: ``"relu"`` (mask from ``x0 > 0``), ``"piecewise"`` (slope and clamp
+            value from ``x0``, both modes) or ``"smooth"`` (ratio or derivative).
+        constant: whether ``c(x0)`` of a piecewise unit can be non-zero (clamps).
+        gate: whether the output counts as a gate for products.
+    """
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    kind: Literal["relu", "piecewise", "smooth"]
+    constant: bool = False
+    gate: bool = False
+
+
+def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(func)
+    except (TypeError, ValueError):  # builtins without text signatures
+        return None
+
+
+def _split_call(
+    func: Callable[..., Any], inplace: bool | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[torch.Tensor, tuple[Any, ...], dict[str, Any], bool]:
+    """``(x, params, keyword params, inplace)`` of an activation call.
+
+    ``inplace=None`` means the function takes an ``inplace`` argument (``F.relu``).
+    """
+    if inplace is None:
+        sig = _SIGNATURES.get(func)
+        if sig is not None:
+            arguments = dict(sig.bind(*args, **kwargs).arguments)
+            flag = bool(arguments.pop("inplace", False))
+            x = arguments.pop("input")
+            return x, (), arguments, flag
+        inplace = False
+    kw = dict(kwargs)
+    x = args[0] if args else kw.pop("input")
+    return x, tuple(args[1:]), kw, inplace
+
+
+def _slope(h: Callable[[T], T], x0: T) -> tuple[T, T]:
+    """``(h(x0), h'(x0))`` elementwise, by forward-mode autodiff."""
+    y0, d = torch.func.jvp(h, (x0,), (torch.ones_like(x0),))[:2]
+    return y0.detach(), d.detach()
+
+
+def _unit_rule(unit: _Unit, inplace_spec: bool | None) -> Handler:
+    def rule(
+        ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        x, params, kw, inplace = _split_call(func, inplace_spec, args, kwargs)
+        if ctx.any_tracked(params, kw):
+            refuse_tracked(ctx, func, (x, *params), kw)
+        x0 = x[:1].detach()
+        out: T
+        if unit.kind == "relu":
+            mask = (x0 > 0).to(x.dtype)
+            if inplace:
+                return ctx.track(x.mul_(mask), func)
+            out = x * mask
+        else:
+
+            def h(t: T) -> T:
+                return unit.fn(t, *params, **kw)
+
+            if unit.kind == "piecewise" or ctx.mode == "taylor":
+                y0, a = _slope(h, x0)
+                out = x * a
+                if unit.kind == "smooth" or unit.constant:
+                    out = ctx.add_constant(out, y0 - a * x0, f"{unit.name} c(x0)")
+            else:
+                out = _ratio(ctx, unit, h, x, x0)
+        if inplace:
+            x.copy_(out)
+            out = x
+        ctx.track(out, func)
+        if unit.gate:
+            ctx.mark_gate(out)
+        return out
+
+    return rule
+
+
+def _ratio(ctx: PassContext, unit: _Unit, h: Callable[[T], T], x: T, x0: T) -> T:
+    """Freeze rule of a smooth unit: ``h(x0) / x0`` times the input, no constant."""
+    y0 = h(x0).detach()
+    zero = x0 == 0
+    if not bool(zero.any()):
+        return x * (y0 / x0)
+    # at x0 == 0 the ratio is the derivative; if h(0) != 0 (sigmoid) the value there
+    # cannot come from a multiple of 0, so it stays as a constant
+    _, d = _slope(h, x0)
+    a = torch.where(zero, d, y0 / torch.where(zero, torch.ones_like(x0), x0))
+    out = x * a
+    c = torch.where(zero, y0, torch.zeros_like(y0))
+    if bool(c.ne(0).any()):
+        out = ctx.add_constant(out, c, f"{unit.name} h(0)")
+    return out
+
+
+def _hardtanh(x: T, min_val: float = -1.0, max_val: float = 1.0) -> T:
+    return F.hardtanh(x, min_val, max_val)
+
+
+def _relu6(x: T) -> T:
+    return F.hardtanh(x, 0.0, 6.0)
+
+
+def _threshold(x: T, threshold: float, value: float) -> T:
+    return torch.threshold(x, threshold, value)
+
+
+_RELU = _Unit("relu", torch.relu, "relu")
+_UNITS: list[tuple[_Unit, dict[Callable[..., Any], bool | None]]] = [
+    (_RELU, {torch.relu: False, T.relu: False, torch.relu_: True, T.relu_: True, F.relu: None}),
+    (
+        _Unit("leaky_relu", F.leaky_relu, "piecewise"),
+        {F.leaky_relu: None, _nn.leaky_relu: False, _nn.leaky_relu_: True},
+    ),
+    (_Unit("prelu", torch.prelu, "piecewise"), {torch.prelu: False, T.prelu: False}),
+    (
+        _Unit("hardtanh", _hardtanh, "piecewise", constant=True),
+        {F.hardtanh: None, _nn.hardtanh: False, _nn.hardtanh_: True},
+    ),
+    (
+        _Unit("relu6", _relu6, "piecewise", constant=True),
+        {F.relu6: None, _nn.relu6: False, _nn.relu6_: True},
+    ),
+    (
+        _Unit("clamp", torch.clamp, "piecewise", constant=True),
+        {
+            **dict.fromkeys(torch_funcs(torch, "clamp clip") | torch_funcs(T, "clamp clip"), False),
+            **dict.fromkeys(
+                torch_funcs(torch, "clamp_ clip_") | torch_funcs(T, "clamp_ clip_"), True
+            ),
+        },
+    ),
+    (
+        _Unit("clamp_min", torch.clamp_min, "piecewise", constant=True),
+        {torch.clamp_min: False, T.clamp_min: False, torch.clamp_min_: True, T.clamp_min_: True},
+    ),
+    (
+        _Unit("clamp_max", torch.clamp_max, "piecewise", constant=True),
+        {torch.clamp_max: False, T.clamp_max: False, torch.clamp_max_: True, T.clamp_max_: True},
+    ),
+    (
+        _Unit("threshold", _threshold, "piecewise", constant=True),
+        {F.threshold: None, torch.threshold: False, torch.threshold_: True},
+    ),
+    (
+        _Unit("sigmoid", torch.sigmoid, "smooth", gate=True),
+        {
+            torch.sigmoid: False,
+            T.sigmoid: False,
+            F.sigmoid: None,
+            torch.sigmoid_: True,
+            T.sigmoid_: True,
+        },
+    ),
+    (
+        _Unit("tanh", torch.tanh, "smooth", gate=True),
+        {torch.tanh: False, T.tanh: False, F.tanh: None, torch.tanh_: True, T.tanh_: True},
+    ),
+    (
+        _Unit("hardsigmoid", F.hardsigmoid, "smooth", gate=True),
+        {F.hardsigmoid: None, _nn.hardsigmoid: False, _nn.hardsigmoid_: True},
+    ),
+    (
+        _Unit("hardswish", F.hardswish, "smooth"),
+        {F.hardswish: None, _nn.hardswish: False, _nn.hardswish_: True},
+    ),
+    (_Unit("silu", F.silu, "smooth"), {F.silu: None, _nn.silu: False, _nn.silu_: True}),
+    (_Unit("gelu", F.gelu, "smooth"), {F.gelu: False}),
+    (_Unit("elu", F.elu, "smooth"), {F.elu: None, _nn.elu: False, F.elu_: True}),
+    (_Unit("selu", F.selu, "smooth"), {F.selu: None, torch.selu: False, torch.selu_: True}),
+    (_Unit("celu", F.celu, "smooth"), {F.celu: None, torch.celu: False, torch.celu_: True}),
+    (_Unit("mish", F.mish, "smooth"), {F.mish: None}),
+    (_Unit("softplus", F.softplus, "smooth"), {F.softplus: False}),
+    (_Unit("logsigmoid", F.logsigmoid, "smooth"), {F.logsigmoid: False}),
+]
+
+_SIGNATURES: dict[Callable[..., Any], inspect.Signature] = {}
+for _, _variants in _UNITS:
+    for _f, _spec in _variants.items():
+        if _spec is None and (_sig := _signature(_f)) is not None:
+            _SIGNATURES[_f] = _sig
+
+
+# -- max-pool: the selected positions of x0 --------------------------------------------
+
+
+def _pool_variants(nd: int, adaptive: bool) -> dict[Callable[..., Any], None]:
+    stem = f"adaptive_max_pool{nd}d" if adaptive else f"max_pool{nd}d"
+    names = f"{stem} {stem}_with_indices _{stem}"
+    return dict.fromkeys(torch_funcs(F, names) | torch_funcs(torch, stem) | torch_funcs(_nn, names))
+
+
+def _pool_rule(nd: int, adaptive: bool) -> Handler:
+    with_indices = getattr(
+        F, f"adaptive_max_pool{nd}d_with_indices" if adaptive else f"max_pool{nd}d_with_indices"
+    )
+    n_params = 1 if adaptive else 5
+
+    def rule(
+        ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        refuse_tracked(ctx, func, args, kwargs)
+        x = args[0]
+        params = args[1 : 1 + n_params]
+        kw = {k: v for k, v in kwargs.items() if k != "return_indices"}
+        x0 = x[:1].detach()
+        reference = func(x0, *args[1:], **kwargs)
+        _, idx = with_indices(x0, *params, **kw, return_indices=True)
+        rows, channels = x.shape[0], x.shape[1]
+        flat_idx = idx.reshape(1, channels, -1).expand(rows, -1, -1)
+        out = x.reshape(rows, channels, -1).gather(2, flat_idx)
+        out = out.reshape(rows, *idx.shape[1:])
+        ctx.track(out, func)
+        if isinstance(reference, tuple):
+            return out, idx.expand(rows, *idx.shape[1:])
+        return out
+
+    return rule
+
+
+# -- normalization -----------------------------------------------------------------------
+
+
+def _bind(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    sig = _signature(func)
+    assert sig is not None
+    ba = sig.bind(*args, **kwargs)
+    ba.apply_defaults()
+    return dict(ba.arguments)
+
+
+def _channel_view(t: T | None, ndim: int) -> T | None:
+    return None if t is None else t.view(1, -1, *([1] * (ndim - 2)))
+
+
+def _affine_norm(
+    ctx: PassContext, func: Callable[..., Any], x: T, scale: T, shift: T, name: str, call: Any
+) -> T:
+    """``x * scale + shift`` (eval batch norm, instance norm on running statistics)."""
+    if ctx.plain:
+        ctx.new_source(f"{name} shift")
+        return ctx.track(call(), func)
+    return ctx.track(ctx.add_constant(x * scale, shift, f"{name} shift"), func)
+
+
+def _normalize(
+    ctx: PassContext,
+    func: Callable[..., Any],
+    name: str,
+    x: T,
+    y0: T,
+    core: Callable[[T], T],
+    dims: tuple[int, ...],
+    eps: float,
+    weight: T | None,
+    bias: T | None,
+) -> T:
+    """A norm with statistics of ``x0``: freeze them, or expand exactly (taylor).
+
+    ``core`` reshapes ``x`` so the statistics are taken over ``dims`` (group norm
+    folds channels into groups); the affine ``weight``/``bias`` are broadcast views.
+    """
+    xc = core(x)
+    xc0 = xc[:1].detach()
+    mean0 = xc0.mean(dims, keepdim=True)
+    rstd0 = ((xc0 - mean0).square().mean(dims, keepdim=True) + eps).rsqrt()
+    if ctx.mode == "freeze":
+        lin = (xc * rstd0).reshape(x.shape)
+        const = (-mean0 * rstd0).expand_as(xc0).reshape(1, *x.shape[1:])
+        if weight is not None:
+            lin, const = lin * weight, const * weight
+        if bias is not None:
+            const = const + bias
+    else:
+        xhat0 = (xc0 - mean0) * rstd0
+        centred = xc - xc.mean(dims, keepdim=True)
+        lin = ((centred - xhat0 * (xhat0 * xc).mean(dims, keepdim=True)) * rstd0).reshape(x.shape)
+        if weight is not None:
+            lin = lin * weight
+        const = y0 - lin[:1].detach()
+    return ctx.track(ctx.add_constant(lin, const, f"{name} shift"), func)
+
+
+def _running_affine(a: dict[str, Any], x: T) -> tuple[T, T]:
+    """``(scale, shift)`` views of a norm on running statistics: ``x * scale + shift``."""
+    scale = (a["running_var"] + a["eps"]).rsqrt()
+    if a["weight"] is not None:
+        scale = scale * a["weight"]
+    shift = -a["running_mean"] * scale
+    if a["bias"] is not None:
+        shift = shift + a["bias"]
+    view = (1, -1, *([1] * (x.ndim - 2)))
+    return scale.view(view), shift.view(view)
+
+
+def _batch_norm(
+    ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    refuse_tracked(ctx, func, args, kwargs)
+    a = _bind(F.batch_norm, args, kwargs)
+    x: T = a["input"]
+    if not a["training"]:
+        scale, shift = _running_affine(a, x)
+        return _affine_norm(ctx, func, x, scale, shift, "batch_norm", lambda: func(*args, **kwargs))
+    # train mode: the statistics of x0 alone; no running statistics are updated
+    x0 = x[:1].detach()
+    y0 = F.batch_norm(x0, None, None, a["weight"], a["bias"], True, 0.0, a["eps"])
+    w, b = _channel_view(a["weight"], x.ndim), _channel_view(a["bias"], x.ndim)
+    dims = tuple(range(2, x.ndim))
+    return _normalize(ctx, func, "batch_norm", x, y0, lambda t: t, dims, a["eps"], w, b)
+
+
+def _instance_norm(
+    ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    refuse_tracked(ctx, func, args, kwargs)
+    a = _bind(F.instance_norm, args, kwargs)
+    x: T = a["input"]
+    if not a["use_input_stats"]:
+        scale, shift = _running_affine(a, x)
+        return _affine_norm(
+            ctx, func, x, scale, shift, "instance_norm", lambda: func(*args, **kwargs)
+        )
+    x0 = x[:1].detach()
+    y0 = F.instance_norm(x0, None, None, a["weight"], a["bias"], True, 0.0, a["eps"])
+    w, b = _channel_view(a["weight"], x.ndim), _channel_view(a["bias"], x.ndim)
+    dims = tuple(range(2, x.ndim))
+    return _normalize(ctx, func, "instance_norm", x, y0, lambda t: t, dims, a["eps"], w, b)
+
+
+def _group_norm(
+    ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    refuse_tracked(ctx, func, args, kwargs)
+    a = _bind(F.group_norm, args, kwargs)
+    x: T = a["input"]
+    groups = a["num_groups"]
+    y0 = F.group_norm(x[:1].detach(), groups, a["weight"], a["bias"], a["eps"])
+    w, b = _channel_view(a["weight"], x.ndim), _channel_view(a["bias"], x.ndim)
+    return _normalize(
+        ctx,
+        func,
+        "group_norm",
+        x,
+        y0,
+        lambda t: t.reshape(t.shape[0], groups, -1),
+        (2,),
+        a["eps"],
+        w,
+        b,
+    )
+
+
+def _layer_norm(
+    ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    refuse_tracked(ctx, func, args, kwargs)
+    a = _bind(F.layer_norm, args, kwargs)
+    x: T = a["input"]
+    shape = tuple(a["normalized_shape"])
+    dims = tuple(range(x.ndim - len(shape), x.ndim))
+    if 0 in dims:
+        raise ConvscopeError(f"layer_norm in {ctx.where()} normalizes over the batch dimension")
+    y0 = F.layer_norm(x[:1].detach(), shape, a["weight"], a["bias"], a["eps"])
+    return _normalize(
+        ctx, func, "layer_norm", x, y0, lambda t: t, dims, a["eps"], a["weight"], a["bias"]
+    )
+
+
+def _rms_norm(
+    ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    refuse_tracked(ctx, func, args, kwargs)
+    a = _bind(F.rms_norm, args, kwargs)
+    x: T = a["input"]
+    shape = tuple(a["normalized_shape"])
+    eps = a["eps"] if a["eps"] is not None else torch.finfo(x.dtype).eps
+    dims = tuple(range(x.ndim - len(shape), x.ndim))
+    x0 = x[:1].detach()
+    r0 = (x0.square().mean(dims, keepdim=True) + eps).rsqrt()
+    weight = a["weight"]
+    if ctx.mode == "freeze":
+        out = x * r0 if weight is None else x * r0 * weight
+        return ctx.track(out, func)
+    xh0 = x0 * r0
+    lin = (x - xh0 * (xh0 * x).mean(dims, keepdim=True)) * r0
+    if weight is not None:
+        lin = lin * weight
+    y0 = F.rms_norm(x0, shape, weight, a["eps"])
+    return ctx.track(ctx.add_constant(lin, y0 - lin[:1].detach(), "rms_norm c(x0)"), func)
+
+
+# -- dropout: the same random mask on every row --------------------------------------------
+
+
+def _dropout_rule(multiplicative: bool) -> Handler:
+    def rule(
+        ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        refuse_tracked(ctx, func, args, kwargs)
+        sig = _signature(func)
+        if sig is not None:
+            a = sig.bind(*args, **kwargs)
+            a.apply_defaults()
+            x, p, training = a.arguments["input"], a.arguments["p"], a.arguments["training"]
+            inplace = bool(a.arguments.get("inplace", False))
+        else:  # torch.dropout(input, p, train) and friends
+            x, p, training = args[0], args[1], args[2] if len(args) > 2 else kwargs["train"]
+            inplace = func in _DROPOUT_INPLACE
+        if not training or p == 0:
+            return ctx.track(func(*args, **kwargs), func)
+        if not multiplicative:
+            raise ConvscopeError(
+                f"{op_name(func)} in {ctx.where()} is random and affine in training mode; "
+                "put the model in eval mode"
+            )
+        mask = func(torch.ones_like(x[:1]), p, True)
+        if inplace:
+            return ctx.track(x.mul_(mask), func)
+        return ctx.track(x * mask, func)
+
+    return rule
+
+
+_DROPOUT_INPLACE = torch_funcs(torch, "dropout_ feature_dropout_")
+
+
+# -- products and quotients of two input-dependent tensors -------------------------------------
+
+_MUL = torch_funcs(torch, "mul multiply") | torch_funcs(T, "mul multiply __mul__ __rmul__")
+_MUL_INPLACE = torch_funcs(T, "mul_ multiply_ __imul__")
+_DIV = torch_funcs(torch, "div divide true_divide") | torch_funcs(
+    T, "div divide true_divide __truediv__"
+)
+_DIV_INPLACE = torch_funcs(T, "div_ divide_ true_divide_ __itruediv__")
+_RDIV = torch_funcs(T, "__rtruediv__ __rdiv__")
+
+
+def _gate_first(ctx: PassContext, a: T, b: T) -> bool:
+    """Whether ``a`` (not ``b``) is the gate of the product ``a * b``."""
+    na, nb = a[0].numel(), b[0].numel()
+    if na != nb:
+        return na < nb
+    return ctx.is_gate(a) and not ctx.is_gate(b)
+
+
+def _mul_div(
+    ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    a: T = args[0]
+    b: T = args[1] if len(args) > 1 else kwargs["other"]
+    ta, tb = ctx.is_tracked(a), ctx.is_tracked(b)
+    divide = func in _DIV or func in _DIV_INPLACE
+    if kwargs.get("rounding_mode") is not None:
+        raise ConvscopeError(
+            f"{op_name(func)} in {ctx.where()} divides with rounding "
+            f"(rounding_mode={kwargs['rounding_mode']!r}), which is not linear"
+        )
+    if (divide and tb and not ta) or func in _RDIV:
+        raise ConvscopeError(
+            f"{op_name(func)} in {ctx.where()} divides a constant by an input-dependent "
+            "tensor; only a quotient of two input-dependent tensors (a / b) or division by "
+            "a constant is supported"
+        )
+    inplace = func in _MUL_INPLACE or func in _DIV_INPLACE
+    if not (ta and tb):
+        result = func(*args, **kwargs)
+        return ctx.track(a if inplace else result, func)
+    a0, b0 = a[:1].detach(), b[:1].detach()
+    out: T
+    if divide:
+        if ctx.mode == "freeze":
+            out = a / b0
+        else:
+            lin = a / b0 - (a0 / b0.square()) * b
+            out = ctx.add_constant(lin, a0 / b0, "div c(x0)")
+    elif ctx.mode == "freeze":
+        out = b * a0 if _gate_first(ctx, a, b) else a * b0
+    else:
+        out = ctx.add_constant(a * b0 + a0 * b, -(a0 * b0), "mul c(x0)")
+    if inplace:
+        a.copy_(out)
+        out = a
+    return ctx.track(out, func)
+
+
+_BILINEAR = torch_funcs(torch, "matmul mm bmm einsum tensordot inner outer dot") | torch_funcs(
+    T, "matmul mm bmm __matmul__ __rmatmul__ inner outer dot"
+)
+
+
+def _bilinear(
+    ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    tensors = [
+        t
+        for a in (*args, *kwargs.values())
+        for t in (a if isinstance(a, (list, tuple)) else (a,))
+        if isinstance(t, torch.Tensor)
+    ]
+    if sum(ctx.is_tracked(t) for t in tensors) > 1:
+        raise ConvscopeError(
+            f"{op_name(func)} in {ctx.where()} multiplies two input-dependent tensors "
+            "(attention-like); convscope.linear supports only elementwise gates"
+        )
+    return linear_joint(ctx, func, args, kwargs)
+
+
+# -- selections along a dimension: torch.max(x, dim) ------------------------------------------
+
+
+def _select_rule(largest: bool) -> Handler:
+    def rule(
+        ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        args2, kwargs2, dim = pop_arg(args, kwargs, 1, "dim")
+        if (
+            not isinstance(dim, int)
+            or ctx.any_tracked(args[1:], kwargs2)
+            or dim % args[0].ndim == 0
+        ):
+            raise ConvscopeError(
+                f"{op_name(func)} in {ctx.where()}: only a max/min over one non-batch "
+                "dimension (torch.max(x, dim)) is supported"
+            )
+        x: T = args[0]
+        keepdim = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
+        x0 = x[:1].detach()
+        idx = x0.argmax(dim, keepdim=True) if largest else x0.argmin(dim, keepdim=True)
+        shape = list(x.shape)
+        shape[dim] = 1
+        full_idx = idx.expand(*shape)
+        values = x.gather(dim, full_idx)
+        if not keepdim:
+            values, full_idx = values.squeeze(dim), full_idx.squeeze(dim)
+        ctx.track(values, func)
+        name = getattr(func, "__name__", "")
+        if name.startswith("am"):
+            return values
+        return (
+            torch.return_types.max((values, full_idx))
+            if largest
+            else torch.return_types.min((values, full_idx))
+        )
+
+    return rule
+
+
+def _build() -> dict[Callable[..., Any], Handler]:
+    rules: dict[Callable[..., Any], Handler] = {}
+    for unit, variants in _UNITS:
+        for func, spec in variants.items():
+            rules[func] = _unit_rule(unit, spec)
+    for nd in (1, 2, 3):
+        for adaptive in (False, True):
+            rule = _pool_rule(nd, adaptive)
+            rules.update(dict.fromkeys(_pool_variants(nd, adaptive), rule))
+    rules[F.batch_norm] = _batch_norm
+    rules[F.instance_norm] = _instance_norm
+    rules[F.group_norm] = _group_norm
+    rules[F.layer_norm] = _layer_norm
+    if hasattr(F, "rms_norm"):
+        rules[F.rms_norm] = _rms_norm
+    multiplicative = torch_funcs(F, "dropout dropout1d dropout2d dropout3d") | torch_funcs(
+        torch, "dropout dropout_ feature_dropout feature_dropout_"
+    )
+    rules.update(dict.fromkeys(multiplicative, _dropout_rule(True)))
+    alpha = torch_funcs(F, "alpha_dropout feature_alpha_dropout") | torch_funcs(
+        torch, "alpha_dropout alpha_dropout_ feature_alpha_dropout feature_alpha_dropout_"
+    )
+    rules.update(dict.fromkeys(alpha, _dropout_rule(False)))
+    rules.update(dict.fromkeys(_MUL | _MUL_INPLACE | _DIV | _DIV_INPLACE | _RDIV, _mul_div))
+    rules.update(dict.fromkeys(_BILINEAR, _bilinear))
+    rules.update(
+        dict.fromkeys(torch_funcs(torch, "amax") | torch_funcs(T, "amax"), _select_rule(True))
+    )
+    rules.update(
+        dict.fromkeys(torch_funcs(torch, "amin") | torch_funcs(T, "amin"), _select_rule(False))
+    )
+    rules.update(
+        dict.fromkeys(torch_funcs(torch, "max") | torch_funcs(T, "max"), _select_rule(True))
+    )
+    rules.update(
+        dict.fromkeys(torch_funcs(torch, "min") | torch_funcs(T, "min"), _select_rule(False))
+    )
+    return rules
+
+
+RULES: dict[Callable[..., Any], Handler] = _build()
+"""Non-linear ops (and products) by the torch function or method that reaches the mode."""

@@ -1,0 +1,61 @@
+"""Shared pieces of the linear interpreter tests: real photos, calibrated torchvision
+models, and the reference ``f(x0) + J(x0)(x1 - x0)`` by ``torch.func.jvp``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import convscope as cs
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera")
+
+
+def photos(size: int, names: tuple[str, ...] = PHOTOS) -> torch.Tensor:
+    """``(len(names), 3, size, size)`` float64 photos, roughly standardized."""
+    out = []
+    for name in names:
+        a = torch.from_numpy(cs.data.sample_photo(name)).permute(2, 0, 1).float() / 255
+        out.append(
+            nn.functional.interpolate(a[None], size=(size, size), mode="bilinear", antialias=True)
+        )
+    return ((torch.cat(out) - 0.45) / 0.25).double()
+
+
+def calibrate(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
+    """Give every bias and batch-norm affine a random value, then set the batch-norm
+    statistics from ``x`` (a train-mode pass with cumulative averaging), then eval.
+
+    Untrained torchvision models keep running statistics of 0 and 1 and zero biases,
+    which make deep signals vanish and bias contributions trivial.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None
+                if m.affine:
+                    m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
+                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
+            elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                m.bias.copy_(0.05 * torch.randn(m.bias.shape, generator=gen))
+        model.train()
+        model(x)
+    return model.eval()
+
+
+def jvp_reference(
+    model: nn.Module, x0: torch.Tensor, x1: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f(x0), J(x0)(x1 - x0))`` for a batch ``x1``, by forward-mode autodiff."""
+    with torch.no_grad():
+        f0 = model(x0)
+    base = x0.expand_as(x1).clone()
+    _, tangent = torch.func.jvp(model, (base,), (x1 - x0,))
+    return f0, tangent
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest absolute difference relative to the largest magnitude of ``b``."""
+    return float((a - b).detach().abs().max() / b.detach().abs().max())
