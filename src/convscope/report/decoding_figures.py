@@ -81,6 +81,8 @@ def plot_max_activation_matrix(
     matrix: np.ndarray,
     filter_labels: Sequence[str],
     image_labels: Sequence[str],
+    title: str = "Decoded filters (left: thresholded, raw) against the images that excite "
+    "each filter most (top)",
 ) -> Figure:
     """Seed 003 Fig. 1: decoded filters (rows) against the images they excite most (columns).
 
@@ -89,6 +91,7 @@ def plot_max_activation_matrix(
         images: ``(K, C, H, W)`` in [0, 1]: image ``j`` excites filter ``j`` most.
         matrix: ``(K, K)``, ``matrix[k, j]`` = activation of filter ``k`` on image ``j``.
         filter_labels, image_labels: ``K`` names each.
+        title: the figure's title.
     """
     k = matrix.shape[0]
     size = 0.75
@@ -105,17 +108,20 @@ def plot_max_activation_matrix(
     for i in range(k):
         for j in range(k):
             v = matrix[i, j]
-            ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=6,
-                    color="black" if v > 0.6 * top else "white")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                f"{v:.2g}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="black" if v > 0.6 * top else "white",
+            )
     ax.set_xticks([])
     ax.set_yticks(range(k))
     ax.set_yticklabels(filter_labels, fontsize=7)
     ax.yaxis.tick_right()
-    fig.suptitle(
-        "Decoded top-layer filters (left: thresholded, raw) against the images with their "
-        "highest activation (top)",
-        fontsize=9,
-    )
+    fig.suptitle(title, fontsize=9)
     return fig
 
 
@@ -168,7 +174,8 @@ def plot_response_comparison(
             ax.imshow(maps[j], cmap="gray", vmin=0, vmax=1)
             ax.set_title(f"{label} {titles[j]}", fontsize=7)
             ax.axis("off")
-    fig.suptitle("Layer response (top) and the image correlated with decoded filters (bottom)",
-                 fontsize=9)  # fmt: skip
+    fig.suptitle(
+        "Layer response (top) and the image correlated with decoded filters (bottom)", fontsize=9
+    )
     fig.tight_layout()
     return fig
