@@ -46,25 +46,38 @@ def _random_net(variant: str) -> nn.Sequential:
     torch.manual_seed(hash(variant) % 1000)
     if variant == "plain":
         layers: list[nn.Module] = [
-            nn.Conv2d(1, 3, 3), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 2)
-        ]  # fmt: skip
+            nn.Conv2d(1, 3, 3),
+            nn.MaxPool2d(2),
+            nn.Conv2d(3, 4, 3),
+            nn.ReLU(),
+            nn.Conv2d(4, 2, 2),
+        ]
     elif variant == "stride_padding":
         layers = [
-            nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),
-            nn.Conv2d(4, 3, (3, 2), stride=(1, 2), padding=(0, 1)), nn.AvgPool2d(2),
+            nn.Conv2d(2, 4, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2, padding=1),
+            nn.Conv2d(4, 3, (3, 2), stride=(1, 2), padding=(0, 1)),
+            nn.AvgPool2d(2),
             nn.Conv2d(3, 5, 2),
-        ]  # fmt: skip
+        ]
     elif variant == "dilation_groups":
         layers = [
-            nn.Conv2d(2, 4, 3, dilation=2), nn.MaxPool2d(2, dilation=2),
-            nn.Conv2d(4, 6, 3, groups=2, dilation=(1, 2)), nn.BatchNorm2d(6), nn.ReLU(),
+            nn.Conv2d(2, 4, 3, dilation=2),
+            nn.MaxPool2d(2, dilation=2),
+            nn.Conv2d(4, 6, 3, groups=2, dilation=(1, 2)),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
             nn.Conv2d(6, 4, 2, stride=2, groups=2, dilation=2),
-        ]  # fmt: skip
+        ]
     else:  # overlapping pools: non-integer bilinear/bicubic scale factors
         layers = [
-            nn.Conv2d(1, 3, 2, stride=2), nn.MaxPool2d(3, 2), nn.Conv2d(3, 3, 2),
-            nn.AvgPool2d((3, 2), (2, 1)), nn.Conv2d(3, 2, 3, padding=2),
-        ]  # fmt: skip
+            nn.Conv2d(1, 3, 2, stride=2),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(3, 3, 2),
+            nn.AvgPool2d((3, 2), (2, 1)),
+            nn.Conv2d(3, 2, 3, padding=2),
+        ]
     net = nn.Sequential(*layers).double().eval()
     for m in net:
         if isinstance(m, nn.BatchNorm2d):
@@ -177,6 +190,22 @@ class _Untraceable(_Functional):
         if x.sum() > 0:
             x = -x
         return self.b(self.a(x))
+
+
+class _CheckedLayer(nn.Module):
+    """A childless custom layer whose forward cannot be traced (a shape check)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != 2:
+            raise ValueError("two channels expected")
+        return x * 2
+
+
+def test_childless_custom_layer_is_named_not_traced_into() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), _CheckedLayer(), nn.Conv2d(2, 2, 3))
+    with pytest.raises(ConvscopeError, match=r"cannot decode through 1 \(_CheckedLayer\)"):
+        decode_filters(net, "2")
+    assert decode_filters(net, "0").shape == (2, 1, 3, 3)  # what lies above does not matter
 
 
 def test_functional_relu_is_skipped() -> None:

@@ -215,6 +215,39 @@ def spectrum(
 
 
 @app.command()
+def decode(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint from `convscope train`.")],
+    layer: Annotated[str, typer.Option(help="Conv2d to decode, e.g. features.conv4.")],
+    out: OutDir = Path("decode_output"),
+    unpool: Annotated[str, typer.Option(help="nearest, bilinear, bicubic or adjoint.")] = (
+        "nearest"
+    ),
+    dataset: Annotated[str, typer.Option(help="Test images: mnist-subset, digits, mnist...")] = (
+        "mnist-subset"
+    ),
+    data_dir: Annotated[Path | None, typer.Option(help="MNIST IDX files or image folder.")] = None,
+    images: Annotated[int, typer.Option(help="Test images used (the first N).")] = 1000,
+    max_filters: Annotated[int, typer.Option(help="Decoded filters drawn.")] = 50,
+) -> None:
+    """Decode a layer's filters into image space (seed 003): gallery, error table, report."""
+    from convscope.report.decoding_report import write_decoding_report
+
+    m = write_decoding_report(
+        checkpoint,
+        layer,
+        out,
+        unpool=unpool,
+        dataset=dataset,
+        data_dir=data_dir,
+        n_images=images,
+        max_filters=max_filters,
+    )
+    for mode, e in m["reconstruction_error"].items():
+        typer.echo(f"{mode:9s} reconstruction error {e['mean']:.4f} ± {e['std']:.4f}")
+    _done(out / "report.html", "the report")
+
+
+@app.command()
 def report(folder: Annotated[Path, typer.Argument(help="A folder with report.json.")]) -> None:
     """Render report.html again from the report.json in FOLDER."""
     from convscope.report.html import load_report, write_report

@@ -210,6 +210,19 @@ def _where(node: torch.fx.Node) -> str:
     return ""
 
 
+class _LeafTracer(torch.fx.Tracer):
+    """torch.fx tracer that keeps every module without children as one call.
+
+    A custom layer (say, a fixed kernel bank with an input check in its forward) is then
+    one node the chain walk can name in its error, instead of a trace that fails inside it.
+    """
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return super().is_leaf_module(m, module_qualified_name) or not any(
+            True for _ in m.children()
+        )
+
+
 def decoding_chain(model: nn.Module, layer: nn.Module | str) -> list[ChainStep]:
     """The layers from the image up to ``layer`` (inclusive), bottom first.
 
@@ -232,7 +245,7 @@ def decoding_chain(model: nn.Module, layer: nn.Module | str) -> list[ChainStep]:
             f"{name} is a {type(modules[name]).__name__}; decode_filters decodes Conv2d layers"
         )
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        graph = _LeafTracer().trace(model)
     except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConvscopeError(
@@ -464,7 +477,14 @@ def layer_response(
         with torch.no_grad():
             for i in range(0, images.shape[0], batch_size):
                 captured.clear()
-                model(images[i : i + batch_size])
+                try:
+                    model(images[i : i + batch_size])
+                except RuntimeError as e:  # a shape or dtype the model cannot take
+                    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                    raise ConvscopeError(
+                        f"{type(model).__name__} failed on images shaped "
+                        f"{tuple(images.shape[1:])}: {first}"
+                    ) from None
                 if len(captured) != 1:
                     raise ConvscopeError(f"{name} ran {len(captured)} times in one forward pass")
                 outs.append(captured[0])
