@@ -34,8 +34,10 @@ from convscope.decoding import (
     decode,
     decode_filters,
     decoded_activations,
+    deconvnet,
     error_table,
     layer_response,
+    linear_rows,
     max_activation_matrix,
     reconstruction_error,
     threshold_filters,
@@ -48,6 +50,7 @@ from convscope.report.decoding_figures import (
     plot_decoded_filters,
     plot_max_activation_matrix,
     plot_response_comparison,
+    plot_three_views,
     plot_top_images,
 )
 from convscope.report.figures import save_figure
@@ -187,6 +190,54 @@ def _figures(model: nn.Module, test: ArrayDataset, x: torch.Tensor, out: Path) -
             out / f"fig3_layer{LENET_LAYER_NUMBERS[layer]}.png",
             dpi=90,
         )
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
+def _three_views(
+    model: nn.Module, test: ArrayDataset, x: torch.Tensor, out: Path
+) -> dict[str, Any]:
+    """Issue 4 point 6: decoded filter, Zeiler-Fergus deconvolution, linear interpreter row."""
+    res: dict[str, Any] = {}
+    for layer, filters in (("features.conv4", range(10)), ("features.conv3", range(10))):
+        response = layer_response(model, layer, x).flatten(2).amax(2)  # (N, K)
+        dec = decode(model, layer, "nearest").filters
+        pick = [int(response[:, k].argmax()) for k in filters]  # each unit's top image
+        views: dict[str, list[torch.Tensor]] = {"decoded": [], "deconvnet": [], "linear_row": []}
+        for k, i in zip(filters, pick, strict=True):
+            views["decoded"].append(dec[k])
+            views["deconvnet"].append(deconvnet(model, layer, x[i : i + 1], k)[0])
+            views["linear_row"].append(linear_rows(model, layer, x[i : i + 1], k)[0])
+        v = {name: torch.stack(t) for name, t in views.items()}
+        number = LENET_LAYER_NUMBERS[layer]
+        res[f"layer{number}"] = {
+            "units": list(filters),
+            "images": pick,
+            "cos_decoded_row": [
+                _cosine(a, b) for a, b in zip(v["decoded"], v["linear_row"], strict=True)
+            ],
+            "cos_deconvnet_row": [
+                _cosine(a, b) for a, b in zip(v["deconvnet"], v["linear_row"], strict=True)
+            ],
+            "max_abs_deconvnet_minus_row": float((v["deconvnet"] - v["linear_row"]).abs().max()),
+        }
+        save_figure(
+            plot_three_views(
+                test.images[pick],
+                v["decoded"].numpy(),
+                v["deconvnet"].numpy(),
+                v["linear_row"].numpy(),
+                [
+                    f"L{number} f{k} (label {test.labels[i]})"
+                    for k, i in zip(filters, pick, strict=True)
+                ],
+            ),
+            out / f"three_views_layer{number}.png",
+            dpi=90,
+        )
+    return res
 
 
 def _letters(out: Path) -> dict[str, Any]:
@@ -332,6 +383,32 @@ def _markdown(data: dict[str, Any]) -> str:
         lines.append(f"| {m} | {' '.join(won)} ({ok}) |")
     lines += [
         "",
+        "## Beside the other views (issue 4, point 6)",
+        "",
+        "For each of the 10 layer-7 units and the first 10 layer-5 units, on the test image "
+        "that drives the unit hardest: its decoded filter (no image; nearest unpooling, ReLU "
+        "skipped), the Zeiler-Fergus deconvolution (max-pool switches of the image, "
+        "rectified backward signal at the ReLU) and the linear interpreter's row (switches "
+        "and the forward ReLU mask of the image, `convscope.linear`). Mean cosine similarity "
+        "to the linear row:",
+        "",
+        "| layer | decoded filter | deconvnet | max \\|deconvnet - row\\| |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for key in ("layer5", "layer7"):
+        tv = data["three_views"][key]
+        lines.append(
+            f"| {key.replace('layer', 'L')} | {np.mean(tv['cos_decoded_row']):.2f} | "
+            f"{np.mean(tv['cos_deconvnet_row']):.2f} | {tv['max_abs_deconvnet_minus_row']:.1e} |"
+        )
+    lines += [
+        "",
+        "LeNet has no ReLU below layer 5, so there the deconvolution and the row are the same map "
+        "(both route through the max-pool switches). At layer 7 they part only at the ReLU. "
+        "The decoded filter spreads every value over the whole pooling window instead of the "
+        "switch the image chose, which is why it is smoother and agrees with the row less; it "
+        "is the image-independent summary of what the two image-specific views show.",
+        "",
         "## Reading the numbers",
         "",
         EXPLANATION.strip().format(**_quoted(data)),
@@ -349,6 +426,8 @@ def _markdown(data: dict[str, Any]) -> str:
         "- `decoding/letters_layer1.png`, `letters_layer2.png`, `letters_layer4.png`: the "
         "hand-made net's decoded strokes, parts and letters (supplement Fig. 5b); "
         "`letters_activation.png`: each letter filter against each decoded letter.",
+        "- `decoding/three_views_layer5.png`, `three_views_layer7.png`: decoded filter, "
+        "deconvnet and linear row for one unit per row.",
         "",
         f"Run time: {data['seconds']:.0f} s on one CPU thread.",
         "",
@@ -443,6 +522,7 @@ def main() -> None:
         "tables": _tables(model, x),
         "classifier": _classifier(model, test, x),
         "letters": _letters(args.out),
+        "three_views": _three_views(model, test, x, args.out),
     }
     _figures(model, test, x, args.out)
     data["seconds"] = time.perf_counter() - t0

@@ -20,7 +20,9 @@ from convscope.decoding import (
     decode_filters,
     decoded_activations,
     decoding_chain,
+    deconvnet,
     layer_response,
+    linear_rows,
     max_activation_matrix,
     reconstruction_error,
     threshold_filters,
@@ -313,3 +315,21 @@ def test_compare_responses_and_activations() -> None:
         reconstruction_error(
             model, "features.conv2", x, decoded=decode(model, "features.conv2", filters=[1])
         )
+
+
+def test_deconvnet_and_linear_row_agree_below_the_relu_only() -> None:
+    torch.manual_seed(1)
+    model = LeNet().double().eval()
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    for layer, same in (("features.conv2", True), ("features.conv4", False)):
+        d = deconvnet(model, layer, x, 3)
+        r = linear_rows(model, layer, x, 3)
+        assert d.shape == r.shape == (2, 1, 28, 28)
+        assert torch.allclose(d, r, atol=1e-10) == same
+    # at the first layer the deconvolution is the filter, placed at the strongest unit
+    d = deconvnet(model, "features.conv1", x[:1], 5)
+    y, x_ = divmod(int(layer_response(model, "features.conv1", x[:1])[0, 5].argmax()), 24)
+    torch.testing.assert_close(d[0, 0, y : y + 5, x_ : x_ + 5], model.features.conv1.weight[5, 0])
+    assert d.abs().sum() == model.features.conv1.weight[5].abs().sum()
+    with pytest.raises(ConvscopeError, match="needs ReLU modules"):
+        deconvnet(_Functional(), "b", torch.rand(1, 1, 8, 8), 0)

@@ -54,9 +54,11 @@ __all__ = [
     "decode_filters",
     "decoded_activations",
     "decoding_chain",
+    "deconvnet",
     "error_table",
     "layer_name",
     "layer_response",
+    "linear_rows",
     "max_activation_matrix",
     "reconstruction_error",
     "threshold_filters",
@@ -660,6 +662,122 @@ def error_table(
             mode: reconstruction_error(model, name, images, mode, offset=offset) for mode in unpools
         }
     return table
+
+
+# --------------------------------------------------------------------------- other views
+
+
+def _unit_positions(response: torch.Tensor, k: int) -> torch.Tensor:
+    """Flat index of filter ``k``'s strongest unit per image in ``(N, K, h, w)``."""
+    n, kk, h, w = response.shape
+    best = response[:, k].flatten(1).argmax(1)  # position in (h, w)
+    return k * h * w + best
+
+
+def deconvnet(
+    model: nn.Module, layer: nn.Module | str, images: torch.Tensor, filter_index: int
+) -> torch.Tensor:
+    """Zeiler-Fergus deconvolution of filter ``filter_index``'s strongest unit, per image.
+
+    The unit's activation is projected back to the image through the layers below:
+    transposed convolutions, max-pool switches recorded in the forward pass, and at
+    every ReLU the rectified backward signal (``relu`` of it, not the forward mask).
+    Next to the decoded filter (no image, no switches, ReLUs skipped) and the linear
+    interpreter's row (switches and the forward ReLU masks of this image), it is the
+    third way of reading one unit.
+
+    Args:
+        images: ``(N, C, H, W)``.
+
+    Returns:
+        ``(N, C, H, W)``.
+
+    Raises:
+        ConvscopeError: ``layer`` cannot be decoded (see :func:`decoding_chain`) or a
+            ReLU below it is a function call, which this hook-based version cannot reach.
+    """
+    steps = decoding_chain(model, layer)
+    name = steps[-1].name
+    functional = [s.name for s in steps if s.kind == "skip" and s.module is None]
+    if functional:
+        raise ConvscopeError(
+            f"deconvnet needs ReLU modules below {name}; found function call {functional[0]}"
+        )
+    top = steps[-1].module
+    assert isinstance(top, nn.Conv2d)
+    k_all = top.out_channels
+    if not 0 <= filter_index < k_all:
+        raise ConvscopeError(f"{name} has filters 0..{k_all - 1}; got {filter_index}")
+
+    def rectify(_m: nn.Module, _gin: Any, gout: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+        return (gout[0].clamp(min=0),)
+
+    captured: list[torch.Tensor] = []
+    module = dict(model.named_modules())[name]
+    handles = [module.register_forward_hook(lambda _m, _i, out: captured.append(out))]
+    handles += [
+        s.module.register_full_backward_hook(rectify)
+        for s in steps
+        if s.kind == "skip" and isinstance(s.module, (nn.ReLU, nn.ReLU6, nn.LeakyReLU))
+    ]
+    try:
+        x = images.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            model(x)
+            out = captured[0]
+            seed = torch.zeros_like(out).flatten(1)
+            seed[torch.arange(out.shape[0]), _unit_positions(out.detach(), filter_index)] = 1.0
+            (grad,) = torch.autograd.grad(out, x, seed.view_as(out))
+    finally:
+        for h in handles:
+            h.remove()
+    return grad.detach()
+
+
+class _UpTo(nn.Module):
+    """``model`` cut at ``name``: returns that module's output (the rest still runs)."""
+
+    def __init__(self, model: nn.Module, name: str) -> None:
+        super().__init__()
+        self.model = model
+        self.target = dict(model.named_modules())[name]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+        handle = self.target.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            self.model(x)
+        finally:
+            handle.remove()
+        return captured[0]
+
+
+def linear_rows(
+    model: nn.Module, layer: nn.Module | str, images: torch.Tensor, filter_index: int
+) -> torch.Tensor:
+    """The linear interpreter's row for filter ``filter_index``'s strongest unit, per image.
+
+    With every ReLU mask and max-pool selection frozen at the image (seed 001), the
+    unit is a linear function of the image; its row is that function's weights, the
+    image-specific counterpart of the decoded filter.
+
+    Args:
+        images: ``(N, C, H, W)``; one interpreter per image.
+
+    Returns:
+        ``(N, C, H, W)``.
+    """
+    from convscope.linear import LinearInterpreter
+
+    name = layer_name(model, layer)
+    cut = _UpTo(model, name)
+    out = []
+    for i in range(images.shape[0]):
+        x0 = images[i : i + 1]
+        with torch.no_grad():
+            unit = int(_unit_positions(cut(x0), filter_index)[0])
+        out.append(LinearInterpreter(cut, x0).rows([unit]).detach())
+    return torch.cat(out)
 
 
 # --------------------------------------------------------------------------- reading them

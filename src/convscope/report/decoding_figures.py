@@ -21,6 +21,7 @@ __all__ = [
     "plot_decoded_filters",
     "plot_max_activation_matrix",
     "plot_response_comparison",
+    "plot_three_views",
     "plot_top_images",
 ]
 
@@ -177,5 +178,33 @@ def plot_response_comparison(
     fig.suptitle(
         "Layer response (top) and the image correlated with decoded filters (bottom)", fontsize=9
     )
+    fig.tight_layout()
+    return fig
+
+
+def plot_three_views(
+    images: np.ndarray,
+    decoded: np.ndarray,
+    deconv: np.ndarray,
+    rows: np.ndarray,
+    titles: Sequence[str],
+) -> Figure:
+    """One unit per row: its image, decoded filter, Zeiler-Fergus deconvolution, linear row.
+
+    Args:
+        images: ``(R, C, H, W)`` in [0, 1], the image each unit is read on.
+        decoded: ``(R, C, h, w)`` decoded filters (independent of the image).
+        deconv, rows: ``(R, C, H, W)``, the deconvolution and the linear interpreter's row.
+        titles: one per unit.
+    """
+    r = images.shape[0]
+    fig, axes = plt.subplots(r, 4, figsize=(5.6, 1.45 * r), squeeze=False)
+    heads = ("image", "decoded filter", "deconvnet", "linear row")
+    for i in range(r):
+        _grey_imshow(axes[i, 0], images[i], titles[i])
+        for j, arr in enumerate((decoded, deconv, rows)):
+            _show_filter(axes[i, j + 1], arr[i], heads[j + 1] if i == 0 else "")
+    axes[0, 0].set_title(f"{heads[0]}\n{titles[0]}", fontsize=8)
+    fig.suptitle("One unit, three readings (red > 0, blue < 0)", fontsize=9)
     fig.tight_layout()
     return fig
