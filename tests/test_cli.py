@@ -152,3 +152,15 @@ def test_explain_missing_and_non_image(tmp_path: Path, checkpoints: dict) -> Non
 
 def test_report_without_json(tmp_path: Path) -> None:
     assert_clean_error(run_cli("report", str(tmp_path)), "report.json")
+
+
+def test_train_lenet_with_max_gain(tmp_path: Path) -> None:
+    out = tmp_path / "lenet"
+    proc = run_cli(
+        "train", "--arch", "lenet", "--epochs", "1", "--batch-size", "200", "--max-gain",
+        "--no-progress", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert len(m["history"]["extra"]["max_gain"]) == 1
+    assert (out / "checkpoint.pt").is_file() and "Maximum Gain" in proc.stdout

@@ -55,7 +55,7 @@ def demo(
 @app.command()
 def train(
     out: OutDir = Path("runs/train"),
-    arch: Annotated[str, typer.Option(help="Architecture: gfnn or gf_resnet50.")] = "gfnn",
+    arch: Annotated[str, typer.Option(help="Architecture: gfnn, gf_resnet50, lenet ...")] = "gfnn",
     dataset: Annotated[
         str, typer.Option(help="mnist-subset, digits, mnist (needs --data-dir) or folder.")
     ] = "mnist-subset",
@@ -86,7 +86,9 @@ def train(
     train_set = load_dataset(dataset, "train", data_dir=data_dir)
     test_set = load_dataset(dataset, "test", data_dir=data_dir)
     c, h, w = train_set.image_shape
-    kw: dict[str, object] = {"num_classes": train_set.num_classes, "first_layer": first_layer}
+    kw: dict[str, object] = {"num_classes": train_set.num_classes}
+    if arch in ("gfnn", "gf_resnet50"):
+        kw["first_layer"] = first_layer
     if arch == "gfnn":
         if h != w:
             raise ConvscopeError(f"gfnn needs square images; {dataset} has {h}x{w}")
