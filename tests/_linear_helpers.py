@@ -59,3 +59,35 @@ def jvp_reference(
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """Largest absolute difference relative to the largest magnitude of ``b``."""
     return float((a - b).detach().abs().max() / b.detach().abs().max())
+
+
+# -- calibrated torchvision models, built once per test session ------------------------------
+
+TORCHVISION: dict[str, tuple[dict[str, object], int]] = {
+    "alexnet": ({}, 63),
+    "densenet121": ({}, 32),
+    "efficientnet_b0": ({}, 32),
+    "inception_v3": ({"aux_logits": False, "init_weights": True}, 75),
+    "mobilenet_v3_small": ({}, 32),
+    "resnet18": ({}, 32),
+    "resnet50": ({}, 32),
+    "squeezenet1_1": ({}, 32),
+    "vgg11_bn": ({}, 32),
+}
+"""name -> (constructor keywords, smallest comfortable input size)."""
+
+_CACHE: dict[str, tuple[nn.Module, torch.Tensor]] = {}
+
+
+def torchvision_model(name: str) -> tuple[nn.Module, torch.Tensor]:
+    """An untrained torchvision model in float64 and eval mode with calibrated batch
+    norm, and ``(5, 3, S, S)`` photos it was calibrated on (cached)."""
+    if name not in _CACHE:
+        import torchvision.models as tvm
+
+        kwargs, size = TORCHVISION[name]
+        torch.manual_seed(0)
+        model = getattr(tvm, name)(**kwargs).double()
+        x = photos(size)
+        _CACHE[name] = (calibrate(model, x), x)
+    return _CACHE[name]
