@@ -27,6 +27,11 @@ kernels_app = typer.Typer(
     help="The kernel bank: list it, apply it to a photo.", no_args_is_help=True
 )
 app.add_typer(kernels_app, name="kernels")
+linear_app = typer.Typer(
+    help="The linear interpreter (seed 001): F x + r of a model at one image.",
+    no_args_is_help=True,
+)
+app.add_typer(linear_app, name="linear")
 
 OutDir = Annotated[Path, typer.Option("--out", help="Folder to write results into.")]
 
