@@ -116,6 +116,20 @@ def report(results: dict[str, dict], out: Path) -> None:
         fig.tight_layout()
         save_figure(fig, out / f"{fname}.png")
 
+    # seed 004 Fig. 7 analogue: Maximum Gain of the impulse image against test error
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for n, r in results.items():
+        h = r["history"]
+        err = 100 * (1 - h["test_acc"][-1])
+        ax.scatter(err, h["extra"]["max_gain"][-1])
+        ax.annotate(n, (err, h["extra"]["max_gain"][-1]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("test error after training (%)")
+    ax.set_ylabel("Maximum Gain of the impulse image (dB)")
+    fig.tight_layout()
+    save_figure(fig, out / "fig7_gain_vs_error.png")
+
     rows = []
     for n, r in results.items():
         h = r["history"]
