@@ -7,8 +7,9 @@ message on one line and exits with status 2, never with a traceback.
 from __future__ import annotations
 
 import sys
+from collections import OrderedDict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -316,6 +317,587 @@ def kernels_apply(
         titles.append(k.name if k.index is None else f"{k.index}: {k.name}")
     save_figure(plot_contact_sheet(tiles, titles), out / "contact_sheet.png")
     _done(out, f"{len(ks)} filtered images and contact_sheet.png")
+
+
+# -- convscope linear: residual, contributions, votes, svd, rows, columns -------------------
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+LinModel = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="A convscope checkpoint (.pt), a convscope architecture (bicubic, espcn ..., "
+        "untrained) or a torchvision model name (untrained unless --weights).",
+    ),
+]
+LinImage = Annotated[
+    str, typer.Option("--image", help="PNG or JPEG, or sample:NAME for a scikit-image photo.")
+]
+LinMode = Annotated[str, typer.Option(help="freeze (the paper's frozen decisions) or taylor.")]
+LinTarget = Annotated[int | None, typer.Option(help="Output index / class (default: top-1).")]
+LinWeights = Annotated[
+    bool, typer.Option("--weights", help="torchvision: pretrained weights from the local cache.")
+]
+LinChannels = Annotated[int | None, typer.Option(help="Convert the image to 1 or 3 channels.")]
+LinSize = Annotated[str | None, typer.Option(help="Resize the image to H,W first.")]
+LinAt = Annotated[
+    list[str] | None,
+    typer.Option("--at", help="Position y,x (repeat for more; default: the centre)."),
+]
+LinChannel = Annotated[
+    int | None, typer.Option("--channel", help="One channel at each position (default: all).")
+]
+
+
+def _imagenet_normalized(net: Any) -> Any:
+    """``net`` behind ``(x - mean) / std`` with ImageNet statistics: F then reads [0, 1] pixels."""
+    import torch
+    from torch import nn
+
+    class ImageNetNormalize(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # Plain constants, not buffers: the interpreter restores buffers in place after
+            # every pass, which breaks its backward passes when a buffer is a factor.
+            mean = torch.tensor(_IMAGENET_MEAN, dtype=x.dtype, device=x.device)
+            std = torch.tensor(_IMAGENET_STD, dtype=x.dtype, device=x.device)
+            return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+    return nn.Sequential(OrderedDict(normalize=ImageNetNormalize(), net=net))
+
+
+def _load_any_model(spec: str, weights: bool) -> tuple[Any, dict[str, Any]]:
+    """A model from a checkpoint path, a convscope architecture or a torchvision name.
+
+    Returns:
+        ``(model in eval mode, info)`` with ``info`` keys ``source``, ``class_names``
+        (or ``None``), ``in_channels`` and ``input_size`` (``None`` when unknown).
+    """
+    from torch import nn
+
+    from convscope.models import ARCHITECTURES, build_model, load_checkpoint
+    from convscope.models.zoo import torchvision_model
+
+    path = Path(spec)
+    if path.is_file() or path.suffix in (".pt", ".pth") or "/" in spec:
+        if weights:
+            raise ConvscopeError("--weights is for torchvision model names, not checkpoints")
+        model, extra = load_checkpoint(path)
+        info: dict[str, Any] = {"source": "checkpoint", "class_names": extra.get("class_names")}
+    elif spec in ARCHITECTURES:
+        if weights:
+            raise ConvscopeError(f"--weights is for torchvision models; {spec} is convscope's")
+        model, info = build_model(spec), {"source": "convscope (untrained)", "class_names": None}
+    else:
+        net = torchvision_model(spec, weights="DEFAULT" if weights else None)
+        names = None
+        if weights:
+            import torchvision
+
+            names = torchvision.models.get_model_weights(spec).DEFAULT.meta.get("categories")
+        model = _imagenet_normalized(net)
+        info = {
+            "source": "torchvision" + ("" if weights else " (untrained)"),
+            "class_names": names,
+            "normalization": "imagenet",
+        }
+    channels = getattr(model, "in_channels", None) or getattr(model, "channels", None)
+    if not isinstance(channels, int):
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        channels = first.in_channels if first is not None else None
+    side = getattr(model, "input_size", None)
+    info.update(in_channels=channels, input_size=(side, side) if isinstance(side, int) else None)
+    return model.eval(), info
+
+
+def _parse_pair(text: str, what: str, example: str) -> tuple[int, int]:
+    parts = text.replace(" ", "").split(",")
+    if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
+        raise ConvscopeError(f"{what} must look like {example}; got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _linear_setup(
+    spec: str,
+    image: str,
+    mode: str,
+    weights: bool,
+    channels: int | None,
+    size: str | None,
+) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+    """Load model and image, build the interpreter (float64, exact to rounding)."""
+    import torch
+
+    from convscope.data import _resize, load_image, sample_photo
+    from convscope.linear import LinearInterpreter
+
+    if mode not in ("freeze", "taylor"):
+        raise ConvscopeError(f"--mode must be freeze or taylor; got {mode!r}")
+    hw = _parse_pair(size, "--size", "224,224") if size else None
+    if hw is not None and min(hw) < 1:
+        raise ConvscopeError(f"--size must be positive; got {size!r}")
+    model, info = _load_any_model(spec, weights)
+    if image.startswith("sample:"):
+        rgb = torch.from_numpy(sample_photo(image[len("sample:") :])).permute(2, 0, 1)
+        x = rgb[None].float() / 255.0
+        if channels == 1:
+            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        elif channels not in (None, 3):
+            raise ConvscopeError(f"--channels must be 1 or 3; got {channels}")
+    else:
+        x = load_image(image, channels=channels)
+    hw = hw or info["input_size"]
+    if hw is not None:
+        x = _resize(x, hw)
+    want = info["in_channels"]
+    if want is not None and x.shape[1] != want:
+        hint = f"; pass --channels {want}" if want in (1, 3) else ""
+        raise ConvscopeError(
+            f"{image}: the image has {x.shape[1]} channels but the model expects {want}{hint}"
+        )
+    model = model.double()
+    x0 = x.double()
+    try:
+        li = LinearInterpreter(model, x0, mode=mode)  # type: ignore[arg-type]
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConvscopeError(
+            f"{spec} cannot run on {image} of shape {tuple(x0.shape)}: {first} (try --size)"
+        ) from None
+    meta = {
+        "model": spec,
+        "model_source": info["source"],
+        "image": image,
+        "mode": mode,
+        "dtype": "float64",
+        "input_shape": list(li.in_shape),
+        "output_shape": list(li.out_shape),
+        "bias_sources": len(li.sources),
+    }
+    if "normalization" in info:
+        meta["normalization"] = info["normalization"]
+    return li, x0, info, meta
+
+
+def _class_name(info: dict[str, Any], c: int) -> str:
+    names = info.get("class_names")
+    return str(names[c]) if names and 0 <= c < len(names) else str(c)
+
+
+def _picture(x0: Any) -> Any:
+    """(1, C, H, W) tensor -> (H, W) or (H, W, 3) array in [0, 1] for the figures."""
+    a = x0[0].detach().float().clamp(0, 1).numpy()
+    return a[0] if a.shape[0] != 3 else a.transpose(1, 2, 0)
+
+
+def _flat_target(li: Any, target: int | None) -> int:
+    import math
+
+    n = math.prod(li.out_shape)
+    if target is None:
+        return int(li.output.reshape(-1).argmax())
+    if not 0 <= target < n:
+        raise ConvscopeError(f"--target {target} is out of range for {n} outputs")
+    return target
+
+
+def _write_linear(out: Path, metrics: dict[str, Any], figures: dict[str, Any]) -> None:
+    from convscope.io import write_json
+    from convscope.report.figures import save_figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig in figures.items():
+        save_figure(fig, out / name)
+    write_json(out / "metrics.json", metrics)
+
+
+@linear_app.command("residual")
+def linear_residual(
+    model: LinModel,
+    image: LinImage,
+    out: OutDir = Path("linear_output"),
+    mode: LinMode = "freeze",
+    target: LinTarget = None,
+    weights: LinWeights = False,
+    channels: LinChannels = None,
+    size: LinSize = None,
+    top: Annotated[int, typer.Option(help="Classifiers: scores shown.")] = 5,
+) -> None:
+    """Residual r(x0): its share r_c / y_c of a score (seed 001 Table 3), or |r| / |f(x0)|."""
+    from convscope.report import linear_figures as lf
+
+    li, x0, info, m = _linear_setup(model, image, mode, weights, channels, size)
+    y = li.output.reshape(-1)
+    r = li.residual.reshape(-1)
+    if len(li.out_shape) == 1 or target is not None:
+        c = _flat_target(li, target)
+        share = float(r[c] / y[c]) if float(y[c]) != 0 else float("nan")
+        order = y.argsort(descending=True)[: max(1, top)].tolist()
+        if c not in order:
+            order = [c, *order[:-1]]
+        m.update(
+            target=c,
+            class_name=_class_name(info, c),
+            score=float(y[c]),
+            residual=float(r[c]),
+            input_part=float(y[c] - r[c]),
+            residual_share=share,
+            top=[
+                {"index": k, "name": _class_name(info, k), "score": float(y[k]),
+                 "residual": float(r[k]),
+                 "residual_share": float(r[k] / y[k]) if float(y[k]) != 0 else float("nan")}
+                for k in order
+            ],
+        )  # fmt: skip
+        fig = lf.plot_score_split(
+            [_class_name(info, k) for k in order],
+            (y[order] - r[order]).numpy(),
+            r[order].numpy(),
+            image=_picture(x0),
+            title=f"{model}: scores = F x0 + r",
+        )
+        typer.echo(f"residual share of {_class_name(info, c)} (score {float(y[c]):.4g}): "
+                   f"{100 * share:.2f}%")  # fmt: skip
+    else:
+        rel = float(r.norm() / y.norm()) if float(y.norm()) != 0 else float("nan")
+        m.update(
+            output_norm=float(y.norm()),
+            residual_norm=float(r.norm()),
+            residual_max_abs=float(r.abs().max()),
+            relative_residual=rel,
+        )
+        fig = lf.plot_signed_maps(
+            [li.output[0].numpy(), li.residual[0].numpy()],
+            ["output f(x0)", f"residual r (|r|/|f| = {rel:.3g})"],
+            image=_picture(x0),
+        )
+        typer.echo(f"|r| / |f(x0)| = {rel:.4g} (max |r| {float(r.abs().max()):.3g})")
+    _write_linear(out, m, {"residual.png": fig})
+    _done(out)
+
+
+@linear_app.command("contributions")
+def linear_contributions(
+    model: LinModel,
+    image: LinImage,
+    out: OutDir = Path("linear_output"),
+    mode: LinMode = "freeze",
+    target: LinTarget = None,
+    weights: LinWeights = False,
+    channels: LinChannels = None,
+    size: LinSize = None,
+) -> None:
+    """Split f(x0) into the input's part F x0 and every bias source's (seed 001 Fig. 4)."""
+    import numpy as np
+
+    from convscope.linear import group_contributions
+    from convscope.report import linear_figures as lf
+
+    li, x0, info, m = _linear_setup(model, image, mode, weights, channels, size)
+    m["sources"] = [{"name": s.name, "module": s.module, "op": s.op} for s in li.sources]
+    if len(li.out_shape) == 1 or target is not None:
+        c = _flat_target(li, target)
+        contribs = li.contributions(target=c)
+        groups = group_contributions(contribs)
+        score = float(li.output.reshape(-1)[c])
+        total = float(sum(float(v) for v in contribs.values()))
+        shares = np.array([float(v) / score if score else np.nan for v in groups.values()])
+        m.update(
+            target=c,
+            class_name=_class_name(info, c),
+            score=score,
+            sum=total,
+            contributions={k: float(v) for k, v in contribs.items()},
+            groups={k: float(v) for k, v in groups.items()},
+            shares={k: float(s) for k, s in zip(groups, shares, strict=True)},
+        )
+        fig = lf.plot_contribution_histogram(
+            list(groups),
+            {"this image": (shares, np.zeros_like(shares))},
+            residual={"this image": (1.0 - float(shares[0]), 0.0)},
+            title=f"{model}: contributions to {_class_name(info, c)} (score {score:.4g})",
+            ylabel="share of the score",
+        )
+        inp = float(contribs["input"])
+        typer.echo(f"{_class_name(info, c)}: score {score:.4g} = input {inp:.4g} + "
+                   f"{len(contribs) - 1} bias sources")  # fmt: skip
+    else:
+        contribs = li.contributions()
+        groups = group_contributions(contribs)
+        m.update(
+            contributions={k: {"sum": float(v.sum()), "norm": float(v.norm())}
+                           for k, v in contribs.items()},
+            groups={k: {"sum": float(v.sum()), "norm": float(v.norm())}
+                    for k, v in groups.items()},
+            output={"sum": float(li.output.sum()), "norm": float(li.output.norm())},
+        )  # fmt: skip
+        fig = lf.plot_signed_maps(
+            [v[0].numpy() for v in groups.values()],
+            [f"{k} (|.| {float(v.norm()):.3g})" for k, v in groups.items()],
+            image=_picture(x0),
+            title=f"{model}: f(x0) = input + biases",
+        )
+        typer.echo(f"f(x0) split into the input and {len(contribs) - 1} bias sources")
+    _write_linear(out, m, {"contributions.png": fig})
+    _done(out)
+
+
+@linear_app.command("votes")
+def linear_votes(
+    model: LinModel,
+    image: LinImage,
+    out: OutDir = Path("linear_output"),
+    mode: LinMode = "freeze",
+    weights: LinWeights = False,
+    channels: LinChannels = None,
+    size: LinSize = None,
+    top: Annotated[int, typer.Option(help="Classes that take part in the vote (top scores).")] = (
+        10
+    ),
+) -> None:
+    """Pixel discussions and votes of a classifier, with the masked images (seed 001 Fig. 3)."""
+    from convscope.report import linear_figures as lf
+
+    li, x0, info, m = _linear_setup(model, image, mode, weights, channels, size)
+    if len(li.out_shape) != 1 or len(li.in_shape) != 3:
+        raise ConvscopeError(
+            f"votes need a classifier from images (C, H, W) to scores; this model maps "
+            f"{tuple(li.in_shape)} to {tuple(li.out_shape)}"
+        )
+    if top < 1:
+        raise ConvscopeError(f"--top must be >= 1; got {top}")
+    flat = li.output.reshape(-1)
+    targets = flat.topk(min(top, flat.numel())).indices
+    pd = li.pixel_discussion(targets)
+    votes = targets[pd.argmax(0)]
+    shares = {int(c): float((votes == c).double().mean()) for c in targets}
+    top1 = int(targets[0])
+    winner = max(shares, key=lambda c: shares[c])
+    m.update(
+        targets=[int(c) for c in targets],
+        target_names=[_class_name(info, int(c)) for c in targets],
+        vote_share={_class_name(info, c): s for c, s in shares.items()},
+        top1=top1,
+        most_voted=winner,
+        top1_wins=winner == top1,
+        votes=votes.tolist(),
+    )
+    fig = lf.plot_pixel_votes(
+        [_picture(x0)],
+        [votes.numpy()],
+        [[int(c) for c in targets[: min(3, len(targets))]]],
+        info.get("class_names") or None,
+        discussions=[pd[0].numpy()],
+        row_titles=[f"top-1 {_class_name(info, top1)}"],
+    )
+    typer.echo(f"top-1 {_class_name(info, top1)} gets {100 * shares[top1]:.1f}% of the pixel "
+               f"votes; most voted: {_class_name(info, winner)}")  # fmt: skip
+    _write_linear(out, m, {"votes.png": fig})
+    _done(out)
+
+
+@linear_app.command("svd")
+def linear_svd(
+    model: LinModel,
+    image: LinImage,
+    out: OutDir = Path("linear_output"),
+    mode: LinMode = "freeze",
+    weights: LinWeights = False,
+    channels: LinChannels = None,
+    size: LinSize = None,
+    k: Annotated[int, typer.Option(help="Singular triplets.")] = 4,
+    steps: Annotated[int, typer.Option(help="power: at most this many steps per pair.")] = 100,
+    method: Annotated[str, typer.Option(help="power (the paper) or randomized.")] = "power",
+) -> None:
+    """Top-k singular values, eigen-inputs and eigen-outputs of F (seed 001 Fig. 5, 12)."""
+    import math
+
+    from convscope.report import linear_figures as lf
+
+    li, x0, info, m = _linear_setup(model, image, mode, weights, channels, size)
+    limit = min(math.prod(li.in_shape), math.prod(li.out_shape))
+    if not 1 <= k <= limit:
+        raise ConvscopeError(f"--k must lie in [1, {limit}]; got {k}")
+    if method == "power":
+        res = li.svd(k=k, steps=steps)
+    elif method == "randomized":
+        res = li.svd(k=k, method="randomized")
+    else:
+        raise ConvscopeError(f"--method must be power or randomized; got {method!r}")
+    m.update(
+        k=k,
+        method=method,
+        steps=steps if method == "power" else None,
+        singular_values=[float(s) for s in res.S],
+        iterations=list(res.iterations),
+        converged=[bool(c) for c in res.converged],
+    )
+    fig = lf.plot_svd_pairs(res.S.numpy(), res.U.numpy(), res.V.numpy(), image=_picture(x0),
+                            title=f"{model}: SVD of F ({method})")  # fmt: skip
+    typer.echo("singular values: " + ", ".join(f"{float(s):.4g}" for s in res.S))
+    _write_linear(out, m, {"svd.png": fig})
+    _done(out)
+
+
+def _positions(at: list[str] | None, shape: tuple[int, ...], where: str) -> list[tuple[int, int]]:
+    h, w = shape[-2:]
+    if not at:
+        return [(h // 2, w // 2)]
+    pos = [_parse_pair(a, "--at", "12,30 (y,x)") for a in at]
+    for y, x in pos:
+        if not (0 <= y < h and 0 <= x < w):
+            raise ConvscopeError(f"--at {y},{x} lies outside the {where} ({h}x{w} pixels)")
+    return pos
+
+
+def _impulses(shape: tuple[int, ...], pos: list[tuple[int, int]], channel: int | None) -> Any:
+    """(P, *shape) probes: 1 at each position, in one channel or in all (a white impulse)."""
+    import torch
+
+    c = shape[0]
+    if channel is not None and not 0 <= channel < c:
+        raise ConvscopeError(f"--channel {channel} is out of range for {c} channels")
+    e = torch.zeros((len(pos), *shape), dtype=torch.float64)
+    for i, (y, x) in enumerate(pos):
+        if channel is None:
+            e[i, :, y, x] = 1
+        else:
+            e[i, channel, y, x] = 1
+    return e
+
+
+def _map_stats(maps: Any, centres: list[tuple[float, float]]) -> list[dict[str, Any]]:
+    """Sum, peak and spread (RMS distance of |map|^2 from its centroid) of each map."""
+    import torch
+
+    stats = []
+    for m, (cy, cx) in zip(maps, centres, strict=True):
+        a = m.reshape(-1, *m.shape[-2:]).sum(0) if m.ndim >= 3 else m
+        p = a.abs() ** 2
+        total = float(p.sum())
+        ys = torch.arange(a.shape[0], dtype=a.dtype)[:, None]
+        xs = torch.arange(a.shape[1], dtype=a.dtype)[None, :]
+        if total > 0:
+            my, mx = float((p * ys).sum() / total), float((p * xs).sum() / total)
+            spread = float(((p * ((ys - my) ** 2 + (xs - mx) ** 2)).sum() / total) ** 0.5)
+        else:
+            my = mx = spread = float("nan")
+        peak = divmod(int(a.abs().argmax()), a.shape[1])
+        stats.append(
+            {"sum": float(a.sum()), "max_abs": float(a.abs().max()), "peak": list(peak),
+             "centroid": [my, mx], "centroid_shift": [my - cy, mx - cx], "spread": spread}
+        )  # fmt: skip
+    return stats
+
+
+def _rows_or_columns(
+    kind: str,
+    spec: str,
+    image: str,
+    out: Path,
+    mode: str,
+    weights: bool,
+    channels: int | None,
+    size: str | None,
+    at: list[str] | None,
+    channel: int | None,
+    target: int | None,
+) -> None:
+    from convscope.report import linear_figures as lf
+
+    li, x0, info, m = _linear_setup(spec, image, mode, weights, channels, size)
+    classifier = len(li.out_shape) == 1
+    picture = _picture(x0)
+    in_hw = li.in_shape[-2:]
+    if kind == "row" and classifier:
+        if at:
+            raise ConvscopeError(
+                "a classifier's outputs have no positions: rows take --target, not --at"
+            )
+        c = _flat_target(li, target)
+        maps = li.rows([c])
+        m.update(target=c, class_name=_class_name(info, c), flat_indices=[c])
+        m["maps"] = _map_stats(maps, [((in_hw[0] - 1) / 2, (in_hw[1] - 1) / 2)])
+        fig = lf.plot_signed_maps([maps[0].numpy()], [f"row of {_class_name(info, c)}: F^T e_c"],
+                                  image=picture)  # fmt: skip
+        typer.echo(f"row of {_class_name(info, c)}: sum {m['maps'][0]['sum']:.4g}")
+    else:
+        if len(li.in_shape) != 3 or (kind == "row" and len(li.out_shape) != 3):
+            raise ConvscopeError(
+                f"{kind}s at positions need images (C, H, W); this model maps "
+                f"{tuple(li.in_shape)} to {tuple(li.out_shape)}"
+            )
+        if target is not None:
+            raise ConvscopeError(f"{kind}s take --at positions; --target is for classifier rows")
+        space = li.in_shape if kind == "column" else li.out_shape
+        pos = _positions(at, space, "input" if kind == "column" else "output")
+        e = _impulses(space, pos, channel)
+        maps = li.linear(e) if kind == "column" else li.transpose(e)
+        sy = li.out_shape[-2] / li.in_shape[-2] if not classifier else 1.0
+        sx = li.out_shape[-1] / li.in_shape[-1] if not classifier else 1.0
+        if kind == "column":
+            marks = pos
+            centres = [((y + 0.5) * sy - 0.5, (x + 0.5) * sx - 0.5) for y, x in pos]
+        else:
+            marks = [(int(y / sy), int(x / sx)) for y, x in pos]
+            centres = [((y + 0.5) / sy - 0.5, (x + 0.5) / sx - 0.5) for y, x in pos]
+        hw = (space[1], space[2])
+        chans = list(range(space[0])) if channel is None else [channel]
+        flat = [[c * hw[0] * hw[1] + y * hw[1] + x for c in chans] for y, x in pos]
+        m.update(at=[list(p) for p in pos], channel=channel, flat_indices=flat)
+        if classifier:  # columns of a classifier: one score vector per input position
+            m["columns"] = maps.tolist()
+            fig = lf.plot_signed_maps([maps.numpy()], ["columns (position x class)"], image=picture)
+        else:
+            m["maps"] = _map_stats(maps, centres)
+            ratio = max(sy, sx) if kind == "column" else 1 / min(sy, sx)
+            size_map = maps.shape[-2:]
+            window = int(min(min(size_map), max(11, round(8 * ratio))))
+            fig = lf.plot_filter_maps(
+                picture,
+                maps.numpy(),
+                marks,
+                centres=[(round(cy), round(cx)) for cy, cx in centres],
+                window=window,
+                kind=kind,
+            )
+        typer.echo(f"{len(pos)} {kind}s of F at " + ", ".join(f"({y},{x})" for y, x in pos))
+    _write_linear(out, m, {f"{kind}s.png": fig})
+    _done(out)
+
+
+@linear_app.command("rows")
+def linear_rows(
+    model: LinModel,
+    image: LinImage,
+    out: OutDir = Path("linear_output"),
+    mode: LinMode = "freeze",
+    at: LinAt = None,
+    channel: LinChannel = None,
+    target: LinTarget = None,
+    weights: LinWeights = False,
+    channels: LinChannels = None,
+    size: LinSize = None,
+) -> None:
+    """Rows of F (receptive filters) at output positions, or of a class (seed 001 Fig. 11)."""
+    _rows_or_columns("row", model, image, out, mode, weights, channels, size, at, channel, target)
+
+
+@linear_app.command("columns")
+def linear_columns(
+    model: LinModel,
+    image: LinImage,
+    out: OutDir = Path("linear_output"),
+    mode: LinMode = "freeze",
+    at: LinAt = None,
+    channel: LinChannel = None,
+    weights: LinWeights = False,
+    channels: LinChannels = None,
+    size: LinSize = None,
+) -> None:
+    """Columns of F (projective filters) at input positions (seed 001 Fig. 11)."""
+    _rows_or_columns("column", model, image, out, mode, weights, channels, size, at, channel, None)
 
 
 numpy_cnn_app = typer.Typer(help="The textbook CNN in NumPy (seed 002).", no_args_is_help=True)
