@@ -669,3 +669,42 @@ def test_train_mode_batch_norm_output_is_the_single_image_forward() -> None:
         _, jv_i = torch.func.jvp(ref, (x0,), (x1[i : i + 1] - x0,))
         assert rel_err(li.linear(x1[i : i + 1] - x0), jv_i) < 1e-10
         assert rel_err(li(x1[i : i + 1]), expected.detach() + jv_i) < 1e-10
+
+
+# -- SVD through the interpreter ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["power", "randomized"])
+def test_svd_matches_the_materialized_matrix(method: str) -> None:
+    # a conv net with a decaying spectrum (the middle layer's singular values fall by
+    # 0.6 per step), so power iteration converges in a few dozen steps
+    torch.manual_seed(2)
+    dense = nn.Linear(36, 36)
+    q1, _ = torch.linalg.qr(torch.randn(36, 36))
+    q2, _ = torch.linalg.qr(torch.randn(36, 36))
+    with torch.no_grad():
+        dense.weight.copy_(q1 @ torch.diag(0.6 ** torch.arange(36.0)) @ q2)
+    net = nn.Sequential(
+        nn.Conv2d(1, 1, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        dense,
+        nn.Tanh(),
+        nn.Unflatten(1, (1, 6, 6)),
+    )
+    x0 = torch.randn(1, 1, 6, 6)
+    li = LinearInterpreter(net, x0, mode="taylor")
+    Fm = li.columns(range(36)).reshape(36, 36).T  # (N, n)
+    S_ref = torch.linalg.svdvals(Fm)[:5]
+    if method == "power":
+        result = li.svd(k=5, steps=300)
+    else:
+        result = li.svd(k=5, method="randomized", power_iters=6)
+    S, U, V = result
+    assert U.shape == (5, 1, 6, 6) and V.shape == (5, 1, 6, 6)
+    torch.testing.assert_close(S, S_ref, rtol=1e-2, atol=0)
+    _, _, Vh = torch.linalg.svd(Fm)
+    for i in range(5):
+        v, u = V[i].reshape(36), U[i].reshape(36)
+        assert float(torch.dot(v, Vh[i]).abs()) > 0.99  # aligned with the exact eigen-input
+        assert float(torch.dot(Fm @ v, u).abs() / (Fm @ v).norm()) > 0.99  # F v = s u

@@ -2,12 +2,15 @@
 
 ``LinearInterpreter(model, x0, mode="freeze" | "taylor")`` gives the affine map's
 parts (``output``, ``residual``, ``li(x1)``, ``linear``, ``transpose``, ``columns``,
-``rows``), its SVD, and the classification analyses: bias contributions, residual
-share, pixel discussions and votes. See docs/linear.md.
+``rows``), its SVD (:func:`power_svd`, :func:`randomized_svd` on any pair of
+callables), and the classification analyses: bias contributions, residual share,
+pixel discussions and votes, and :func:`fgsm` to attack an image before looking again.
+See docs/linear.md.
 """
 
 from __future__ import annotations
 
+from convscope.linear.attacks import fgsm
 from convscope.linear.context import Source
 from convscope.linear.contributions import (
     ContributionHistogram,
@@ -19,15 +22,20 @@ from convscope.linear.contributions import (
     residual_share,
 )
 from convscope.linear.interpreter import LinearInterpreter
+from convscope.linear.svd import SVDResult, power_svd, randomized_svd
 
 __all__ = [
     "ContributionHistogram",
     "LinearInterpreter",
+    "SVDResult",
     "Source",
     "contribution_histogram",
     "contributions",
+    "fgsm",
     "group_contributions",
     "pixel_discussion",
     "pixel_votes",
+    "power_svd",
+    "randomized_svd",
     "residual_share",
 ]
