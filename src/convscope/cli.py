@@ -374,6 +374,7 @@ def _load_any_model(spec: str, weights: bool) -> tuple[Any, dict[str, Any]]:
         ``(model in eval mode, info)`` with ``info`` keys ``source``, ``class_names``
         (or ``None``), ``in_channels`` and ``input_size`` (``None`` when unknown).
     """
+    import torch
     from torch import nn
 
     from convscope.models import ARCHITECTURES, build_model, load_checkpoint
@@ -388,9 +389,14 @@ def _load_any_model(spec: str, weights: bool) -> tuple[Any, dict[str, Any]]:
     elif spec in ARCHITECTURES:
         if weights:
             raise ConvscopeError(f"--weights is for torchvision models; {spec} is convscope's")
-        model, info = build_model(spec), {"source": "convscope (untrained)", "class_names": None}
+        with torch.random.fork_rng():  # an untrained model is the same on every run
+            torch.manual_seed(0)
+            model = build_model(spec)
+        info = {"source": "convscope (untrained, seed 0)", "class_names": None}
     else:
-        net = torchvision_model(spec, weights="DEFAULT" if weights else None)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            net = torchvision_model(spec, weights="DEFAULT" if weights else None)
         names = None
         if weights:
             import torchvision
@@ -398,7 +404,7 @@ def _load_any_model(spec: str, weights: bool) -> tuple[Any, dict[str, Any]]:
             names = torchvision.models.get_model_weights(spec).DEFAULT.meta.get("categories")
         model = _imagenet_normalized(net)
         info = {
-            "source": "torchvision" + ("" if weights else " (untrained)"),
+            "source": "torchvision" + ("" if weights else " (untrained, seed 0)"),
             "class_names": names,
             "normalization": "imagenet",
         }
