@@ -329,6 +329,8 @@ def test_missing_image_is_one_line(
 
 
 class _ScaleByBuffer(nn.Module):
+    k: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("k", torch.tensor([2.0], dtype=torch.float64))
