@@ -906,6 +906,70 @@ def linear_columns(
     _rows_or_columns("column", model, image, out, mode, weights, channels, size, at, channel, None)
 
 
+@linear_app.command("explore")
+def linear_explore(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="bicubic (x4 upscaler), espcn (the trained x4 ESPCN kept in "
+            "experiments/results/espcn), a convscope checkpoint (.pt) or a torchvision name.",
+        ),
+    ],
+    image: LinImage,
+    out: OutDir = Path("explore_output"),
+    mode: LinMode = "freeze",
+    weights: LinWeights = False,
+    size: Annotated[
+        str | None, typer.Option(help="Resize the image to H,W (default: longer side 64).")
+    ] = None,
+    max_pixels: Annotated[
+        int, typer.Option(help="Compute filters on a grid of at most this many pixels.")
+    ] = 1024,
+    k_svd: Annotated[int, typer.Option("--k-svd", help="Singular pairs shown.")] = 4,
+    tile: Annotated[
+        int | None, typer.Option(help="Filter window in input pixels, odd (default: auto).")
+    ] = None,
+) -> None:
+    """Static HTML page: move the pointer over the image, see F's row and column there."""
+    from convscope.report import explorer as ex
+
+    if mode not in ("freeze", "taylor"):
+        raise ConvscopeError(f"--mode must be freeze or taylor; got {mode!r}")
+    if model == "espcn":  # here the trained one: an untrained ESPCN shows little
+        if weights:
+            raise ConvscopeError("--weights is for torchvision models; espcn is convscope's")
+        net, info = _load_any_model(str(ex.trained_espcn_checkpoint()), False)
+        label = "ESPCN x4 (trained)"
+    else:
+        try:
+            net, info = _load_any_model(model, weights)
+        except ConvscopeError as e:
+            if not str(e).startswith("unknown torchvision model"):
+                raise
+            raise ConvscopeError(
+                f"--model {model!r} is not bicubic, espcn, a checkpoint file or a torchvision "
+                "model name"
+            ) from None
+        label = f"{model} ({info['source']})"
+    hw = _parse_pair(size, "--size", "64,64") if size else info["input_size"]
+    if hw is not None and min(hw) < 1:
+        raise ConvscopeError(f"--size must be positive; got {size!r}")
+    x = ex.explorer_image(image, info["in_channels"] or 3, hw)
+    try:
+        page = ex.write_explorer(
+            net, x, out, mode=mode, tile=tile, k_svd=k_svd, max_pixels=max_pixels,
+            class_names=info.get("class_names"), title=f"{label} at {Path(image).name}",
+        )  # fmt: skip
+    except RuntimeError as e:  # the model refuses this input, e.g. a size it cannot take
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConvscopeError(
+            f"{model} cannot run on {image} of shape {tuple(x.shape)}: {first} (try --size)"
+        ) from None
+    typer.echo(f"filters at {x.shape[-2]}x{x.shape[-1]} pixels; open {page.resolve()}")
+    _done(out, "the explorer page and its tiles")
+
+
 numpy_cnn_app = typer.Typer(help="The textbook CNN in NumPy (seed 002).", no_args_is_help=True)
 app.add_typer(numpy_cnn_app, name="numpy-cnn")
 
