@@ -417,6 +417,23 @@ def _load_any_model(spec: str, weights: bool) -> tuple[Any, dict[str, Any]]:
     return model.eval(), info
 
 
+def _buffers_as_parameters(model: Any) -> Any:
+    """Turn floating buffers other than norm statistics into frozen parameters, in place.
+
+    Works around the interpreter restoring buffers with an in-place copy after each pass,
+    which breaks its backward passes (rows, transpose, SVD, votes) when a buffer is a factor,
+    e.g. the bicubic upscaler's kernel. Parameters are only flagged, never copied.
+    """
+    from torch import nn
+
+    for module in model.modules():
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if buf.is_floating_point() and name not in ("running_mean", "running_var"):
+                del module._buffers[name]
+                module.register_parameter(name, nn.Parameter(buf, requires_grad=False))
+    return model
+
+
 def _parse_pair(text: str, what: str, example: str) -> tuple[int, int]:
     parts = text.replace(" ", "").split(",")
     if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
@@ -462,7 +479,7 @@ def _linear_setup(
         raise ConvscopeError(
             f"{image}: the image has {x.shape[1]} channels but the model expects {want}{hint}"
         )
-    model = model.double()
+    model = _buffers_as_parameters(model.double())
     x0 = x.double()
     try:
         li = LinearInterpreter(model, x0, mode=mode)  # type: ignore[arg-type]
