@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= demo_output
 
-.PHONY: install demo test check lint format experiments bench clean
+.PHONY: install demo test check lint format experiments bench clean browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,22 @@ check: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks experiments
 	$(BIN)/mypy
 
-test: check
+# The explorer page's browser tests drive Debian's Chromium through the system chromedriver
+# (tests/test_explorer.py); without them those tests skip. Cheap when already installed.
+browser:
+	@if [ ! -x /usr/bin/chromedriver ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo -n"; \
+	    echo "installing Debian's chromium and chromium-driver for the browser tests"; \
+	    ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install \
+	        -y -qq --no-install-recommends chromium chromium-driver ) \
+	      || echo "warning: could not install chromium chromium-driver; browser tests will skip"; \
+	  else \
+	    echo "warning: no apt-get here; install Chromium and chromedriver at /usr/bin for the browser tests"; \
+	  fi; \
+	fi
+
+test: check browser
 	$(BIN)/python -m pytest -q -m "not slow"
 
 format: $(STAMP)

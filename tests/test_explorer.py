@@ -1,0 +1,448 @@
+"""The explorer page: its index and tiles against the interpreter, and a real browser.
+
+The browser tests open the page from disk in Debian's headless Chromium, driven by
+Selenium through the system chromedriver (so Selenium Manager never downloads a
+browser), and move the pointer with real mouse events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from convscope.cli import main
+from convscope.data import sample_photo
+from convscope.errors import ConvscopeError
+from convscope.linear import LinearInterpreter
+from convscope.models import load_checkpoint
+from convscope.models.sr import BicubicUpscaler
+from convscope.report.explorer import (
+    _diverging_lut,
+    explorer_image,
+    pixel_grid,
+    trained_espcn_checkpoint,
+    write_explorer,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+INSTALL_HINT = (
+    "needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver): "
+    "apt-get install -y --no-install-recommends chromium chromium-driver (`make install` does it)"
+)
+
+
+def luma_crop(size: int = 24) -> torch.Tensor:
+    """(1, 1, size, size) luma crop of the astronaut photo: eye, hair and skin."""
+    rgb = sample_photo("astronaut")[100 : 100 + size, 200 : 200 + size].astype(np.float32)
+    luma = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(luma))[None, None]
+
+
+def read_index(out: Path) -> dict[str, Any]:
+    return json.loads((out / "explorer.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def espcn_page(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, torch.Tensor, Path]:
+    """The trained ESPCN x4 on a 24x24 crop, filters on every 2nd pixel (a 12x12 grid)."""
+    torch.manual_seed(0)
+    model, _ = load_checkpoint(trained_espcn_checkpoint())
+    x0 = luma_crop(24)
+    out = tmp_path_factory.mktemp("espcn_page")
+    write_explorer(model, x0, out, max_pixels=144, k_svd=2, title="ESPCN test")
+    return model, x0, out
+
+
+def test_pixel_grid_subsamples_to_the_budget() -> None:
+    assert pixel_grid(24, 24, 1024) == (list(range(24)), list(range(24)), 1)
+    ys, xs, stride = pixel_grid(24, 24, 144)
+    assert stride == 2 and ys == xs == list(range(1, 24, 2))
+    ys, xs, stride = pixel_grid(100, 30, 50)
+    assert len(ys) * len(xs) <= 50 and ys[0] == xs[0] == stride // 2
+    with pytest.raises(ConvscopeError, match="max_pixels"):
+        pixel_grid(8, 8, 0)
+
+
+def test_index_covers_the_grid_and_every_file_is_there(espcn_page: Any) -> None:
+    _, _, out = espcn_page
+    idx = read_index(out)
+    assert idx["format"] == "convscope-explorer-v1" and idx["kind"] == "image"
+    ys, xs, stride = pixel_grid(24, 24, 144)
+    g = idx["grid"]
+    assert (g["ys"], g["xs"], g["stride"], g["full"]) == (ys, xs, stride, False)
+    n = len(ys) * len(xs)
+    assert g["count"] == n and len(idx["targets"]) == n
+    assert idx["scale"] == [4.0, 4.0] and idx["output"]["shape"] == [1, 96, 96]
+    for kind in ("columns", "rows"):
+        spec = idx[kind]
+        for key in ("origin", "peak", "sum", "kept"):
+            assert len(spec[key]) == n, (kind, key)
+        th, tw = spec["tile_shape"]
+        with Image.open(out / spec["sprite"]) as im:
+            assert im.size == (len(xs) * tw, len(ys) * th)
+    assert idx["rows"]["tile_shape"] == [idx["tile"]] * 2
+    assert idx["columns"]["tile_shape"] == [4 * idx["tile"]] * 2
+    # ESPCN's receptive field is 11 pixels wide: the automatic window holds it whole.
+    assert idx["tile"] >= 11 and idx["columns"]["min_kept"] > 0.9999
+    assert idx["rows"]["min_kept"] > 0.9999
+    files = [idx["input"]["file"], idx["output"]["file"], "metrics.json"]
+    files += [f for p in idx["svd"]["pairs"] for f in (p["input"], p["output"])]
+    for f in files:
+        assert (out / f).is_file(), f
+    assert len(idx["svd"]["values"]) == 2 and idx["svd"]["method"] == "randomized"
+    html = (out / "explorer.html").read_text()
+    # Static and self-contained: relative links only, nothing from a network.
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    assert "<link" not in html and "import " not in html
+    assert "Subsampled grid" in html and "a step of\n2 pixels" in html  # the page says so
+    inline = re.search(
+        r'<script type="application/json" id="explorer-index">(.*?)</script>', html, re.S
+    )
+    assert inline is not None and json.loads(inline.group(1)) == idx
+
+
+def test_index_numbers_are_the_interpreters_rows_and_columns(espcn_page: Any) -> None:
+    model, x0, out = espcn_page
+    idx = read_index(out)
+    li = LinearInterpreter(model, x0, mode="freeze")
+    gw = len(idx["grid"]["xs"])
+    picks = [0, gw + 3, idx["grid"]["count"] - 1]  # a corner, the inside, the far corner
+    pixels = [(idx["grid"]["ys"][k // gw], idx["grid"]["xs"][k % gw]) for k in picks]
+    cols = li.columns([y * 24 + x for y, x in pixels])[:, 0].numpy()  # (3, 96, 96)
+    targets = [tuple(idx["targets"][k]) for k in picks]
+    assert all(q == (4 * y + 2, 4 * x + 2) for q, (y, x) in zip(targets, pixels, strict=True))
+    rows = li.rows([qy * 96 + qx for qy, qx in targets])[:, 0].numpy()  # (3, 24, 24)
+    C, R = idx["columns"], idx["rows"]
+    for i, k in enumerate(picks):
+        (y, x), (qy, qx) = pixels[i], targets[i]
+        assert C["peak"][k] == pytest.approx(np.abs(cols[i]).max(), rel=1e-5)
+        assert C["sum"][k] == pytest.approx(cols[i].sum(), rel=1e-4, abs=1e-5)
+        assert C["at_target"][k] == pytest.approx(cols[i][qy, qx], rel=1e-5, abs=1e-7)
+        assert R["peak"][k] == pytest.approx(np.abs(rows[i]).max(), rel=1e-5)
+        assert R["sum"][k] == pytest.approx(rows[i].sum(), rel=1e-4, abs=1e-5)
+        assert R["at_pixel"][k] == pytest.approx(rows[i][y, x], rel=1e-5, abs=1e-7)
+        # F[q, p] read from the column and from the row: the same entry of F.
+        assert R["at_pixel"][k] == pytest.approx(C["at_target"][k], rel=1e-4, abs=1e-6)
+    # The sprite tile shows that column, in its window, on its own colour scale.
+    lut = _diverging_lut().astype(np.int64)
+    with Image.open(out / C["sprite"]) as im:
+        sheet = np.asarray(im.convert("RGB")).astype(np.int64)
+    th, tw = C["tile_shape"]
+    for i, k in enumerate(picks):
+        r, c = divmod(k, C["per_row"])
+        tile = sheet[r * th : (r + 1) * th, c * tw : (c + 1) * tw]
+        nearest = ((tile[:, :, None, :] - lut[None, None]) ** 2).sum(-1).argmin(-1)
+        shown = (nearest / 127.5 - 1.0) * C["peak"][k]
+        oy, ox = C["origin"][k]
+        padded = np.pad(cols[i], ((th, th), (tw, tw)))
+        want = padded[oy + th : oy + 2 * th, ox + tw : ox + 2 * tw]
+        # A 256-step colour scale, some of whose neighbours round to one colour.
+        assert np.abs(shown - want).max() <= 4 / 127.5 * C["peak"][k]
+
+
+def test_bicubic_page_exact_svd_and_interpolation_identities(tmp_path: Path) -> None:
+    # float32: in float64 BicubicUpscaler hands its kernel buffer to conv2d as is, and
+    # the interpreter's in-place restore of buffers after a pass breaks li.rows then.
+    x0 = luma_crop(12)
+    model = BicubicUpscaler(scale=2, channels=1)
+    write_explorer(model, x0, tmp_path, k_svd=3, max_pixels=1024)
+    idx = read_index(tmp_path)
+    assert idx["grid"]["full"] and idx["svd"]["method"] == "exact"
+    li = LinearInterpreter(model, x0)
+    F = li.columns(range(144)).reshape(144, -1).T  # (N, n), materialized
+    want = torch.linalg.svdvals(F)[:3]
+    np.testing.assert_allclose(idx["svd"]["values"], want.numpy(), rtol=1e-5)
+    # Every output pixel of an interpolation is a weighted mean: each row sums to 1, and
+    # away from the borders each column spreads its pixel over scale^2 output pixels.
+    np.testing.assert_allclose(idx["rows"]["sum"], 1.0, rtol=1e-5)
+    gw = len(idx["grid"]["xs"])
+    inside = [y * gw + x for y in range(3, 9) for x in range(3, 9)]
+    np.testing.assert_allclose(np.asarray(idx["columns"]["sum"])[inside], 4.0, rtol=1e-5)
+    # The bicubic kernel has 4 taps a side per phase: the window holds it whole.
+    assert idx["columns"]["min_kept"] == pytest.approx(1.0)
+
+
+class TinyClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Linear(4 * 8 * 8, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def classifier_page(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[nn.Module, torch.Tensor, Path]:
+    torch.manual_seed(0)
+    model = TinyClassifier().eval()
+    x0 = torch.rand(1, 3, 16, 16)
+    out = tmp_path_factory.mktemp("classifier_page")
+    names = [f"class {i}" for i in range(6)]
+    write_explorer(model, x0, out, max_pixels=64, top_classes=3, k_svd=2, class_names=names)
+    return model, x0, out
+
+
+def test_classifier_page_columns_are_class_score_vectors(classifier_page: Any) -> None:
+    model, x0, out = classifier_page
+    idx = read_index(out)
+    assert idx["kind"] == "classifier" and idx["grid"]["stride"] == 2
+    li = LinearInterpreter(model, x0)
+    top = torch.argsort(li.output[0], descending=True)[:3].tolist()
+    assert [c["index"] for c in idx["classes"]] == top
+    assert [c["name"] for c in idx["classes"]] == [f"class {i}" for i in top]
+    gw = len(idx["grid"]["xs"])
+    for k in (0, 9, idx["grid"]["count"] - 1):
+        y, x = idx["grid"]["ys"][k // gw], idx["grid"]["xs"][k % gw]
+        # An impulse in every channel at (y, x): the channel columns summed.
+        col = li.columns([c * 256 + y * 16 + x for c in range(3)]).sum(0)
+        np.testing.assert_allclose(
+            idx["columns"]["values"][k], col[top].numpy(), rtol=1e-4, atol=1e-6
+        )
+    for c in idx["classes"]:
+        assert (out / c["row"]).is_file()
+    for p in idx["svd"]["pairs"]:
+        assert (out / p["input"]).is_file() and len(p["classes"]) == 3
+
+
+def test_write_explorer_refuses_bad_input(tmp_path: Path) -> None:
+    model = BicubicUpscaler(scale=2, channels=1)
+    x0 = luma_crop(8)
+    with pytest.raises(ConvscopeError, match="tile must be a positive odd"):
+        write_explorer(model, x0, tmp_path, tile=4)
+    with pytest.raises(ConvscopeError, match="svd_method"):
+        write_explorer(model, x0, tmp_path, svd_method="lanczos")
+    with pytest.raises(ConvscopeError, match="needs a one-channel input, every pixel"):
+        write_explorer(model, x0, tmp_path, max_pixels=16, svd_method="exact")
+    with pytest.raises(ConvscopeError, match=r"image must be \(1, C, H, W\)"):
+        write_explorer(model, torch.zeros(2, 1, 8, 8), tmp_path)
+    with pytest.raises(ConvscopeError, match="image-to-image model .* or a classifier"):
+        write_explorer(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(2)), x0, tmp_path)
+
+
+def test_explorer_image_shrinks_and_converts(tmp_path: Path) -> None:
+    x = explorer_image("sample:astronaut", 1)
+    assert x.shape == (1, 1, 64, 64) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert explorer_image("sample:chelsea", 3).shape == (1, 3, 43, 64)  # 300x451, aspect kept
+    assert explorer_image("sample:astronaut", 3, (20, 30)).shape == (1, 3, 20, 30)
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def run_main(*args: str) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    return int(info.value.code or 0)
+
+
+def test_cli_explore_writes_the_page(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png = tmp_path / "photo.png"
+    Image.fromarray(sample_photo("astronaut")[:64, :64]).save(png)
+    out = tmp_path / "page"
+    code = run_main(
+        "linear",
+        "explore",
+        "--model",
+        "bicubic",
+        "--image",
+        str(png),
+        "--out",
+        str(out),
+        "--size",
+        "10,12",
+        "--k-svd",
+        "2",
+    )
+    assert code == 0, capsys.readouterr().err
+    idx = read_index(out)
+    assert idx["input"]["shape"] == [1, 10, 12] and idx["output"]["shape"] == [1, 40, 48]
+    assert (out / "explorer.html").is_file() and "explorer page" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--model", "no_such_net"), "is not bicubic, espcn, a checkpoint file or a torchvision"),
+        (("--model", "bicubic", "--weights"), "--weights is for torchvision"),
+        (("--model", "espcn", "--weights"), "--weights is for torchvision"),
+        (("--model", "missing/net.pt"), "does not exist"),
+        (("--model", "bicubic", "--mode", "exact"), "--mode must be freeze or taylor"),
+        (("--model", "bicubic", "--size", "ten"), "--size must look like"),
+        (("--model", "bicubic", "--tile", "4"), "tile must be a positive odd"),
+    ],
+)
+def test_cli_explore_errors_are_one_line(
+    args: tuple[str, ...], needle: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = run_main(
+        "linear",
+        "explore",
+        "--image",
+        "sample:camera",
+        "--out",
+        str(tmp_path),
+        "--size",
+        "8,8",
+        *args,
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ")
+    assert needle in err[0]
+
+
+def test_cli_explore_says_when_torchvision_weights_are_absent(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    pytest.importorskip("torchvision")
+    cached = Path(torch.hub.get_dir()) / "checkpoints"
+    if any(cached.glob("resnet18-*.pth")):
+        pytest.skip("resnet18 weights are cached here; the absent-weights message cannot show")
+    code = run_main(
+        "linear",
+        "explore",
+        "--model",
+        "resnet18",
+        "--weights",
+        "--image",
+        "sample:camera",
+        "--out",
+        str(tmp_path),
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "not in the local cache" in err and "resnet18" in err
+
+
+# -- in a browser ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        pytest.skip(INSTALL_HINT)
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (dev extra)")
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="convscope-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,1000",
+        "--force-device-scale-factor=1",
+        f"--user-data-dir={profile}",
+    ):
+        opts.add_argument(flag)
+    # The system chromedriver, named outright: Selenium Manager never downloads a driver.
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def open_page(driver: Any, page: Path) -> None:
+    driver.get(page.resolve().as_uri())
+    deadline = time.monotonic() + 20
+    while driver.execute_script("return document.body.dataset.ready") != "1":
+        assert time.monotonic() < deadline, "the page never became ready"
+        time.sleep(0.05)
+    errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not errors, errors
+
+
+def point_at(driver: Any, element: Any, y: float, x: float, h: int, w: int) -> None:
+    """Move the mouse over pixel (y, x) of an image of h x w pixels shown by ``element``."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    rect = driver.execute_script(
+        "const r = arguments[0].getBoundingClientRect();return [r.width, r.height];", element
+    )
+    # Selenium measures offsets from the element's centre.
+    dx = (x + 0.5) / w * rect[0] - rect[0] / 2
+    dy = (y + 0.5) / h * rect[1] - rect[1] / 2
+    ActionChains(driver).move_to_element_with_offset(element, round(dx), round(dy)).perform()
+
+
+def shown_column(driver: Any) -> tuple[str, str]:
+    """(grid pixel on show, hash of the column canvas as the page draws it)."""
+    from selenium.webdriver.common.by import By
+
+    canvas = driver.find_element(By.ID, "column-view")
+    png = canvas.screenshot_as_png
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    # Not a blank canvas: a filter is drawn in colour.
+    assert (np.abs(pixels.astype(int) - 255).sum(-1) > 60).mean() > 0.001
+    return canvas.get_attribute("data-pixel"), hashlib.sha256(pixels.tobytes()).hexdigest()
+
+
+def test_browser_pointer_moves_show_different_columns(browser: Any, espcn_page: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    _, _, out = espcn_page
+    open_page(browser, out / "explorer.html")
+    image = browser.find_element(By.ID, "input-view")
+    point_at(browser, image, 5, 5, 24, 24)
+    pixel_a, hash_a = shown_column(browser)
+    point_at(browser, image, 17, 11, 24, 24)
+    pixel_b, hash_b = shown_column(browser)
+    # Grid pixels are the odd ones (stride 2): the pointer snaps to the nearest.
+    assert pixel_a == "5,5" and pixel_b == "17,11"
+    assert hash_a != hash_b
+    # Back at the first pixel: the same picture again, so the tile follows the pixel.
+    point_at(browser, image, 5, 5, 24, 24)
+    assert shown_column(browser) == (pixel_a, hash_a)
+    # The output image maps back to the input grid: output pixel (70, 46) lies in the
+    # block of input pixel (17, 11).
+    point_at(browser, browser.find_element(By.ID, "output-view"), 70, 46, 96, 96)
+    assert shown_column(browser) == (pixel_b, hash_b)
+    info = browser.find_element(By.ID, "column-info").text
+    idx = read_index(out)
+    k = idx["grid"]["ys"].index(17) * len(idx["grid"]["xs"]) + idx["grid"]["xs"].index(11)
+    assert "p = (17, 11)" in info and f"q = ({4 * 17 + 2}, {4 * 11 + 2})" in info
+    assert math.isclose(
+        float(re.search(r"peak \|F e_p\| = (\S+)", info).group(1)),  # type: ignore[union-attr]
+        idx["columns"]["peak"][k],
+        rel_tol=1e-3,
+    )
+
+
+def test_browser_classifier_bars_follow_the_pointer(browser: Any, classifier_page: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    _, _, out = classifier_page
+    open_page(browser, out / "explorer.html")
+    image = browser.find_element(By.ID, "input-view")
+    shown = []
+    for y, x in ((1, 1), (9, 13)):
+        point_at(browser, image, y, x, 16, 16)
+        bars = browser.find_element(By.ID, "column-view")
+        shown.append((bars.get_attribute("data-pixel"), bars.text))
+    assert [p for p, _ in shown] == ["1,1", "9,13"]
+    assert shown[0][1] != shown[1][1] and "class" in shown[0][1]
