@@ -43,7 +43,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 INSTALL_HINT = (
     "needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver): "
-    "apt-get install -y --no-install-recommends chromium chromium-driver (`make install` does it)"
+    "apt-get install -y --no-install-recommends chromium chromium-driver "
+    "(`make browser` does it; `make test` runs it)"
 )
 
 
