@@ -133,6 +133,8 @@ def report(results: dict[str, dict], out: Path) -> None:
     rows = []
     for n, r in results.items():
         h = r["history"]
+        d = sp.diagnose(h)  # again, so the table follows the current thresholds
+        r["variability"], r["diagnosis"] = d.variability, d.pattern
         rows.append(
             f"| {n} | {r['lr']:.4g} | {r['mult']:g} | {r['n_train']} | "
             f"{100 * (1 - h['test_acc'][-1]):.2f} | {h['extra']['max_gain'][-1]:.2f} | "
@@ -152,7 +154,7 @@ def report(results: dict[str, dict], out: Path) -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
-        "Variability = median absolute second difference of the Maximum-Gain curve "
+        "Variability = mean absolute second difference of the Maximum-Gain curve "
         "(`convscope.spectral.variability`). Maximum-Gain cost = time spent in the callback "
         "as a share of the run's wall time.",
     ]

@@ -334,17 +334,18 @@ class MaxGainCallback(Callback):
 
 
 def variability(curve: Sequence[float]) -> float:
-    """Roughness of a Maximum-Gain curve in dB: the median absolute second difference.
+    """Roughness of a Maximum-Gain curve in dB: the mean absolute second difference.
 
     Second differences ignore a steady rise or a plateau (both are smooth) and answer
-    to epoch-to-epoch jumps; the median keeps one odd epoch from deciding.
+    to epoch-to-epoch jumps. The mean, not the median, because on a small data set a
+    network fits its training images within a few epochs and the curve then freezes:
+    a median over all epochs would only see the frozen tail and miss the early jumps
+    that a too-high learning rate causes.
     """
     v = [float(c) for c in curve if c is not None and math.isfinite(c)]
     if len(v) < 3:
         return 0.0
-    d2 = sorted(abs(v[i + 1] - 2 * v[i] + v[i - 1]) for i in range(1, len(v) - 1))
-    n = len(d2)
-    return d2[n // 2] if n % 2 else 0.5 * (d2[n // 2 - 1] + d2[n // 2])
+    return sum(abs(v[i + 1] - 2 * v[i] + v[i - 1]) for i in range(1, len(v) - 1)) / (len(v) - 2)
 
 
 @dataclass
@@ -402,8 +403,8 @@ def diagnose(
         raise ConvscopeError(f"diagnose needs at least 4 epochs of {key}, got {len(curve)}")
     half = len(curve) // 2
     v_all = variability(curve)
-    v_early = variability(curve[: half + 1])
-    v_late = variability(curve[half - 1 :])
+    v_early = variability(curve[:half])
+    v_late = variability(curve[half:])
     tail = curve[-max(3, len(curve) // 3) :]
     n = len(tail)
     mx = (n - 1) / 2
