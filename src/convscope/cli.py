@@ -973,6 +973,7 @@ def linear_explore(
     if hw is not None and min(hw) < 1:
         raise ConvscopeError(f"--size must be positive; got {size!r}")
     x = ex.explorer_image(image, info["in_channels"] or 3, hw)
+    net = _buffers_as_parameters(net)  # as the other sub-commands, for the backward passes
     try:
         page = ex.write_explorer(
             net, x, out, mode=mode, tile=tile, k_svd=k_svd, max_pixels=max_pixels,
