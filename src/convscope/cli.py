@@ -460,7 +460,12 @@ def _linear_setup(
     hw = _parse_pair(size, "--size", "224,224") if size else None
     if hw is not None and min(hw) < 1:
         raise ConvscopeError(f"--size must be positive; got {size!r}")
-    model, info = _load_any_model(spec, weights)
+    if spec == "espcn" and not weights:  # the trained one, as in `linear explore`
+        from convscope.report.explorer import trained_espcn_checkpoint
+
+        model, info = _load_any_model(str(trained_espcn_checkpoint()), False)
+    else:
+        model, info = _load_any_model(spec, weights)
     if image.startswith("sample:"):
         rgb = torch.from_numpy(sample_photo(image[len("sample:") :])).permute(2, 0, 1)
         x = rgb[None].float() / 255.0

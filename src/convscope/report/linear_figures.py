@@ -607,9 +607,14 @@ def plot_attack(
     ax.legend(fontsize=7)
     handles = [Patch(color=col, label=name(c)) for c, col in zip(legend, colours, strict=True)]
     fig.legend(
-        handles=handles, loc="upper center", ncol=min(10, len(handles)), fontsize=7, frameon=False
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.96),
+        ncol=min(10, len(handles)),
+        fontsize=7,
+        frameon=False,
     )
     if title:
         fig.suptitle(title, fontsize=10, y=0.995)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
