@@ -334,18 +334,21 @@ class MaxGainCallback(Callback):
 
 
 def variability(curve: Sequence[float]) -> float:
-    """Roughness of a Maximum-Gain curve in dB: the mean absolute second difference.
+    """Roughness of a Maximum-Gain curve in dB: a trimmed mean of |second differences|.
 
     Second differences ignore a steady rise or a plateau (both are smooth) and answer
-    to epoch-to-epoch jumps. The mean, not the median, because on a small data set a
-    network fits its training images within a few epochs and the curve then freezes:
-    a median over all epochs would only see the frozen tail and miss the early jumps
-    that a too-high learning rate causes.
+    to epoch-to-epoch jumps. The largest eighth of them is dropped so the one knee
+    where a curve leaves its starting value does not count as variability. A mean
+    rather than a median: on a small data set the network fits its training images
+    within a few epochs and the curve then freezes; a median would see only that
+    frozen tail and miss the early jumps a too-high learning rate causes.
     """
     v = [float(c) for c in curve if c is not None and math.isfinite(c)]
     if len(v) < 3:
         return 0.0
-    return sum(abs(v[i + 1] - 2 * v[i] + v[i - 1]) for i in range(1, len(v) - 1)) / (len(v) - 2)
+    d2 = sorted(abs(v[i + 1] - 2 * v[i] + v[i - 1]) for i in range(1, len(v) - 1))
+    kept = d2[: len(d2) - len(d2) // 8]
+    return sum(kept) / len(kept)
 
 
 @dataclass
@@ -377,7 +380,7 @@ def diagnose(
     *,
     key: str = "max_gain",
     high: float = 1.0,
-    slope: float = 0.15,
+    slope: float = 0.05,
 ) -> Diagnosis:
     """Name the pattern of a Maximum-Gain curve (seed 004 section IV-C).
 
