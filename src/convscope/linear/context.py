@@ -203,8 +203,9 @@ class PassContext:
         if self.all_off:
             on = torch.zeros(self.rows - 1, dtype=torch.bool, device=like.device)
         else:
-            codes = self.codes.to(like.device)
-            on = (codes == ALL_ON) | (codes == index)
+            if self.codes.device != like.device:
+                self.codes = self.codes.to(like.device)  # once per pass, not per source
+            on = (self.codes == ALL_ON) | (self.codes == index)
         m = torch.cat([torch.ones(1, dtype=torch.bool, device=like.device), on])
         return m.to(like.dtype).view(self.rows, *([1] * (like.ndim - 1)))
 
