@@ -53,7 +53,7 @@ def jvp_reference(
         f0 = model(x0)
     base = x0.expand_as(x1).clone()
     _, tangent = torch.func.jvp(model, (base,), (x1 - x0,))
-    return f0, tangent
+    return f0, tangent.detach()
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
