@@ -75,6 +75,41 @@ def _stats(runs: list[dict], mode: str, n_edges: int) -> np.ndarray:
     return np.array([r["test_acc"] for r in runs if r["mode"] == mode and r["n_edges"] == n_edges])
 
 
+def _reading(runs: list[dict]) -> list[str]:
+    """Our numbers beside the paper's claims, computed so a re-run updates them."""
+    m = {(mo, n): 100 * _stats(runs, mo, n).mean() for mo, n in configurations()
+         if len(_stats(runs, mo, n))}  # fmt: skip
+    if len(m) < len(configurations()):
+        return []
+    drops = {
+        f"{a}->{b}": m[("fixed", a)] - m[("fixed", b)]
+        for a, b in zip(EDGES[:-1], EDGES[1:], strict=True)
+    }
+    worst = max(drops, key=drops.__getitem__)
+    return [
+        "## Beside the paper",
+        "",
+        f"* GFNN vs the regular CNN: {m[('fixed', 32)]:.2f}% vs {m[('learned', 32)]:.2f}% "
+        f"({m[('fixed', 32)] - m[('learned', 32)]:+.2f} pp). The paper: GFNN beats or matches "
+        "the regular CNN - reproduced.",
+        f"* 32 -> 4 edge kernels: {m[('fixed', 32)]:.2f}% -> {m[('fixed', 4)]:.2f}% "
+        f"({m[('fixed', 4)] - m[('fixed', 32)]:+.2f} pp). Step drops (pp): "
+        + ", ".join(f"{k} {v:+.2f}" for k, v in drops.items())
+        + f"; the largest is {worst}. The paper: accuracy falls as kernels go, most from 8 to "
+        "4. The overall fall is reproduced; which step is largest is within our seed noise "
+        "(std 0.1-0.3 pp over 5 seeds on 1,000 test images, where one image is 0.1 pp).",
+        f"* Normalised random fixed kernels {m[('random', 32)]:.2f}% vs regular CNN "
+        f"{m[('learned', 32)]:.2f}%: the paper found random filters better than the regular "
+        f"CNN - {'reproduced' if m[('random', 32)] > m[('learned', 32)] else 'not reproduced'}.",
+        f"* Initialised from the bank (trainable) {m[('init', 32)]:.2f}% vs regular CNN "
+        f"{m[('learned', 32)]:.2f}%: the paper found initialising from the bank worse than the "
+        f"regular CNN; here it is "
+        f"{'better' if m[('init', 32)] > m[('learned', 32)] else 'not better'}, level with "
+        "the fixed GFNN (Adam, 10 epochs, 4,000 images; the paper trained longer on all of "
+        "MNIST). How far the trainable kernels move from the bank is not measured yet.",
+    ]
+
+
 def report(runs: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -102,19 +137,21 @@ def report(runs: list[dict], out: Path) -> None:
         "Edge subsets drop whole kernel families so the remaining ones keep all 8 directions "
         "(32: all four, 24: no Prewitt-compass, 16: Kirsch + Sobel, 8: Sobel); 4 keeps Sobel's "
         "E, N, W, S (see `convscope.kernels.edge_subset`).",
+        "",
+        *_reading(runs),
     ]
     (out / "gfnn_ablation.md").write_text("\n".join(md) + "\n")
 
     fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(10, 3.6))
     data_a = [100 * _stats(runs, "fixed", n) for n in EDGES]
-    ax_a.boxplot(data_a, labels=[str(n) for n in EDGES])
+    ax_a.boxplot(data_a, tick_labels=[str(n) for n in EDGES])
     for i, d in enumerate(data_a):
         ax_a.scatter(np.full(len(d), i + 1), d, s=10, color="k", alpha=0.6)
     ax_a.set_xlabel("edge kernels in the fixed bank")
     ax_a.set_ylabel("test accuracy (%)")
     ax_a.set_title("(a) fewer edge kernels")
     data_b = [100 * _stats(runs, m, 32) for m in MODES]
-    ax_b.boxplot(data_b, labels=[MODE_LABEL[m].replace(" ", "\n", 1) for m in MODES])
+    ax_b.boxplot(data_b, tick_labels=[MODE_LABEL[m].replace(" ", "\n", 1) for m in MODES])
     for i, d in enumerate(data_b):
         ax_b.scatter(np.full(len(d), i + 1), d, s=10, color="k", alpha=0.6)
     ax_b.set_title("(b) first-layer conditions")
