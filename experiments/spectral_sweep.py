@@ -83,6 +83,40 @@ def run_one(spec: dict, seed: int = 0) -> dict:
     }
 
 
+def _reading(results: dict[str, dict]) -> list[str]:
+    """Our runs beside seed 004's observations; computed so a re-run updates them."""
+    need = ["lr x1", "lr x2", "lr x3", "lr x4", "lr x1/3", "lr x1/10", "overfit"]
+    if any(n not in results for n in need):
+        return []
+    v = {n: sp.diagnose(results[n]["history"]) for n in need}
+    rising = [n for n in ("lr x2", "lr x3", "lr x4") if v[n].variability > v["lr x1"].variability]
+    over = results["overfit"]["history"]
+    best = int(np.argmin(over["test_loss"]))
+    return [
+        "## Beside the paper",
+        "",
+        "* Higher rates (Fig. 8): variability "
+        + ", ".join(f"{n} {v[n].variability:.2f}" for n in need[:4])
+        + f" dB; {len(rising)} of the 3 higher rates are above x1, x4 is "
+        f"{v['lr x4'].variability / v['lr x1'].variability:.1f}x x1, but x3 and x4 are level "
+        "(one seed each). diagnose() names x2, x3, x4 'rate too high' and x1 "
+        f"'{v['lr x1'].pattern}'. On 4,000 images the x1 to x4 runs fit their training set "
+        "(99.95% training accuracy) by epochs 9 to 15 and their curves then flatten; the "
+        "variability sits in the early epochs, unlike the paper's x4 run whose losses rose "
+        "after epoch 7.",
+        "* Lower rates (Fig. 9): x1/3 and x1/10 rise smoothly to the end and are named "
+        f"'{v['lr x1/3'].pattern}' and '{v['lr x1/10'].pattern}', as the paper reads its "
+        "slowest run.",
+        f"* Overfitting: on 500 images with x4 capacity the test loss bottoms out at epoch "
+        f"{best + 1} ({over['test_loss'][best]:.3f}) and climbs to {over['test_loss'][-1]:.3f} "
+        f"by epoch {len(over['test_loss'])}, but the Maximum-Gain curve stays smooth "
+        f"(variability {v['overfit'].variability:.3f} dB) and diagnose() says "
+        f"'{v['overfit'].pattern}'. The paper's overfitting signal (a curve turning variable, "
+        "seen on CIFAR-10) is not reproduced on MNIST here: the training loss is near zero "
+        "from epoch 20 on and the gain drifts by less than 1 dB.",
+    ]
+
+
 def report(results: dict[str, dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -154,9 +188,11 @@ def report(results: dict[str, dict], out: Path) -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
-        "Variability = mean absolute second difference of the Maximum-Gain curve "
-        "(`convscope.spectral.variability`). Maximum-Gain cost = time spent in the callback "
-        "as a share of the run's wall time.",
+        "Variability = trimmed mean of the absolute second differences of the Maximum-Gain "
+        "curve (`convscope.spectral.variability`). Maximum-Gain cost = time spent in the "
+        "callback as a share of the run's wall time.",
+        "",
+        *_reading(results),
     ]
     (out / "spectral_sweep.md").write_text("\n".join(md) + "\n")
 

@@ -231,3 +231,17 @@ def test_spectrum_cli(tmp_path: Path) -> None:
         [*run, "--image", str(rgb), "--out", str(tmp_path / "b")], capture_output=True, text=True
     )
     assert proc.returncode == 2 and "--channels 1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_committed_sweep_reads_as_the_paper_says() -> None:
+    # The LeNet learning-rate sweep of experiments/spectral_sweep.py (seed 004 Fig. 8, 9),
+    # committed under experiments/results/spectral/: the variability of the Maximum-Gain
+    # curve rises from x1 to x4 and diagnose() names the x4 run, not the x1 run.
+    path = Path(__file__).resolve().parents[1] / "experiments/results/spectral/spectral_sweep.json"
+    runs = json.loads(path.read_text())
+    curve = {k: runs[k]["history"]["extra"]["max_gain"] for k in runs}
+    assert all(len(c) == 20 for k, c in curve.items() if k.startswith("lr "))
+    assert sp.variability(curve["lr x4"]) > 2 * sp.variability(curve["lr x1"])
+    assert sp.diagnose(curve["lr x4"]).pattern == "rate too high"
+    assert sp.diagnose(curve["lr x1"]).pattern != "rate too high"
+    assert sp.diagnose(curve["lr x1/10"]).pattern == "too low or keep training"
