@@ -310,6 +310,7 @@ class MaxGainCallback(Callback):
         self.shape = shape
         self.x = x
         self.seconds = 0.0
+        self.times: list[float] = []  # seconds spent in each on_epoch_end
         self._writer: Any = None
         if tensorboard_dir is not None:
             try:
@@ -323,7 +324,8 @@ class MaxGainCallback(Callback):
 
         t0 = time.perf_counter()
         value = log_max_gain(model, history.log, shape=self.shape, x=self.x)
-        self.seconds += time.perf_counter() - t0
+        self.times.append(time.perf_counter() - t0)
+        self.seconds += self.times[-1]
         if self._writer is not None:
             self._writer.add_scalar("max_gain_db", value, epoch)
             for key in ("train_loss", "test_loss"):
