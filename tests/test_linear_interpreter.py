@@ -671,6 +671,31 @@ def test_train_mode_batch_norm_output_is_the_single_image_forward() -> None:
         assert rel_err(li(x1[i : i + 1]), expected.detach() + jv_i) < 1e-10
 
 
+def test_transpose_through_a_buffer_used_as_a_factor() -> None:
+    """A fixed kernel held as a buffer (GFNN's bank, the bicubic upscaler) is saved for
+    the backward pass: the pass must not touch it when it restores buffers."""
+
+    class Fixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("kernel", torch.randn(3, 1, 3, 3))
+            self.bn = nn.BatchNorm2d(3)  # train mode: its counters are written and restored
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.relu(self.bn(F.conv2d(x, self.kernel, padding=1)))
+
+    torch.manual_seed(14)
+    net = Fixed().train()
+    x0 = torch.randn(1, 1, 4, 4)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    li = LinearInterpreter(net, x0)
+    cols = li.columns(range(16)).reshape(16, 48)
+    rows = li.rows(range(48)).reshape(48, 16)
+    torch.testing.assert_close(rows, cols.T, rtol=1e-12, atol=1e-12)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
 # -- SVD through the interpreter ---------------------------------------------------------------
 
 

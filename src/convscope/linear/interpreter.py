@@ -116,7 +116,7 @@ def frozen_pass(model: nn.Module, ctx: PassContext) -> Iterator[None]:
     """
     handles: list[Any] = []
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    buffers = [(b, b._version, b.detach().clone()) for b in model.buffers()]
 
     def enter(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any) -> None:
@@ -142,8 +142,11 @@ def frozen_pass(model: nn.Module, ctx: PassContext) -> Iterator[None]:
         for p, flag in flags:
             p.requires_grad_(flag)
         with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
+            for b, version, saved in buffers:
+                # only what the pass wrote to: an unneeded in-place copy would bump the
+                # version of a buffer the backward pass of a transpose still needs
+                if b._version != version:
+                    b.copy_(saved)
 
 
 @contextlib.contextmanager
