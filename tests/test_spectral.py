@@ -245,3 +245,82 @@ def test_committed_sweep_reads_as_the_paper_says() -> None:
     assert sp.diagnose(curve["lr x4"]).pattern == "rate too high"
     assert sp.diagnose(curve["lr x1"]).pattern != "rate too high"
     assert sp.diagnose(curve["lr x1/10"]).pattern == "too low or keep training"
+
+
+@pytest.mark.parametrize("with_val", [True, False])
+def test_lightning_callback_logs_max_gain_each_epoch(tmp_path: Path, with_val: bool) -> None:
+    pytest.importorskip("lightning")
+    import csv
+
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    from convscope.models import build_model
+    from convscope.train import toy_dataset
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = build_model("gfnn", input_size=16, num_classes=4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+            x, y = batch
+            loss = F.cross_entropy(self(x), y)
+            self.log("train_loss", loss, on_epoch=True, on_step=False)
+            return loss
+
+        def validation_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+            x, y = batch
+            self.log("val_loss", F.cross_entropy(self(x), y))
+
+        def configure_optimizers(self):  # type: ignore[no-untyped-def]
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    modes: list[tuple[str, bool, bool]] = []
+
+    class Spy(pl.Callback):  # runs after the Maximum-Gain callback: sees the restored mode
+        def on_validation_epoch_end(self, trainer, pl_module):  # type: ignore[no-untyped-def]
+            if not trainer.sanity_checking:
+                modes.append(("val", pl_module.training, pl_module.net.training))
+
+        def on_train_epoch_end(self, trainer, pl_module):  # type: ignore[no-untyped-def]
+            modes.append(("train", pl_module.training, pl_module.net.training))
+
+    torch.manual_seed(0)
+    module = Module()
+    cb = sp.lightning_callback()
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path),
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[cb, Spy()],
+    )
+    data = toy_dataset(n=64)
+    train = DataLoader(data, batch_size=16, shuffle=True)
+    val = DataLoader(toy_dataset(n=32, seed=1), batch_size=16) if with_val else None
+    trainer.fit(module, train, val)
+
+    rows = list(csv.DictReader(next(tmp_path.rglob("metrics.csv")).read_text().splitlines()))
+    gains = [float(r["max_gain"]) for r in rows if r.get("max_gain")]
+    assert len(gains) == 2 and len(cb.times) == 2
+    assert gains[-1] == pytest.approx(sp.maximum_gain(module.net.eval())[0], abs=1e-4)
+    if with_val:
+        assert any(r.get("val_loss") for r in rows)
+        assert ("val", False, False) in modes
+    assert ("train", True, True) in modes
+    assert all(m[1] == m[2] == (m[0] == "train") for m in modes)
+
+
+def test_lightning_callback_without_lightning(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)  # import raises ImportError
+    with pytest.raises(ConvscopeError, match=r"convscope\[interop\]"):
+        sp.lightning_callback()

@@ -36,6 +36,7 @@ __all__ = [
     "diagnose",
     "hann_window2d",
     "impulse_image",
+    "lightning_callback",
     "log_max_gain",
     "maximum_gain",
     "model_input_shape",
@@ -333,6 +334,81 @@ class MaxGainCallback(Callback):
                 if series:
                     self._writer.add_scalar(key, series[-1], epoch)
             self._writer.flush()
+
+
+def _find_input_shape(module: nn.Module) -> tuple[int, int, int]:
+    """:func:`model_input_shape` of ``module`` or of the first submodule that tells it."""
+    for m in module.modules():
+        try:
+            return model_input_shape(m)
+        except ConvscopeError:
+            continue
+    return model_input_shape(module)  # raises the helpful error
+
+
+def lightning_callback(
+    shape: Sequence[int] | None = None,
+    x: torch.Tensor | None = None,
+    name: str = "max_gain",
+) -> Any:
+    """A PyTorch Lightning callback that logs the impulse-image Maximum Gain each epoch.
+
+    At the end of every validation epoch (the sanity check excepted), or of every training
+    epoch when the run has no validation, it measures :func:`log_max_gain` on the
+    ``LightningModule`` and logs it with ``pl_module.log(name, value)``, so it lands next to
+    the losses in Lightning's loggers (CSV, TensorBoard ...). The module is measured in
+    eval mode, with gradients on, and put back as it was.
+
+    Args:
+        shape: ``(C, H, W)`` of the impulse image; default: read from the module or the
+            first submodule with ``input_shape`` or ``in_channels``/``input_size``.
+        x: an operating point to use instead of the impulse image.
+
+    Returns:
+        An instance of a ``lightning.pytorch.Callback`` subclass; its ``times`` holds the
+        seconds spent per measurement.
+    """
+    try:
+        from lightning.pytorch import Callback as PLCallback
+    except ImportError as e:
+        raise ConvscopeError(
+            "lightning_callback needs PyTorch Lightning: pip install 'convscope[interop]'"
+        ) from e
+
+    class MaxGainLightningCallback(PLCallback):  # type: ignore[misc,valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.shape = shape
+            self.x = x
+            self.name = name
+            self.times: list[float] = []
+            self._epoch_done = -1
+
+        def _measure(self, trainer: Any, pl_module: Any) -> None:
+            import time
+
+            t0 = time.perf_counter()
+            shp = self.shape
+            if shp is None and self.x is None:
+                shp = _find_input_shape(pl_module)
+            point = None if self.x is None else self.x.detach().clone()
+            # Lightning validates under inference mode; the derivative needs autograd
+            with torch.inference_mode(False), torch.enable_grad():
+                log_max_gain(
+                    pl_module, lambda k, v: pl_module.log(k, v), shape=shp, x=point, name=self.name
+                )
+            self.times.append(time.perf_counter() - t0)
+            self._epoch_done = trainer.current_epoch
+
+        def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            if not trainer.sanity_checking:
+                self._measure(trainer, pl_module)
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            if self._epoch_done != trainer.current_epoch:  # no validation this epoch
+                self._measure(trainer, pl_module)
+
+    return MaxGainLightningCallback()
 
 
 def variability(curve: Sequence[float]) -> float:
