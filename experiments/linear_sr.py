@@ -101,21 +101,8 @@ def column_stats(crops: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def buffers_as_parameters(model: nn.Module) -> nn.Module:
-    """The bicubic kernel as a frozen parameter instead of a buffer.
-
-    Works around the interpreter restoring buffers in place after each pass, which breaks
-    its transposed pass (rows, SVD) when a buffer is a factor (reported as a bug).
-    """
-    for module in model.modules():
-        for key, buf in list(module.named_buffers(recurse=False)):
-            del module._buffers[key]
-            module.register_parameter(key, nn.Parameter(buf, requires_grad=False))
-    return model
-
-
 def analyse(name: str, model: nn.Module, x: torch.Tensor, k: int, out: Path) -> dict[str, Any]:
-    li = LinearInterpreter(buffers_as_parameters(model.double().eval()), x, batch_size=64)
+    li = LinearInterpreter(model.double().eval(), x, batch_size=64)
     h, w = li.in_shape[-2:]
     y, r = li.output, li.residual
     res = {

@@ -417,23 +417,6 @@ def _load_any_model(spec: str, weights: bool) -> tuple[Any, dict[str, Any]]:
     return model.eval(), info
 
 
-def _buffers_as_parameters(model: Any) -> Any:
-    """Turn floating buffers other than norm statistics into frozen parameters, in place.
-
-    Works around the interpreter restoring buffers with an in-place copy after each pass,
-    which breaks its backward passes (rows, transpose, SVD, votes) when a buffer is a factor,
-    e.g. the bicubic upscaler's kernel. Parameters are only flagged, never copied.
-    """
-    from torch import nn
-
-    for module in model.modules():
-        for name, buf in list(module.named_buffers(recurse=False)):
-            if buf.is_floating_point() and name not in ("running_mean", "running_var"):
-                del module._buffers[name]
-                module.register_parameter(name, nn.Parameter(buf, requires_grad=False))
-    return model
-
-
 def _parse_pair(text: str, what: str, example: str) -> tuple[int, int]:
     parts = text.replace(" ", "").split(",")
     if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
@@ -484,7 +467,7 @@ def _linear_setup(
         raise ConvscopeError(
             f"{image}: the image has {x.shape[1]} channels but the model expects {want}{hint}"
         )
-    model = _buffers_as_parameters(model.double())
+    model = model.double()
     x0 = x.double()
     try:
         li = LinearInterpreter(model, x0, mode=mode)  # type: ignore[arg-type]
@@ -978,7 +961,6 @@ def linear_explore(
     if hw is not None and min(hw) < 1:
         raise ConvscopeError(f"--size must be positive; got {size!r}")
     x = ex.explorer_image(image, info["in_channels"] or 3, hw)
-    net = _buffers_as_parameters(net)  # as the other sub-commands, for the backward passes
     try:
         page = ex.write_explorer(
             net, x, out, mode=mode, tile=tile, k_svd=k_svd, max_pixels=max_pixels,
