@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +232,17 @@ def test_spectrum_cli(tmp_path: Path) -> None:
         [*run, "--image", str(rgb), "--out", str(tmp_path / "b")], capture_output=True, text=True
     )
     assert proc.returncode == 2 and "--channels 1" in proc.stderr and "Traceback" not in proc.stderr
+    both = subprocess.run([*run, "--model", "resnet18"], capture_output=True, text=True)
+    assert both.returncode == 2 and "exactly one of --checkpoint and --model" in both.stderr
+    # a torchvision classifier by name: weights only from the local cache (empty here)
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home")}
+    tv = [sys.executable, "-m", "convscope.cli", "spectrum", "--model", "resnet18"]
+    proc = subprocess.run([*tv, "--weights", "--out", str(tmp_path / "c")],
+                          capture_output=True, text=True, env=env)  # fmt: skip
+    assert proc.returncode == 2 and "not in the local cache" in proc.stderr
+    proc = subprocess.run([*tv, "--out", str(tmp_path / "d")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads((tmp_path / "d" / "metrics.json").read_text())["maximum_gain_db"]) == 3
 
 
 def test_committed_sweep_reads_as_the_paper_says() -> None:

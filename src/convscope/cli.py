@@ -152,7 +152,16 @@ def explain(
 
 @app.command()
 def spectrum(
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint from `convscope train`.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint from `convscope train`.")
+    ] = None,
+    model_spec: Annotated[
+        str | None,
+        typer.Option("--model", help="Instead of --checkpoint: a torchvision model name."),
+    ] = None,
+    weights: Annotated[
+        bool, typer.Option(help="With --model: torchvision weights from the local cache.")
+    ] = False,
     image: Annotated[
         Path | None, typer.Option(help="Operating point (default: the impulse image).")
     ] = None,
@@ -170,18 +179,22 @@ def spectrum(
     from convscope import spectral as sp
     from convscope.data import load_image
     from convscope.io import write_json
-    from convscope.models import load_checkpoint
     from convscope.report.figures import plot_transfer_function, save_figure
 
     if on not in ("softmax", "logit"):
         raise ConvscopeError(f"--on must be softmax or logit, got {on!r}")
-    model, extra = load_checkpoint(checkpoint)
+    if (checkpoint is None) == (model_spec is None):
+        raise ConvscopeError("give exactly one of --checkpoint and --model")
+    spec_name = str(checkpoint) if checkpoint is not None else str(model_spec)
+    model, info = _load_any_model(spec_name, weights)
     if image is None:
         if shape:
             try:
                 dims = tuple(int(v) for v in shape.split(","))
             except ValueError:
                 raise ConvscopeError(f"--shape must look like 1,28,28; got {shape!r}") from None
+        elif info.get("normalization") == "imagenet":
+            dims = (3, 224, 224)  # torchvision classifiers, behind their ImageNet normalisation
         else:
             dims = sp.model_input_shape(model)
         x = sp.impulse_image(dims)
@@ -202,7 +215,7 @@ def spectrum(
     out.mkdir(parents=True, exist_ok=True)
     src = "impulse image" if image is None else image.name
     save_figure(
-        plot_transfer_function(d.numpy(), spec.numpy(), gains, f"{checkpoint.name} at {src}"),
+        plot_transfer_function(d.numpy(), spec.numpy(), gains, f"{Path(spec_name).name} at {src}"),
         out / "transfer_function.png",
     )
     with torch.no_grad():
@@ -210,7 +223,8 @@ def spectrum(
     write_json(
         out / "metrics.json",
         {
-            "checkpoint": str(checkpoint),
+            "model": spec_name,
+            "source": info["source"],
             "operating_point": src,
             "window": window,
             "projection": on,
