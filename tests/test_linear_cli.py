@@ -19,10 +19,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from convscope.cli import _load_any_model, main
+from convscope.cli import main
 from convscope.data import load_image, load_mnist_subset, sample_photo
 from convscope.linear import LinearInterpreter
 from convscope.models import build_model, save_checkpoint
+from convscope.models.zoo import load_model
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +88,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _interpreter(spec: str, image: Path, **load: Any) -> LinearInterpreter:
-    model, info = _load_any_model(spec, False)
+    model, info = load_model(spec, False)
     x = load_image(image, **load)
     return LinearInterpreter(model.double(), x.double())
 
@@ -201,7 +202,7 @@ def test_untrained_torchvision_resnet18_on_a_photo_crop(
     assert m["sum"] == pytest.approx(m["score"], rel=1e-9)
     # the same numbers as resnet18 itself on the normalized photo
     torch.manual_seed(0)
-    model, _ = _load_any_model("resnet18", False)
+    model, _ = load_model("resnet18", False)
     x = load_image(files["photo"]).double()
     model = model.double()
     with torch.no_grad():

@@ -7,7 +7,6 @@ message on one line and exits with status 2, never with a traceback.
 from __future__ import annotations
 
 import sys
-from collections import OrderedDict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -186,7 +185,7 @@ def spectrum(
     if (checkpoint is None) == (model_spec is None):
         raise ConvscopeError("give exactly one of --checkpoint and --model")
     spec_name = str(checkpoint) if checkpoint is not None else str(model_spec)
-    model, info = _load_any_model(spec_name, weights)
+    model, info = load_model(spec_name, weights)
     if image is None:
         if shape:
             try:
@@ -335,8 +334,6 @@ def kernels_apply(
 
 # -- convscope linear: residual, contributions, votes, svd, rows, columns -------------------
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 LinModel = Annotated[
     str,
@@ -365,70 +362,11 @@ LinChannel = Annotated[
 ]
 
 
-def _imagenet_normalized(net: Any) -> Any:
-    """``net`` behind ``(x - mean) / std`` with ImageNet statistics: F then reads [0, 1] pixels."""
-    import torch
-    from torch import nn
+def load_model(spec: str, weights: bool) -> tuple[Any, dict[str, Any]]:
+    """:func:`convscope.models.zoo.load_model`, imported when a command needs it."""
+    from convscope.models.zoo import load_model as _load
 
-    class ImageNetNormalize(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            # Plain constants, not buffers: the interpreter restores buffers in place after
-            # every pass, which breaks its backward passes when a buffer is a factor.
-            mean = torch.tensor(_IMAGENET_MEAN, dtype=x.dtype, device=x.device)
-            std = torch.tensor(_IMAGENET_STD, dtype=x.dtype, device=x.device)
-            return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
-
-    return nn.Sequential(OrderedDict(normalize=ImageNetNormalize(), net=net))
-
-
-def _load_any_model(spec: str, weights: bool) -> tuple[Any, dict[str, Any]]:
-    """A model from a checkpoint path, a convscope architecture or a torchvision name.
-
-    Returns:
-        ``(model in eval mode, info)`` with ``info`` keys ``source``, ``class_names``
-        (or ``None``), ``in_channels`` and ``input_size`` (``None`` when unknown).
-    """
-    import torch
-    from torch import nn
-
-    from convscope.models import ARCHITECTURES, build_model, load_checkpoint
-    from convscope.models.zoo import torchvision_model
-
-    path = Path(spec)
-    if path.is_file() or path.suffix in (".pt", ".pth") or "/" in spec:
-        if weights:
-            raise ConvscopeError("--weights is for torchvision model names, not checkpoints")
-        model, extra = load_checkpoint(path)
-        info: dict[str, Any] = {"source": "checkpoint", "class_names": extra.get("class_names")}
-    elif spec in ARCHITECTURES:
-        if weights:
-            raise ConvscopeError(f"--weights is for torchvision models; {spec} is convscope's")
-        with torch.random.fork_rng():  # an untrained model is the same on every run
-            torch.manual_seed(0)
-            model = build_model(spec)
-        info = {"source": "convscope (untrained, seed 0)", "class_names": None}
-    else:
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            net = torchvision_model(spec, weights="DEFAULT" if weights else None)
-        names = None
-        if weights:
-            import torchvision
-
-            names = torchvision.models.get_model_weights(spec).DEFAULT.meta.get("categories")
-        model = _imagenet_normalized(net)
-        info = {
-            "source": "torchvision" + ("" if weights else " (untrained, seed 0)"),
-            "class_names": names,
-            "normalization": "imagenet",
-        }
-    channels = getattr(model, "in_channels", None) or getattr(model, "channels", None)
-    if not isinstance(channels, int):
-        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        channels = first.in_channels if first is not None else None
-    side = getattr(model, "input_size", None)
-    info.update(in_channels=channels, input_size=(side, side) if isinstance(side, int) else None)
-    return model.eval(), info
+    return _load(spec, weights)
 
 
 def _parse_pair(text: str, what: str, example: str) -> tuple[int, int]:
@@ -460,9 +398,9 @@ def _linear_setup(
     if spec == "espcn" and not weights:  # the trained one, as in `linear explore`
         from convscope.report.explorer import trained_espcn_checkpoint
 
-        model, info = _load_any_model(str(trained_espcn_checkpoint()), False)
+        model, info = load_model(str(trained_espcn_checkpoint()), False)
     else:
-        model, info = _load_any_model(spec, weights)
+        model, info = load_model(spec, weights)
     if image.startswith("sample:"):
         rgb = torch.from_numpy(sample_photo(image[len("sample:") :])).permute(2, 0, 1)
         x = rgb[None].float() / 255.0
@@ -958,11 +896,11 @@ def linear_explore(
     if model == "espcn":  # here the trained one: an untrained ESPCN shows little
         if weights:
             raise ConvscopeError("--weights is for torchvision models; espcn is convscope's")
-        net, info = _load_any_model(str(ex.trained_espcn_checkpoint()), False)
+        net, info = load_model(str(ex.trained_espcn_checkpoint()), False)
         label = "ESPCN x4 (trained)"
     else:
         try:
-            net, info = _load_any_model(model, weights)
+            net, info = load_model(model, weights)
         except ConvscopeError as e:
             if not str(e).startswith("unknown torchvision model"):
                 raise

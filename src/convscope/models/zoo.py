@@ -10,6 +10,7 @@ caller knowing what it was.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,18 @@ from convscope.errors import ConvscopeError
 
 __all__ = [
     "ARCHITECTURES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "build_model",
+    "imagenet_normalized",
     "load_checkpoint",
+    "load_model",
     "save_checkpoint",
     "torchvision_model",
 ]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 CHECKPOINT_FORMAT = "convscope-checkpoint-v1"
 
@@ -206,3 +214,73 @@ def torchvision_model(name: str, weights: str | None = None, **kwargs: Any) -> n
             "cannot download them - copy the file there, or use a model you trained"
         )
     return models.get_model(name, weights=enum, **kwargs)
+
+
+class _ImageNetNormalize(nn.Module):
+    """``(x - mean) / std`` with ImageNet statistics, as plain constants (no state)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+
+def imagenet_normalized(net: nn.Module) -> nn.Module:
+    """``net`` behind ImageNet normalisation, so it reads [0, 1] RGB pixels.
+
+    The analyses then see pixels as the input (the linear interpreter's F acts on
+    pixels, the mean shift becomes a bias source named ``normalize``).
+    """
+    return nn.Sequential(OrderedDict(normalize=_ImageNetNormalize(), net=net))
+
+
+def load_model(spec: str, weights: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """A model from a checkpoint path, a convscope architecture name or a torchvision name.
+
+    Untrained models are built from seed 0, so the same spec gives the same model.
+    torchvision models are put behind :func:`imagenet_normalized`.
+
+    Args:
+        spec: a checkpoint file (``*.pt``), e.g. ``"gfnn"``, or e.g. ``"resnet18"``.
+        weights: torchvision pretrained weights from the local cache (never downloaded).
+
+    Returns:
+        ``(model in eval mode, info)`` with ``info`` keys ``source``, ``class_names``
+        (or ``None``), ``in_channels`` and ``input_size`` (``None`` when unknown), and
+        ``normalization`` for torchvision models.
+    """
+    path = Path(spec)
+    if path.is_file() or path.suffix in (".pt", ".pth") or "/" in spec:
+        if weights:
+            raise ConvscopeError("--weights is for torchvision model names, not checkpoints")
+        model, extra = load_checkpoint(path)
+        info: dict[str, Any] = {"source": "checkpoint", "class_names": extra.get("class_names")}
+    elif spec in ARCHITECTURES:
+        if weights:
+            raise ConvscopeError(f"--weights is for torchvision models; {spec} is convscope's")
+        with torch.random.fork_rng():  # an untrained model is the same on every run
+            torch.manual_seed(0)
+            model = build_model(spec)
+        info = {"source": "convscope (untrained, seed 0)", "class_names": None}
+    else:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            net = torchvision_model(spec, weights="DEFAULT" if weights else None)
+        names = None
+        if weights:
+            import torchvision
+
+            names = torchvision.models.get_model_weights(spec).DEFAULT.meta.get("categories")
+        model = imagenet_normalized(net)
+        info = {
+            "source": "torchvision" + ("" if weights else " (untrained, seed 0)"),
+            "class_names": names,
+            "normalization": "imagenet",
+        }
+    channels = getattr(model, "in_channels", None) or getattr(model, "channels", None)
+    if not isinstance(channels, int):
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        channels = first.in_channels if first is not None else None
+    side = getattr(model, "input_size", None)
+    info.update(in_channels=channels, input_size=(side, side) if isinstance(side, int) else None)
+    return model.eval(), info
