@@ -20,13 +20,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _machine import cpu_name  # sibling module: the scripts run from benchmarks/
 
 from convscope.decoding import decode
 from convscope.models import LeNet
@@ -35,17 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _literal_decoding import literal_decode  # noqa: E402
 
 LAYER = "features.conv3"
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -81,7 +70,7 @@ def main() -> None:
     if worst > 1e-10:
         raise SystemExit(f"fast and literal disagree by {worst:.2e}")
 
-    print(f"machine: {_cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    print(f"machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     print(f"LeNet {LAYER}: 500 filters -> (500, 1, 28, 28), unpool={args.mode}, float64")
     print(f"fast (batched, median of {args.repeats}): {1e3 * fast:.1f} ms")
     how = "measured" if n_lit == 500 else f"{n_lit} filters timed, x {500 / n_lit:g}"

@@ -19,26 +19,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+from _machine import cpu_name  # sibling module: the scripts run from benchmarks/
 
 from convscope.attribution import filter_scores
 from convscope.models import GFNN
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -96,7 +85,7 @@ def main() -> None:
 
     med = {name: statistics.median(ts) for name, ts in times.items()}
     base = med["plain forward+backward"]
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(
         f"GFNN (40 kernels), batch {args.batch} x 1 x 28 x 28, float32, {args.repeats} repeats "
         f"after {args.warmup} warm-up; {where}; torch {torch.__version__}, "

@@ -28,7 +28,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,22 +35,12 @@ import time
 from collections.abc import Callable
 
 import torch
+from _machine import cpu_name  # sibling module: the scripts run from benchmarks/
 from torch import nn
 
 from convscope.linear import LinearInterpreter
 
 MODELS = ("resnet18", "resnet50", "densenet121", "efficientnet_b0")
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _setup(
@@ -191,7 +180,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(
         f"# {where}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"float32, {args.size}x{args.size}, B={args.probes} probes, median of {args.repeats}"

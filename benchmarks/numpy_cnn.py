@@ -20,23 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from _machine import cpu_name  # sibling module: the scripts run from benchmarks/
 
 
 def _race(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -79,7 +69,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     print(
-        f"CPU: {_cpu_name()}; numpy {np.__version__}, torch {torch.__version__}; "
+        f"CPU: {cpu_name()}; numpy {np.__version__}, torch {torch.__version__}; "
         f"{args.threads} thread(s); median of {args.repeats} rounds"
     )
 

@@ -12,11 +12,11 @@ a single 28x28 image, against 40 mini-batches of 100 images per epoch.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
+from _machine import cpu_name  # sibling module: the scripts run from benchmarks/
 
 from convscope.data import load_mnist_subset
 from convscope.models import LeNet
@@ -44,7 +44,7 @@ def main() -> None:
 
     epoch = statistics.median(plain.seconds)
     per_epoch = statistics.median(cb.times)
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+    print(f"machine: {cpu_name()}, torch {torch.__version__}, "
           f"{args.threads} threads")  # fmt: skip
     print(f"epoch (train + eval), median of {args.epochs}: {epoch:.3f} s")
     print(f"Maximum-Gain callback per epoch, median:    {1000 * per_epoch:.2f} ms "

@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -34,22 +33,12 @@ from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as Fn
+from _machine import cpu_name  # sibling module: the scripts run from benchmarks/
 
 from convscope.linear.svd import SVDResult, power_svd, randomized_svd
 
 D = torch.float64
 T = TypeVar("T")
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _operator(side: int, width: int, seed: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -149,7 +138,7 @@ def main() -> None:
     t_ref = time.perf_counter() - t0
     gaps = (ref_all[1 : k + 1] / ref_all[:k]).tolist()
 
-    print(f"torch {torch.__version__}, {args.threads} thread(s), CPU: {_cpu_name()}")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), CPU: {cpu_name()}")
     print(
         f"operator: {side * side} -> {side * side}, hidden width {args.width}; "
         f"materialize + eigvalsh {t_ref:.1f} s"
