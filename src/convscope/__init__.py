@@ -26,18 +26,8 @@ __all__ = [
     "train",
 ]
 
-_SUBMODULES = {
-    "attribution",
-    "data",
-    "decoding",
-    "kernels",
-    "linear",
-    "models",
-    "numpy_cnn",
-    "report",
-    "spectral",
-    "train",
-}
+# every lower-case public name is a sub-module, loaded on first use
+_SUBMODULES = {n for n in __all__ if n.islower() and not n.startswith("_")}
 
 from convscope.errors import ConvscopeError  # noqa: E402
 
