@@ -20,6 +20,7 @@ from convscope.linear import (
     contribution_histogram,
     group_contributions,
 )
+from convscope.linear.contributions import _batched_contributions
 
 
 @pytest.fixture(autouse=True)
@@ -123,6 +124,75 @@ def test_each_contribution_equals_its_hand_computed_forward_projection(
     assert li.residual_share() == pytest.approx(float(li.residual[0, c] / li.output[0, c]))
 
 
+def assert_same_shares(li: LinearInterpreter, c: int) -> None:
+    """One forward + one backward pass (``target=c``) against one probe per source:
+    equal to 1e-10 relative, in the same order, and summing to ``y_c``."""
+    fast = li.contributions(target=c)
+    slow = _batched_contributions(li, c, 64)
+    assert list(fast) == list(slow) == ["input", *(s.name for s in li.sources)]
+    a, b = torch.stack(list(fast.values())), torch.stack(list(slow.values()))
+    assert a.shape == (len(li.sources) + 1,)
+    assert float((a - b).abs().max()) <= 1e-10 * float(b.abs().max())
+    y = float(li.output.reshape(-1)[c])
+    assert float(a.sum()) == pytest.approx(y, rel=1e-6, abs=1e-12)
+
+
+class SmallBN(nn.Module):
+    """conv -> BN -> SiLU -> conv -> BN -> ReLU -> max-pool -> conv + skip, global pool,
+    linear: batch-norm shifts, a taylor constant (SiLU), a residual add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.c2, self.b2 = nn.Conv2d(6, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)
+        self.c3 = nn.Conv2d(6, 6, 1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.silu(self.b1(self.c1(x)))
+        x = F.max_pool2d(F.relu(self.b2(self.c2(x))), 2)
+        x = x + self.c3(x)
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("mode", ["freeze", "taylor"])
+def test_scalar_contributions_equal_the_per_source_probes_on_a_small_cnn(mode: str) -> None:
+    torch.manual_seed(13)
+    net = SmallBN()
+    with torch.no_grad():
+        for bn in (net.b1, net.b2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.bias.uniform_(-0.5, 0.5)
+    net.eval()
+    li = LinearInterpreter(net, torch.randn(1, 3, 8, 8), mode=mode)  # type: ignore[arg-type]
+    assert len(li.sources) >= (6 if mode == "taylor" else 5)
+    for c in range(4):
+        assert_same_shares(li, c)
+
+
+def test_scalar_contributions_leave_the_model_as_it_was_after_an_error(
+    hand: tuple[Hand, torch.Tensor, dict[str, torch.Tensor]],
+) -> None:
+    net, x0, _ = hand
+    li = LinearInterpreter(net, x0)
+    flags = [p.requires_grad for p in net.parameters()]
+
+    def boom(module: nn.Module, args: object, output: object) -> None:
+        raise RuntimeError("boom")
+
+    handle = net.fc.register_forward_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            li.contributions(target=0)
+    finally:
+        handle.remove()
+    assert [p.requires_grad for p in net.parameters()] == flags
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+    assert torch.is_grad_enabled()
+    assert_same_shares(li, 1)  # and it still works
+
+
 def test_pixel_discussion_matches_the_hand_computed_back_projection(
     hand: tuple[Hand, torch.Tensor, dict[str, torch.Tensor]],
 ) -> None:
@@ -213,6 +283,9 @@ def test_contributions_add_up_on_torchvision_models(name: str, mode: str) -> Non
     c = int(li.output.argmax())
     shares = {k: float(v[0, c]) for k, v in contribs.items()}
     assert sum(shares.values()) == pytest.approx(float(li.output[0, c]), rel=1e-6, abs=1e-9)
+    if name in ("resnet18", "mobilenet_v3_small"):
+        assert_same_shares(li, c)
+        assert_same_shares(li, int(li.output.argmin()))
     grouped = group_contributions(contribs, depth=2)
     assert rel_err(sum(grouped.values()), li.output) < 1e-6
     assert len(grouped) < len(contribs)

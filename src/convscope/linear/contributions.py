@@ -8,8 +8,13 @@ per additive constant (bias source, see :mod:`convscope.linear.context`)::
 
 where ``b_s`` is the constant at its site and ``Q_s`` the frozen linear map from that
 site to the output. The contribution of a source is the output of the frozen system
-with the input at 0 and only that source switched on; ``"input"`` is ``F x0``. All of
-them come from batched passes, one probe per source.
+with the input at 0 and only that source switched on; ``"input"`` is ``F x0``. Whole
+outputs (``target=None``) come from batched passes, one probe per source. For one
+score ``y_c`` a single forward and a single backward pass give all of them: the probe
+row carries ``x0`` and adds every constant scaled by a gate ``g_s = 1``; its score is
+``y_c = (F x0)_c + sum_s g_s (Q_s b_s)_c``, affine in the gates, so
+``d y_c / d g_s`` is source ``s``'s contribution and ``(d y_c / d x1) . x0`` the
+input's.
 
 Pixel discussion (seed 001 eq. 18; the paper leaves the class dependence implicit,
 so this is our reading, see docs/linear.md). For score ``c``::
@@ -67,21 +72,34 @@ def contributions(
 ) -> dict[str, torch.Tensor]:
     """Split ``f(x0)`` into the input's part and one part per bias source.
 
+    ``target=None`` runs one probe per source (``1 + len(li.sources)`` probes in
+    passes of ``batch_size``); a scalar target runs one forward and one backward pass
+    whatever the number of sources (see the module docstring).
+
     Args:
         li: the interpreter.
         target: ``None`` for whole outputs, or a flat output index ``c`` (the class
             of a classifier) for the scalar shares of ``y_c``.
-        batch_size: probes per pass (default: the interpreter's).
+        batch_size: probes per pass (default: the interpreter's); unused with a target.
 
     Returns:
         ``{"input": F x0, source name: Q_s b_s, ...}`` in the order the model adds
         the sources; each value ``(1, *out_shape)`` (``target=None``) or a 0-d tensor.
         The values sum to ``f(x0)`` (or ``y_c``) up to rounding.
     """
-    c = None if target is None else _target(li, target)
+    size = check_batch_size(li.batch_size if batch_size is None else batch_size)
+    if target is not None:
+        return _scalar_contributions(li, _target(li, target))
+    return _batched_contributions(li, None, size)
+
+
+def _batched_contributions(
+    li: LinearInterpreter, c: int | None, size: int
+) -> dict[str, torch.Tensor]:
+    """One probe per source (and one for the input), ``size`` probes per pass; the
+    reference for :func:`_scalar_contributions`, and the only way to whole outputs."""
     n_sources = len(li.sources)
     codes = torch.tensor([ALL_OFF, *range(n_sources)])
-    size = check_batch_size(li.batch_size if batch_size is None else batch_size)
     outs = []
     for start in range(0, n_sources + 1, size):
         sl = slice(start, min(n_sources + 1, start + size))
@@ -98,6 +116,43 @@ def contributions(
         return {name: values[i : i + 1] for i, name in enumerate(names)}
     flat = values.reshape(len(names), -1)[:, c]
     return {name: flat[i] for i, name in enumerate(names)}
+
+
+def _scalar_contributions(li: LinearInterpreter, c: int) -> dict[str, torch.Tensor]:
+    """All shares of ``y_c`` from one forward and one backward pass.
+
+    The probe row is ``x0`` and adds source ``s`` as ``g_s * b_s`` with one gate
+    ``g = 1`` per source; row 0 adds the constants as they are, so the frozen
+    decisions do not move (the rules detach row 0). The probe's score is
+    ``(F x0)_c + sum_s g_s (Q_s b_s)_c``: its gradient in ``g`` holds the sources'
+    contributions, its gradient in the probe ``F^T e_c``, dotted with ``x0``.
+    """
+    n = len(li.sources)
+    dtype, device = li.x0.dtype, li.x0.device
+    gates = torch.ones(n, dtype=dtype, device=device, requires_grad=True)
+
+    def hook(index: int, lin: torch.Tensor, const: torch.Tensor) -> torch.Tensor:
+        if index >= n:  # a pass that meets more sources than the first: _run refuses it
+            return lin + const
+        rows = lin.shape[0]
+        if const.ndim == lin.ndim and const.shape[0] == rows:
+            c0, cp = const[:1], const[1:]
+        else:
+            c0 = cp = const
+        return torch.cat([lin[:1] + c0, lin[1:] + gates[index] * cp])
+
+    x1 = li.x0.clone().requires_grad_(True)
+    out, _ = li._run(x1, [ALL_ON], source_hook=hook, grad=True)
+    score = out[1].reshape(-1)[c]
+    g_x: torch.Tensor | None = None
+    g_s: torch.Tensor | None = None
+    if score.requires_grad:  # else it depends neither on the input nor on a source: 0
+        g_x, g_s = torch.autograd.grad(score, [x1, gates], allow_unused=True)
+    inp = (g_x * li.x0).sum() if g_x is not None else li.x0.new_zeros(())
+    shares = g_s if g_s is not None else gates.new_zeros(n)
+    values = torch.cat([inp.detach().reshape(1), shares.detach()])
+    names = ["input", *(s.name for s in li.sources)]
+    return {name: values[i] for i, name in enumerate(names)}
 
 
 def residual_share(li: LinearInterpreter, target: int | None = None) -> float:
