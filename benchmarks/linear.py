@@ -1,18 +1,25 @@
-"""Time the linear interpreter against a plain forward pass and against torch.func.
+"""Time the linear interpreter against a plain forward pass, torch.func and DfV.
 
-Three figures per model (untrained torchvision models, float32, eval mode):
+Per model (untrained torchvision models, float32, eval mode, random images):
 
 - forward ratio: one interpreter pass on ``[x0, p_1 .. p_B]`` (``li(x1)`` with ``B``
   probes) over one plain forward pass of the same ``B + 1`` images. Target <= 1.3.
+  On CUDA twice more: the interpreter replaying its pass from a CUDA graph
+  (``cuda_graphs=True``, the default there) against the eager plain pass, and
+  against the plain pass replayed from a CUDA graph too.
 - memory ratio: the peak memory one such call needs on top of what is allocated
-  before it. On CUDA this is ``torch.cuda.max_memory_allocated``; on the CPU each
-  call runs in a fresh subprocess, once to warm up and once measured as the rise of
-  the peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``)
-  above the resident size before the call, with malloc told to hand large blocks
-  back at once (``MALLOC_MMAP_THRESHOLD_``). Target <= 1.3.
+  before it. On CUDA this is ``torch.cuda.max_memory_allocated`` (for the graphed
+  interpreter measured over its first call, capture and private pool included); on
+  the CPU each call runs in a fresh subprocess, once to warm up and once measured as
+  the rise of the peak resident set size (``VmHWM``, reset through
+  ``/proc/self/clear_refs``) above the resident size before the call, with malloc told
+  to hand large blocks back at once (``MALLOC_MMAP_THRESHOLD_``). Target <= 1.3.
 - columns per second: ``li.columns`` (``B`` impulse probes in one pass) against
-  ``torch.func.jvp`` of the model under ``torch.func.vmap`` over the same impulses,
-  which computes the columns of the Jacobian (the same thing for ReLU networks).
+  ``torch.func.jvp`` of the model under ``torch.func.vmap`` over the same impulses
+  (the Jacobian's columns: the same thing for ReLU networks), and against the paper's
+  DfV baseline (``_dfv.py``: store every unit's decision for ``x0``, then replay the
+  probes alone), with the decisions on the device and in pinned CPU memory. The
+  script checks that DfV's columns equal the interpreter's before timing.
 
 Methods run round-robin in one process; each time is the median over ``--repeats``
 rounds after ``--warmup`` rounds, so drift on a shared machine hits all alike.
@@ -20,6 +27,7 @@ rounds after ``--warmup`` rounds, so drift on a shared machine hits all alike.
 Usage::
 
     python benchmarks/linear.py --size 224 --probes 16 --repeats 3 --device cpu
+    python benchmarks/linear.py --size 224 --probes 64 --repeats 5 --device cuda
 """
 
 from __future__ import annotations
@@ -33,9 +41,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
-from _machine import cpu_name  # sibling module: the scripts run from benchmarks/
+from _dfv import DfV  # sibling modules: the scripts run from benchmarks/
+from _machine import cpu_name
 from torch import nn
 
 from convscope.linear import LinearInterpreter
@@ -55,22 +65,31 @@ def _setup(
 
 
 def _calls(
-    model: nn.Module, x: torch.Tensor, li: LinearInterpreter | None
+    model: nn.Module,
+    x: torch.Tensor,
+    li: LinearInterpreter | None,
+    *,
+    li_graphs: LinearInterpreter | None = None,
+    dfv: dict[str, DfV] | None = None,
 ) -> dict[str, Callable[[], object]]:
     x0, x1 = x[:1], x[1:]
     n = x1.shape[0]
+    calls: dict[str, Callable[[], object]] = {}
 
     def plain() -> object:
         with torch.no_grad():
             return model(x)
 
-    def interpreter() -> object:
-        assert li is not None
-        return li(x1, batch_size=n)
-
-    def columns() -> object:
-        assert li is not None
-        return li.columns(range(n), batch_size=n)
+    calls["plain"] = plain
+    if x.is_cuda:
+        calls["plain_graph"] = _graphed_plain(model, x)
+    if li is not None:
+        calls["interpreter"] = lambda: li(x1, batch_size=n)
+    if li_graphs is not None:
+        calls["interpreter_graphs"] = lambda: li_graphs(x1, batch_size=n)
+        calls["columns"] = lambda: li_graphs.columns(range(n), batch_size=n)
+    elif li is not None:
+        calls["columns"] = lambda: li.columns(range(n), batch_size=n)
 
     basis = torch.zeros(n, x0.numel(), device=x.device)
     basis[torch.arange(n), torch.arange(n)] = 1
@@ -82,12 +101,31 @@ def _calls(
 
         return torch.func.vmap(column)(basis)
 
-    return {
-        "plain": plain,
-        "interpreter": interpreter,
-        "columns": columns,
-        "jvp_vmap": jvp_columns,
-    }
+    if li is not None:
+        calls["jvp_vmap"] = jvp_columns
+    for store, d in (dfv or {}).items():
+        calls[f"dfv_{store}"] = lambda d=d: d.columns(n)  # type: ignore[misc]
+    return calls
+
+
+def _graphed_plain(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """The plain forward pass of ``x`` captured once as a CUDA graph, then replayed."""
+    static = x.clone()
+    side = torch.cuda.Stream(x.device)
+    side.wait_stream(torch.cuda.current_stream(x.device))
+    with torch.cuda.stream(side), torch.no_grad():
+        model(static)
+    torch.cuda.current_stream(x.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        out = model(static)
+
+    def run() -> object:
+        static.copy_(x)
+        graph.replay()
+        return out
+
+    return run
 
 
 def _time(
@@ -163,6 +201,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    p.add_argument("--no-dfv", action="store_true", help="skip the DfV baseline")
     p.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_child:
@@ -185,32 +224,95 @@ def main() -> None:
         f"# {where}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"float32, {args.size}x{args.size}, B={args.probes} probes, median of {args.repeats}"
     )
-    header = (
-        "| model | plain | interpreter | ratio | peak MiB plain | interpreter | ratio "
-        "| columns/s ours | jvp+vmap | ours / jvp |"
-    )
-    print(header)
-    print("|" + " ---: |" * 10)
+    cuda = device.type == "cuda"
+    forward_rows, column_rows = [], []
     for name in args.models:
         model, x = _setup(name, args.size, args.probes, device)
-        li = LinearInterpreter(model, x[:1])
-        t = _time(_calls(model, x, li), args.repeats, args.warmup, sync)
+        li = LinearInterpreter(model, x[:1], cuda_graphs=False)
+        li_graphs = LinearInterpreter(model, x[:1], cuda_graphs=True) if cuda else None
+        dfv = {}
+        if not args.no_dfv:
+            dfv = {"device": DfV(model, x[:1])}
+            if cuda:
+                dfv["cpu"] = DfV(model, x[:1], store="cpu")
+            # the whole affine map must agree (TF32 convolutions on CUDA: 1e-2); DfV's
+            # columns, y(e_k) - r, lose digits to that subtraction, ours (biases off) don't
+            ours = li(x[1:5])
+            for store, d in dfv.items():
+                err = float((d(x[1:5]) - ours).abs().max() / ours.abs().max())
+                if err > (1e-2 if cuda else 1e-4):
+                    raise SystemExit(f"{name}: DfV ({store}) differs from F x1 + r by {err:.1e}")
+                cols = li.columns(range(4))
+                col_err = float((d.columns(4) - cols).abs().max() / cols.abs().max())
+                print(
+                    f"{name}: DfV ({store}) vs interpreter: F x1 + r {err:.1e}, "
+                    f"columns {col_err:.1e}",
+                    file=sys.stderr,
+                )
+        calls = _calls(model, x, li, li_graphs=li_graphs, dfv=dfv)
+        t = _time(calls, args.repeats, args.warmup, sync)
         if args.no_memory:
-            mem_plain = mem_li = float("nan")
-        elif device.type == "cuda":
-            calls = _calls(model, x, li)
-            mem_plain = _memory_cuda(calls["plain"], device)
-            mem_li = _memory_cuda(calls["interpreter"], device)
+            mem = {}
+        elif cuda:
+            mem = {k: _memory_cuda(calls[k], device) for k in ("plain", "interpreter")}
+            fresh = LinearInterpreter(model, x[:1], cuda_graphs=True)
+            mem["interpreter_graphs"] = _memory_cuda(partial(fresh, x[1:]), device)
         else:
-            mem_plain = _memory_cpu(name, "plain", args.size, args.probes)
-            mem_li = _memory_cpu(name, "interpreter", args.size, args.probes)
-        cols, cols_jvp = args.probes / t["columns"], args.probes / t["jvp_vmap"]
-        print(
-            f"| {name} | {t['plain'] * 1e3:.0f} ms | {t['interpreter'] * 1e3:.0f} ms "
-            f"| {t['interpreter'] / t['plain']:.2f} | {mem_plain:.0f} | {mem_li:.0f} "
-            f"| {mem_li / mem_plain:.2f} | {cols:.1f} | {cols_jvp:.1f} | {cols / cols_jvp:.2f} |",
-            flush=True,
+            mem = {
+                k: _memory_cpu(name, k, args.size, args.probes) for k in ("plain", "interpreter")
+            }
+        forward_rows.append(_forward_row(name, t, mem))
+        column_rows.append(_column_row(name, t, args.probes, dfv))
+        print(f"{name} done", file=sys.stderr, flush=True)
+    head = "| model | plain | interpreter | ratio | peak MiB plain | interpreter | ratio |"
+    if cuda:
+        head += (
+            " plain (graph) | interpreter (graphs) | ratio to plain | to plain (graph) "
+            "| peak MiB (graphs) | ratio |"
         )
+    print(head)
+    print("|" + " ---: |" * (head.count("|") - 1))
+    for row in forward_rows:
+        print(row)
+    print()
+    head = "| model | columns/s ours | jvp+vmap | ours / jvp |"
+    if not args.no_dfv:
+        head += " DfV (store on device) | ours / DfV |"
+        if cuda:
+            head += " DfV (store in CPU RAM) | ours / DfV |"
+        head += " DfV storage MiB |"
+    print(head)
+    print("|" + " ---: |" * (head.count("|") - 1))
+    for row in column_rows:
+        print(row)
+
+
+def _forward_row(name: str, t: dict[str, float], mem: dict[str, float]) -> str:
+    nan = float("nan")
+    m_plain, m_li = mem.get("plain", nan), mem.get("interpreter", nan)
+    row = (
+        f"| {name} | {t['plain'] * 1e3:.1f} ms | {t['interpreter'] * 1e3:.1f} ms "
+        f"| {t['interpreter'] / t['plain']:.2f} | {m_plain:.0f} | {m_li:.0f} "
+        f"| {m_li / m_plain:.2f} |"
+    )
+    if "interpreter_graphs" in t:
+        g, pg, m_g = t["interpreter_graphs"], t["plain_graph"], mem.get("interpreter_graphs", nan)
+        row += (
+            f" {pg * 1e3:.1f} ms | {g * 1e3:.1f} ms | {g / t['plain']:.2f} | {g / pg:.2f} "
+            f"| {m_g:.0f} | {m_g / m_plain:.2f} |"
+        )
+    return row
+
+
+def _column_row(name: str, t: dict[str, float], n: int, dfv: dict[str, DfV]) -> str:
+    ours, jvp = n / t["columns"], n / t["jvp_vmap"]
+    row = f"| {name} | {ours:.1f} | {jvp:.1f} | {ours / jvp:.2f} |"
+    for store in dfv:
+        rate = n / t[f"dfv_{store}"]
+        row += f" {rate:.1f} | {ours / rate:.2f} |"
+    if dfv:
+        row += f" {dfv['device'].nbytes / 2**20:.1f} |"
+    return row
 
 
 if __name__ == "__main__":

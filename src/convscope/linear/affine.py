@@ -156,9 +156,9 @@ def pop_arg(
     return args, kwargs, default
 
 
-def _is_zero(value: Any) -> bool:
+def _is_zero(ctx: PassContext, value: Any) -> bool:
     if isinstance(value, torch.Tensor):
-        return not bool(value.detach().ne(0).any())
+        return not ctx.decide(lambda: value.detach().ne(0).any())
     return isinstance(value, (int, float, bool)) and value == 0
 
 
@@ -215,8 +215,8 @@ def _add_like(
     b: Any = args[1] if len(args) > 1 else kwargs.get("other")
     ta, tb = ctx.is_tracked(a), ctx.is_tracked(b)
     inplace = func in _INPLACE_ADD
-    if (ta and tb) or _is_zero(b if ta else a) or (ctx.plain and not inplace):
-        if not (ta and tb) and not _is_zero(b if ta else a):
+    if (ta and tb) or _is_zero(ctx, b if ta else a) or (ctx.plain and not inplace):
+        if not (ta and tb) and not _is_zero(ctx, b if ta else a):
             ctx.new_source(f"{op_name(func).rsplit('.', 1)[-1]} constant")
         out = func(*args, **kwargs)
         if inplace:
@@ -234,7 +234,7 @@ def _add_like(
     x: torch.Tensor = a if ta else b
     s_x, s_c = (sa, sb) if ta else (sb, sa)
     lin = x if s_x == 1 else x * s_x
-    const = torch.as_tensor(b if ta else a, dtype=lin.dtype, device=lin.device)
+    const = ctx.constant(b if ta else a, lin)
     if inplace:
         # a is the target; for an untracked target its old value is the constant
         const = const.clone()
@@ -256,7 +256,7 @@ def _cat_like(
     if not isinstance(seq, (list, tuple)):
         return linear_joint(ctx, func, args, kwargs)
     constants = [t for t in seq if not ctx.is_tracked(t)]
-    if not constants or all(_is_zero(t) for t in constants):
+    if not constants or all(_is_zero(ctx, t) for t in constants):
         return linear_joint(ctx, func, args, kwargs)
     if ctx.plain:
         ctx.new_source(f"{op_name(func).rsplit('.', 1)[-1]} constant")
@@ -310,12 +310,12 @@ def _setitem(
     target, or a zero goes into a tracked one."""
     target, _, value = args
     t_target, t_value = ctx.is_tracked(target), ctx.is_tracked(value)
-    if t_value and not t_target and not _is_zero(target):
+    if t_value and not t_target and not _is_zero(ctx, target):
         raise ConvscopeError(
             f"{ctx.where()} writes an input-dependent tensor into a constant that is not "
             "zero (Tensor.__setitem__); this affine step is not supported"
         )
-    if t_target and not t_value and not _is_zero(value):
+    if t_target and not t_value and not _is_zero(ctx, value):
         raise ConvscopeError(
             f"{ctx.where()} writes a non-zero constant into an input-dependent tensor "
             "(Tensor.__setitem__); this affine step is not supported"
@@ -329,7 +329,7 @@ def _copy(
     ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     target, src = args[0], args[1] if len(args) > 1 else kwargs.get("src")
-    if not ctx.is_tracked(src) and not _is_zero(src):
+    if not ctx.is_tracked(src) and not _is_zero(ctx, src):
         raise ConvscopeError(
             f"{ctx.where()} overwrites an input-dependent tensor with a constant "
             "(Tensor.copy_); this is not supported"
@@ -342,7 +342,7 @@ def _fill(
     ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     value = args[1] if len(args) > 1 else kwargs.get("value")
-    if not _is_zero(value):
+    if not _is_zero(ctx, value):
         raise ConvscopeError(
             f"{ctx.where()} fills an input-dependent tensor with a non-zero constant "
             f"({op_name(func)}); this is not supported"

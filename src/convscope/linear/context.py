@@ -103,6 +103,10 @@ class PassContext:
         codes: ``(B,)`` switch of each probe row: :data:`ALL_ON`, :data:`ALL_OFF` or a
             source index ``s >= 0`` (only that source on).
         source_hook: when given, every source goes through it instead of the mask.
+        replay: the decisions (see :meth:`decide`) of an earlier pass of the same
+            kind, to be given back in order instead of read from the device; used
+            while a CUDA graph is captured, where reading a device value would
+            synchronize (and is refused).
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class PassContext:
         mode: Mode,
         codes: torch.Tensor,
         source_hook: SourceHook | None = None,
+        replay: list[bool] | None = None,
     ) -> None:
         self.rows = rows
         self.mode: Mode = mode
@@ -123,6 +128,39 @@ class PassContext:
         self._tracked: dict[int, weakref.ref[torch.Tensor]] = {}
         self._gates: dict[int, weakref.ref[torch.Tensor]] = {}
         self._name_counts: dict[str, int] = {}
+        self.decisions: list[bool] = []
+        self._replay = replay
+
+    # -- decisions read from tensor values ------------------------------------------
+
+    def decide(self, question: Callable[[], Any]) -> bool:
+        """``bool(question())``, a branch taken on tensor values that are the same in
+        every pass (``x0``'s row, parameters, constants), recorded in order.
+
+        With ``replay`` the recorded answer is given back without asking, so a pass
+        under CUDA graph capture takes the same branches without reading the device.
+        """
+        if self._replay is not None:
+            i = len(self.decisions)
+            if i >= len(self._replay):
+                raise ConvscopeError(
+                    "this pass took more data-dependent branches than the pass it "
+                    "replays: the model does not compute the same graph every time"
+                )
+            answer = self._replay[i]
+        else:
+            answer = bool(question())
+        self.decisions.append(answer)
+        return answer
+
+    @staticmethod
+    def constant(value: Any, like: torch.Tensor) -> torch.Tensor:
+        """``value`` as a tensor of ``like``'s dtype and device, without a host-to-device
+        copy for a Python number or a 0-d CPU tensor (which CUDA graph capture refuses)."""
+        if isinstance(value, torch.Tensor) and not (value.ndim == 0 and value.device.type == "cpu"):
+            return value.detach().to(dtype=like.dtype, device=like.device)
+        number = value.item() if isinstance(value, torch.Tensor) else value
+        return torch.full((), number, dtype=like.dtype, device=like.device)
 
     # -- where we are -------------------------------------------------------------
 
@@ -223,7 +261,7 @@ class PassContext:
             ``(rows, ...)``.
         """
         index = self.new_source(op)
-        c = torch.as_tensor(const, dtype=lin.dtype, device=lin.device).detach()
+        c = self.constant(const, lin)
         if self.source_hook is not None:
             return self.source_hook(index, lin, c)
         m = self.mask(index, lin)

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -161,6 +163,19 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
+@dataclass
+class _Graph:
+    """One captured pass: write the probes into ``inputs``, replay, read ``output``."""
+
+    graph: torch.cuda.CUDAGraph
+    inputs: torch.Tensor
+    weights: torch.Tensor | None  # the transpose's ``y2``
+    output: torch.Tensor
+
+
+_MAX_GRAPHS = 4
+
+
 def _chunks(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
@@ -179,6 +194,15 @@ class LinearInterpreter:
         seed: every pass draws its random numbers (train-mode dropout masks) from
             this seed, so all passes freeze the same mask; the caller's random state
             is restored afterwards.
+        cuda_graphs: replay the passes of ``li(x1)``, ``li.linear``, ``li.columns``,
+            ``li.transpose`` and ``li.rows`` from CUDA graphs: each kind of pass and
+            probe count is run once eagerly, captured once, and then replayed without
+            Python, which removes the per-op cost of the interception (see
+            benchmarks/README.md). ``None`` (default): on when ``x0`` is on a CUDA
+            device and no module is in training mode; ``True``: the same, but an
+            error when it cannot be on; ``False``: off. A graph reads the parameters
+            from where they were at capture: update them in place, or build a new
+            interpreter after replacing them.
 
     Attributes:
         output: ``(1, *out_shape)`` ``f(x0)``.
@@ -200,6 +224,7 @@ class LinearInterpreter:
         *,
         batch_size: int = 32,
         seed: int = 0,
+        cuda_graphs: bool | None = None,
     ) -> None:
         if mode not in _MODES:
             raise ConvscopeError(f"mode must be one of {list(_MODES)}; got {mode!r}")
@@ -217,6 +242,8 @@ class LinearInterpreter:
         self.seed = seed
         self.x0 = x0.detach()
         self.in_shape: tuple[int, ...] = tuple(x0.shape[1:])
+        self.cuda_graphs = _graphs_wanted(cuda_graphs, model, self.x0)
+        self._graphs: OrderedDict[tuple[Any, ...], _Graph] = OrderedDict()
         self._sources: tuple[Source, ...] | None = None
         out, ctx = self._run(torch.zeros_like(self.x0), [ALL_ON])
         self._sources = tuple(ctx.sources)
@@ -245,14 +272,21 @@ class LinearInterpreter:
         *,
         source_hook: SourceHook | None = None,
         grad: bool = False,
+        replay: list[bool] | None = None,
     ) -> tuple[torch.Tensor, PassContext]:
-        """One forward pass on ``[x0, probes]``; returns the ``(1 + B, *out)`` output."""
+        """One forward pass on ``[x0, probes]``; returns the ``(1 + B, *out)`` output.
+
+        ``replay``: the decisions of an earlier pass of this kind, given back while a
+        CUDA graph is captured (no random state is touched then: graphs are used only
+        when no module is in training mode).
+        """
         rows = 1 + probes.shape[0]
         codes_t = torch.as_tensor(codes, dtype=torch.long)
-        ctx = PassContext(rows, self.mode, codes_t, source_hook)
+        ctx = PassContext(rows, self.mode, codes_t, source_hook, replay)
         batch = torch.cat([self.x0, probes.to(self.x0)])
         ctx.track(batch)
-        with _seeded(self.seed), torch.set_grad_enabled(grad), frozen_pass(self.model, ctx):
+        seeded = _seeded(self.seed) if replay is None else contextlib.nullcontext()
+        with seeded, torch.set_grad_enabled(grad), frozen_pass(self.model, ctx):
             out = self.model(batch)
         if not isinstance(out, torch.Tensor):
             raise ConvscopeError(
@@ -282,11 +316,56 @@ class LinearInterpreter:
         size = check_batch_size(self.batch_size if batch_size is None else batch_size)
         outs = []
         for sl in _chunks(x1.shape[0], size):
+            if self.cuda_graphs:
+                outs.append(self._replay(("forward", sl.stop - sl.start, code), x1[sl]))
+                continue
             out, _ = self._run(x1[sl], [code] * (sl.stop - sl.start))
             outs.append(out[1:])
         if not outs:
             return self.output.new_zeros((0, *self.out_shape))
         return torch.cat(outs)
+
+    # -- CUDA graphs -----------------------------------------------------------------
+
+    def _replay(self, key: tuple[Any, ...], data: torch.Tensor) -> torch.Tensor:
+        """Run the pass ``key`` (``("forward", B, code)`` or ``("transpose", B)``) on
+        ``data`` from its CUDA graph, capturing it first if needed."""
+        g = self._graphs.get(key)
+        if g is None:
+            g = self._capture(key, data)
+            self._graphs[key] = g
+            while len(self._graphs) > _MAX_GRAPHS:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(key)
+        (g.inputs if g.weights is None else g.weights).copy_(data)
+        g.graph.replay()
+        return g.output.clone()
+
+    def _capture(self, key: tuple[Any, ...], data: torch.Tensor) -> _Graph:
+        kind, b = key[0], key[1]
+        x1 = data.clone() if kind == "forward" else torch.zeros((b, *self.in_shape)).to(self.x0)
+        y2 = data.clone() if kind == "transpose" else None
+        codes = [key[2]] * b if kind == "forward" else [ALL_OFF] * b
+
+        def one_pass(replay: list[bool] | None) -> tuple[torch.Tensor, list[bool]]:
+            if y2 is None:
+                out, ctx = self._run(x1, codes, replay=replay)
+                return out[1:], ctx.decisions
+            x1.requires_grad_(True)
+            out, ctx = self._run(x1, codes, grad=True, replay=replay)
+            return _grad_or_zero(out[1:], x1, y2), ctx.decisions
+
+        device = self.x0.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm up off the main stream, as capture wants
+            _, decisions = one_pass(None)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output, _ = one_pass(decisions)
+        return _Graph(graph, x1, y2, output)
 
     # -- the affine map and its parts ------------------------------------------------------
 
@@ -329,6 +408,9 @@ class LinearInterpreter:
         grads = []
         for sl in _chunks(y2.shape[0], size):
             b = sl.stop - sl.start
+            if self.cuda_graphs:
+                grads.append(self._replay(("transpose", b), y2[sl]))
+                continue
             x1 = torch.zeros((b, *self.in_shape), dtype=self.x0.dtype, device=self.x0.device)
             x1.requires_grad_(True)
             out, _ = self._run(x1, [ALL_OFF] * b, grad=True)
@@ -459,6 +541,23 @@ class LinearInterpreter:
         from convscope.linear.contributions import pixel_votes
 
         return pixel_votes(self, targets, top=top, batch_size=batch_size)
+
+
+def _graphs_wanted(wanted: bool | None, model: nn.Module, x0: torch.Tensor) -> bool:
+    if wanted is not None and not isinstance(wanted, bool):
+        raise ConvscopeError(f"cuda_graphs must be True, False or None; got {wanted!r}")
+    if wanted is False:
+        return False
+    why = None
+    if x0.device.type != "cuda":
+        why = f"x0 is on {x0.device.type}, not on a CUDA device"
+    elif any(m.training for m in model.modules()):
+        why = "the model is in training mode (call model.eval() first)"
+    if why is None:
+        return True
+    if wanted:
+        raise ConvscopeError(f"cuda_graphs=True cannot be honoured: {why}")
+    return False
 
 
 def _grad_or_zero(out: torch.Tensor, x1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

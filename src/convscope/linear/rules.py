@@ -143,7 +143,7 @@ def _ratio(ctx: PassContext, unit: _Unit, h: Callable[[T], T], x: T, x0: T) -> T
     """Freeze rule of a smooth unit: ``h(x0) / x0`` times the input, no constant."""
     y0 = h(x0).detach()
     zero = x0 == 0
-    if not bool(zero.any()):
+    if not ctx.decide(zero.any):
         return x * (y0 / x0)
     # at x0 == 0 the ratio is the derivative; if h(0) != 0 (sigmoid) the value there
     # cannot come from a multiple of 0, so it stays as a constant
@@ -151,7 +151,7 @@ def _ratio(ctx: PassContext, unit: _Unit, h: Callable[[T], T], x: T, x0: T) -> T
     a = torch.where(zero, d, y0 / torch.where(zero, torch.ones_like(x0), x0))
     out = x * a
     c = torch.where(zero, y0, torch.zeros_like(y0))
-    if bool(c.ne(0).any()):
+    if ctx.decide(c.ne(0).any):
         out = ctx.add_constant(out, c, f"{unit.name} h(0)")
     return out
 
