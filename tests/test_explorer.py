@@ -112,6 +112,9 @@ def test_index_covers_the_grid_and_every_file_is_there(espcn_page: Any) -> None:
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
     assert "<link" not in html and "import " not in html
     assert "Subsampled grid" in html and "a step of\n2 pixels" in html  # the page says so
+    # One channel in and out: nothing to choose.
+    assert idx["channels"]["inputs"] == idx["channels"]["outputs"] == ["sum"]
+    assert idx["views"] == {} and "<select" not in html
     inline = re.search(
         r'<script type="application/json" id="explorer-index">(.*?)</script>', html, re.S
     )
@@ -218,10 +221,150 @@ def test_classifier_page_columns_are_class_score_vectors(classifier_page: Any) -
         np.testing.assert_allclose(
             idx["columns"]["values"][k], col[top].numpy(), rtol=1e-4, atol=1e-6
         )
-    for c in idx["classes"]:
-        assert (out / c["row"]).is_file()
+    # The rows: one strip of the top classes per channel choice.
+    assert idx["channels"]["inputs"] == ["sum", "0", "1", "2"]
+    assert idx["channels"]["input_names"] == ["R", "G", "B"]
+    assert sorted(idx["views"]) == ["0,sum", "1,sum", "2,sum"]
+    rows = li.rows(top).reshape(3, 3, 16, 16)  # (class, channel, H, W)
+    for key, spec in [("sum,sum", idx), *idx["views"].items()]:
+        ch = key.split(",")[0]
+        want = rows.sum(1) if ch == "sum" else rows[:, int(ch)]
+        with Image.open(out / spec["rows"]["sprite"]) as im:
+            assert im.size == (3 * 16, 16)
+        np.testing.assert_allclose(spec["rows"]["sum"], want.sum((1, 2)), rtol=1e-5, atol=1e-6)
+        peaks = want.abs().amax((1, 2))
+        np.testing.assert_allclose(spec["rows"]["peak"], peaks, rtol=1e-5)
+        # The column of one input channel: its flat index in channel ch.
+        for k in (0, 9):
+            y, x = idx["grid"]["ys"][k // gw], idx["grid"]["xs"][k % gw]
+            np.testing.assert_allclose(
+                spec["columns"]["values"][k], want[:, y, x], rtol=1e-5, atol=1e-7
+            )
+    # The channels' columns add up to the sum's, at every grid pixel.
+    by_channel = np.array([idx["views"][f"{c},sum"]["columns"]["values"] for c in "012"])
+    np.testing.assert_allclose(by_channel.sum(0), idx["columns"]["values"], rtol=1e-5, atol=1e-6)
     for p in idx["svd"]["pairs"]:
         assert (out / p["input"]).is_file() and len(p["classes"]) == 3
+
+
+class TinyColourSR(nn.Module):
+    """RGB -> RGB x2 upscaler (conv, ReLU, conv, PixelShuffle) whose channels mix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(6, 12, 3, padding=1),
+            nn.PixelShuffle(2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+@pytest.fixture(scope="module")
+def colour_page(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[nn.Module, torch.Tensor, Path]:
+    """A 10x10 RGB image through :class:`TinyColourSR`, filters at every pixel."""
+    torch.manual_seed(3)
+    model = TinyColourSR().eval()
+    x0 = torch.from_numpy(sample_photo("chelsea")[100:110, 200:210].astype(np.float32) / 255)
+    x0 = x0.permute(2, 0, 1)[None].contiguous()
+    out = tmp_path_factory.mktemp("colour_page")
+    write_explorer(model, x0, out, k_svd=1, title="colour test")
+    return model, x0, out
+
+
+def decode_tile(out: Path, spec: dict[str, Any], k: int) -> np.ndarray:
+    """Tile ``k`` of a sprite sheet back to values, from its colours and its peak."""
+    lut = _diverging_lut().astype(np.int64)
+    with Image.open(out / spec["sprite"]) as im:
+        sheet = np.asarray(im.convert("RGB")).astype(np.int64)
+    th, tw = spec["tile_shape"]
+    r, c = divmod(k, spec["per_row"])
+    tile = sheet[r * th : (r + 1) * th, c * tw : (c + 1) * tw]
+    nearest = ((tile[:, :, None, :] - lut[None, None]) ** 2).sum(-1).argmin(-1)
+    return (nearest / 127.5 - 1.0) * spec["peak"][k]
+
+
+def view_spec(idx: dict[str, Any], key: str, kind: str) -> dict[str, Any]:
+    """The filters of one channel choice, with the layout of the sums (as the page does)."""
+    return {**idx[kind], **(idx["views"][key][kind] if key != "sum,sum" else {})}
+
+
+def test_colour_page_has_every_channel_choice_and_they_add_up(colour_page: Any) -> None:
+    model, x0, out = colour_page
+    idx = read_index(out)
+    ch = idx["channels"]
+    assert ch["inputs"] == ch["outputs"] == ["sum", "0", "1", "2"]
+    assert ch["input_names"] == ch["output_names"] == ["R", "G", "B"]
+    keys = [f"{i},{o}" for i in ch["inputs"] for o in ch["outputs"]]
+    assert sorted(idx["views"]) == sorted(keys[1:])  # every choice but the sums
+    files = {idx["columns"]["sprite"], idx["rows"]["sprite"]}
+    for spec in idx["views"].values():
+        files |= {spec["columns"]["sprite"], spec["rows"]["sprite"]}
+    assert len(files) == 2 * 16 and all((out / f).is_file() for f in files)
+    html = (out / "explorer.html").read_text()
+    assert 'id="input-channel"' in html and 'id="output-channel"' in html
+    # Against the interpreter: F materialized from its columns, (out C, 20, 20, in C, 10, 10).
+    li = LinearInterpreter(model, x0)
+    F = li.columns(range(300)).permute(1, 2, 3, 0).reshape(3, 20, 20, 3, 10, 10).numpy()
+    n = idx["grid"]["count"]
+    assert n == 100 and idx["grid"]["full"]
+    for key in keys:
+        i, o = key.split(",")
+        Fi = F.sum(3) if i == "sum" else F[:, :, :, int(i)]  # (C', 20, 20, 10, 10)
+        Fio = Fi.sum(0) if o == "sum" else Fi[int(o)]  # (20, 20, 10, 10)
+        C, R = view_spec(idx, key, "columns"), view_spec(idx, key, "rows")
+        for k in (0, 34, 99):
+            y, x = divmod(k, 10)
+            qy, qx = idx["targets"][k]
+            col, row = Fio[:, :, y, x], Fio[qy, qx]
+            assert C["peak"][k] == pytest.approx(np.abs(col).max(), rel=1e-5)
+            assert C["sum"][k] == pytest.approx(col.sum(), rel=1e-4, abs=1e-6)
+            assert C["at_target"][k] == pytest.approx(col[qy, qx], rel=1e-5, abs=1e-7)
+            assert R["peak"][k] == pytest.approx(np.abs(row).max(), rel=1e-5)
+            assert R["sum"][k] == pytest.approx(row.sum(), rel=1e-4, abs=1e-6)
+            assert R["at_pixel"][k] == pytest.approx(row[y, x], rel=1e-5, abs=1e-7)
+    # From the data written alone: the channels' filters add up to the sum's. Exactly in
+    # the numbers; in the tiles up to the 256-step colour scale of each tile.
+    for kind, names in (("columns", ("sum", "at_target")), ("rows", ("sum", "at_pixel"))):
+        for o in ch["outputs"]:
+            total = view_spec(idx, f"sum,{o}", kind)
+            parts = [view_spec(idx, f"{i},{o}", kind) for i in "012"]
+            for name in names:
+                np.testing.assert_allclose(
+                    np.sum([p[name] for p in parts], axis=0), total[name], rtol=1e-5, atol=1e-6
+                )
+    for k in (0, 34, 55, 99):
+        for kind in ("columns", "rows"):
+            total = view_spec(idx, "sum,sum", kind)
+            parts = [view_spec(idx, f"{i},sum", kind) for i in "012"]
+            summed = sum(decode_tile(out, p, k) for p in parts)
+            step = 4 / 127.5 * (sum(p["peak"][k] for p in parts) + total["peak"][k])
+            assert np.abs(summed - decode_tile(out, total, k)).max() <= step
+            # and the channels differ: choosing one shows another filter
+            assert not np.allclose(decode_tile(out, parts[0], k), decode_tile(out, parts[1], k))
+
+
+def test_colour_page_sums_only(tmp_path: Path, colour_page: Any) -> None:
+    model, x0, out = colour_page
+    write_explorer(model, x0, tmp_path, k_svd=0, per_channel=False)
+    idx, full = read_index(tmp_path), read_index(out)
+    assert idx["views"] == {} and idx["channels"]["inputs"] == ["sum"]
+    assert "<select" not in (tmp_path / "explorer.html").read_text()
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "columns.png",
+        "input.png",
+        "output.png",
+        "rows.png",
+    ]
+    # An impulse in every channel at once is the sum of the per-channel columns.
+    for kind in ("columns", "rows"):
+        for name in ("peak", "sum", "kept"):
+            np.testing.assert_allclose(idx[kind][name], full[kind][name], rtol=1e-5, atol=1e-6)
 
 
 def test_write_explorer_refuses_bad_input(tmp_path: Path) -> None:
@@ -434,6 +577,50 @@ def test_browser_pointer_moves_show_different_columns(browser: Any, espcn_page: 
     )
 
 
+def choose_channel(driver: Any, select_id: str, value: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element(By.ID, select_id)).select_by_value(value)
+    deadline = time.monotonic() + 20
+    while driver.execute_script("return document.body.dataset.ready") != "1":
+        assert time.monotonic() < deadline, "the page never showed the channel"
+        time.sleep(0.05)
+
+
+def test_browser_channel_choice_shows_that_channels_column(browser: Any, colour_page: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    _, _, out = colour_page
+    idx = read_index(out)
+    open_page(browser, out / "explorer.html")
+    image = browser.find_element(By.ID, "input-view")
+    point_at(browser, image, 4, 6, 10, 10)
+    canvas = browser.find_element(By.ID, "column-view")
+    assert canvas.get_attribute("data-view") == "sum,sum"
+    _, hash_sum = shown_column(browser)
+    shown = {}
+    for ch in ("0", "1"):
+        choose_channel(browser, "input-channel", ch)
+        assert canvas.get_attribute("data-view") == f"{ch},sum"
+        pixel, shown[ch] = shown_column(browser)
+        assert pixel == "4,6"  # the same pixel, another channel
+        info = browser.find_element(By.ID, "column-info").text
+        peak = float(re.search(r"peak \|F e_p\| = (\S+)", info).group(1))  # type: ignore[union-attr]
+        want = idx["views"][f"{ch},sum"]["columns"]["peak"][4 * 10 + 6]
+        assert math.isclose(peak, want, rel_tol=1e-3)
+    assert len({hash_sum, shown["0"], shown["1"]}) == 3
+    # An output channel on top, then back: the pictures follow the choice.
+    choose_channel(browser, "output-channel", "2")
+    assert canvas.get_attribute("data-view") == "1,2"
+    assert shown_column(browser)[1] not in (shown["1"], hash_sum)
+    choose_channel(browser, "output-channel", "sum")
+    choose_channel(browser, "input-channel", "0")
+    assert shown_column(browser) == ("4,6", shown["0"])
+    choose_channel(browser, "input-channel", "sum")
+    assert shown_column(browser) == ("4,6", hash_sum)
+
+
 def test_browser_classifier_bars_follow_the_pointer(browser: Any, classifier_page: Any) -> None:
     from selenium.webdriver.common.by import By
 
@@ -447,3 +634,9 @@ def test_browser_classifier_bars_follow_the_pointer(browser: Any, classifier_pag
         shown.append((bars.get_attribute("data-pixel"), bars.text))
     assert [p for p, _ in shown] == ["1,1", "9,13"]
     assert shown[0][1] != shown[1][1] and "class" in shown[0][1]
+    # Another input channel at the same pixel: other bars, the row strips follow.
+    choose_channel(browser, "input-channel", "2")
+    bars = browser.find_element(By.ID, "column-view")
+    assert bars.get_attribute("data-pixel") == "9,13" and bars.text != shown[1][1]
+    strips = browser.find_elements(By.CSS_SELECTOR, "img.strip")
+    assert strips and all(s.get_attribute("src").endswith("/rows_2_sum.png") for s in strips)

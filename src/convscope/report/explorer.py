@@ -22,21 +22,27 @@ tiles up. Two kinds of model are supported:
   sprite sheet (``columns.png``, ``rows.png``), each tile coloured on its own symmetric
   scale. The page says how much of each filter's energy the window keeps.
 - **classifier** (output ``(K,)``): a row is a whole input image per class, so the page
-  shows the rows of the top classes (``row_<i>.png``), and under the pointer the column
+  shows the rows of the top classes (one strip ``rows.png``), and under the pointer the column
   restricted to those classes, the class-score vector ``F e_p`` as bars. Column entries
   are read off the rows (``(F e_p)_c = (F^T e_c)_p``), so they cost nothing extra.
 
-With several channels a filter is summed over them: a column is the response to an
-impulse in every input channel at once (``sum_c F e_(c,p)``, exactly ``li.columns`` for a
-one-channel input), a row is the sensitivity of the sum of the output channels at ``q``,
-summed over the input channels. On images larger than ``max_pixels`` the filters are
-computed on every ``stride``-th pixel only and the pointer snaps to the nearest computed
-pixel; the page says so.
+Channels. With several input channels the page has a selector: one input channel (R, G,
+B for three channels) or ``sum``; image-to-image models with several output channels get
+a second one for the output channel. For input channel ``i`` and output channel ``o`` the
+column at ``p`` is ``F[(o, .), (i, p)]`` and the row at ``q`` is ``F[(o, q), (i, .)]``;
+``sum`` adds the filters of every channel: the column for an impulse in every input
+channel at once (``sum_i F e_(i,p)``), the row of the sum of the output channels. Every
+choice has its own precomputed tiles (a sprite sheet per choice, loaded when chosen).
+``per_channel=False`` computes only the sums (the probes per pixel drop from ``C`` to 1
+for columns and from ``C'`` to 1 for rows). On images larger than ``max_pixels`` the
+filters are computed on every ``stride``-th pixel only and the pointer snaps to the
+nearest computed pixel; the page says so.
 
 Files written into ``out_dir``: ``explorer.html`` (the page, with the index inlined),
 ``explorer.json`` (the same index: grid, tile layout and the numbers shown),
-``input.png``, ``output.png`` (image-to-image), the sprite sheets or row images,
-``eigen_input_<i>.png`` / ``eigen_output_<i>.png``, and ``metrics.json``.
+``input.png``, ``output.png`` (image-to-image), the sprite sheets (``columns.png`` and
+``rows.png`` for the sums, ``columns_<i>_<o>.png`` and ``rows_<i>_<o>.png`` for the other
+channel choices), ``eigen_input_<i>.png`` / ``eigen_output_<i>.png``, and ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -251,6 +257,93 @@ def _rows(li: Any, targets: Sequence[tuple[int, int]], batch_size: int) -> np.nd
     return out.sum(dim=1).detach().cpu().numpy()
 
 
+def _channel_names(n: int) -> list[str]:
+    """Labels of ``n`` channels: R, G, B for three, else their indices."""
+    return ["R", "G", "B"] if n == 3 else [str(k) for k in range(n)]
+
+
+@dataclass(frozen=True)
+class _Views:
+    """The channel choices a page offers: ``"sum"`` and, when filters are computed per
+    channel and there are several, each channel index (as a string)."""
+
+    n_in: int
+    n_out: int
+    split_in: bool
+    split_out: bool
+
+    @classmethod
+    def make(cls, n_in: int, n_out: int, per_channel: bool) -> _Views:
+        return cls(n_in, n_out, per_channel and n_in > 1, per_channel and n_out > 1)
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["sum", *map(str, range(self.n_in))] if self.split_in else ["sum"]
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["sum", *map(str, range(self.n_out))] if self.split_out else ["sum"]
+
+    @property
+    def keys(self) -> list[tuple[str, str]]:
+        """Every ``(input, output)`` choice, the sums first."""
+        return [(i, o) for i in self.inputs for o in self.outputs]
+
+    def index(self) -> dict[str, Any]:
+        return {
+            "input": self.n_in,
+            "output": self.n_out,
+            "input_names": _channel_names(self.n_in),
+            "output_names": _channel_names(self.n_out),
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+        }
+
+
+def _view_file(kind: str, i: str, o: str) -> str:
+    """Sprite sheet of one channel choice: ``columns.png`` for the sums."""
+    return f"{kind}.png" if (i, o) == ("sum", "sum") else f"{kind}_{i}_{o}.png"
+
+
+def _split_columns(
+    li: Any, positions: Sequence[tuple[int, int]], split: bool, batch_size: int
+) -> np.ndarray:
+    """``(G, B, C', H', W')`` float64 columns: ``G = C`` groups of impulses in one input
+    channel each when ``split``, else ``G = 1`` group of impulses in every channel."""
+    c = li.in_shape[0]
+    e = _impulses(li.in_shape, positions, li.x0)
+    if split:
+        e = torch.stack(
+            [e * (torch.arange(c, device=e.device) == k).view(1, c, 1, 1) for k in range(c)]
+        )
+        e = e.reshape(-1, *li.in_shape)
+    out = li.linear(e, batch_size=batch_size).detach().cpu().double().numpy()
+    return out.reshape(-1, len(positions), *li.out_shape)
+
+
+def _split_rows(
+    li: Any, targets: Sequence[tuple[int, int]], split: bool, batch_size: int
+) -> np.ndarray:
+    """``(G, B, C, H, W)`` float64 rows: ``G = C'`` groups, one output channel each, when
+    ``split``, else ``G = 1``: the rows of the sum of the output channels."""
+    c = li.out_shape[0]
+    e = _impulses(li.out_shape, targets, li.output)
+    if split:
+        e = torch.stack(
+            [e * (torch.arange(c, device=e.device) == k).view(1, c, 1, 1) for k in range(c)]
+        )
+        e = e.reshape(-1, *li.out_shape)
+    out = li.transpose(e, batch_size=batch_size).detach().cpu().double().numpy()
+    return out.reshape(-1, len(targets), *li.in_shape)
+
+
+def _pick(full: np.ndarray, group: str, channel: str) -> np.ndarray:
+    """From ``(G, B, C, h, w)`` the maps ``(B, h, w)`` of one group (or their sum over
+    the groups) and one channel (or their sum over the channels)."""
+    x = full.sum(axis=0) if group == "sum" else full[int(group)]
+    return x.sum(axis=1) if channel == "sum" else x[:, int(channel)]
+
+
 def _support_radius(maps: np.ndarray, cy: float, cx: float, sy: float, sx: float) -> float:
     """Largest distance, in input pixels, from ``(cy, cx)`` to a non-negligible entry."""
     peak = float(np.abs(maps).max())
@@ -306,8 +399,9 @@ def _render(index: dict[str, Any]) -> str:
 
 
 def _fmt(v: float) -> float:
-    """A float32-exact number for JSON (the page formats it; Python reads it back)."""
-    return float(v)
+    """A number for JSON with the shortest digits that give back the same float32 (the
+    page formats it; Python reads it back): half the size of a float64 repr."""
+    return float(str(np.float32(v)))
 
 
 def write_explorer(
@@ -324,6 +418,7 @@ def write_explorer(
     top_classes: int = 5,
     class_names: Sequence[str] | None = None,
     title: str | None = None,
+    per_channel: bool = True,
 ) -> Path:
     """Write the explorer page for ``model`` at ``image`` into ``out_dir``.
 
@@ -348,6 +443,10 @@ def write_explorer(
         top_classes: Classifiers: classes whose rows are shown.
         class_names: Classifiers: names of the ``K`` outputs (default: their indices).
         title: Page title (default: the model's class name).
+        per_channel: Offer every input channel (and, for image-to-image models, every
+            output channel) next to their sum, each with its own tiles. Costs ``C``
+            column probes per grid pixel instead of one, and ``C'`` row probes
+            (classifiers: nothing extra). ``False``: the sums only.
 
     Returns:
         The path of ``explorer.html``.
@@ -393,10 +492,12 @@ def write_explorer(
     }
     _save_rgb(out / "input.png", _to_rgb(_picture(x0[0].cpu().numpy())))
     if len(li.out_shape) == 3:
-        dense = _image_to_image(li, index, out, ys, xs, tile, batch_size, lut, svd_method)
+        dense = _image_to_image(
+            li, index, out, ys, xs, tile, batch_size, lut, svd_method, per_channel
+        )
         _svd_image(li, index, out, k_svd, svd_method, dense, lut)
     elif len(li.out_shape) == 1:
-        _classifier(li, index, out, ys, xs, top_classes, class_names, batch_size, lut)
+        _classifier(li, index, out, ys, xs, top_classes, class_names, batch_size, lut, per_channel)
         _svd_classifier(li, index, out, k_svd, svd_method, class_names, lut)
     else:
         raise ConvscopeError(
@@ -453,12 +554,15 @@ def _image_to_image(
     batch_size: int,
     lut: np.ndarray,
     svd_method: str,
+    per_channel: bool,
 ) -> np.ndarray | None:
-    """Rows and columns on the grid as sprite sheets; returns dense ``F`` (N, n) if kept."""
+    """Rows and columns on the grid as sprite sheets, one pair per channel choice;
+    returns dense ``F`` (N, n) if kept."""
     c, h, w = li.in_shape
     co, ho, wo = li.out_shape
     geo = _Geometry((h, w), (ho, wo))
     sy, sx = geo.scale
+    views = _Views.make(c, co, per_channel)
     if tile is None:
         tile = _auto_tile(li, geo, batch_size)
     th, tw = max(1, math.ceil(tile * sy)), max(1, math.ceil(tile * sx))
@@ -480,38 +584,66 @@ def _image_to_image(
             f"(max_pixels >= {h * w}) and at most {_MAX_DENSE} entries in F; use 'randomized'"
         )
     dense = np.zeros((h * w, co * ho * wo), dtype=np.float32) if keep_dense else None
-    col_tiles = np.empty((len(points), th, tw), dtype=np.float32)
-    row_tiles = np.empty((len(points), tile, tile), dtype=np.float32)
     names = ("cpeak", "csum", "cat", "ckept", "rpeak", "rsum", "rat", "rkept")
-    stats: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    stats: dict[tuple[str, str], dict[str, list[np.ndarray]]] = {
+        key: {k: [] for k in names} for key in views.keys
+    }
+    tiles: dict[tuple[str, str], dict[str, list[np.ndarray]]] = {
+        key: {"columns": [], "rows": []} for key in views.keys
+    }
     chunk = max(batch_size, 1)
     for start in range(0, len(points), chunk):
         sl = slice(start, min(len(points), start + chunk))
         pts, tgs = points[sl], targets[sl]
-        if dense is not None:
-            e = _impulses(li.in_shape, pts, li.x0)
-            full_c = li.linear(e, batch_size=batch_size).detach().cpu()
-            dense[sl] = full_c.reshape(len(pts), -1).numpy()
-            cols = full_c.sum(dim=1).numpy()
-        else:
-            cols = _columns(li, pts, batch_size)
-        rows = _rows(li, tgs, batch_size)
-        ccrop = _crop(cols, col_origin[sl, 0], col_origin[sl, 1], th, tw)
-        rcrop = _crop(rows, row_origin[sl, 0], row_origin[sl, 1], tile, tile)
-        col_tiles[sl], row_tiles[sl] = ccrop, rcrop
+        full_c = _split_columns(li, pts, views.split_in, batch_size)  # (G, B, C', H', W')
+        full_r = _split_rows(li, tgs, views.split_out, batch_size)  # (G', B, C, H, W)
+        if dense is not None:  # one input channel: the columns are F's columns
+            dense[sl] = full_c[0].reshape(len(pts), -1)
         idx = np.arange(len(pts))
-        stats["cpeak"].append(np.abs(cols).reshape(len(pts), -1).max(axis=1))
-        stats["csum"].append(cols.reshape(len(pts), -1).sum(axis=1))
-        stats["cat"].append(cols[idx, [q[0] for q in tgs], [q[1] for q in tgs]])
-        stats["ckept"].append(_kept(cols, ccrop))
-        stats["rpeak"].append(np.abs(rows).reshape(len(pts), -1).max(axis=1))
-        stats["rsum"].append(rows.reshape(len(pts), -1).sum(axis=1))
-        stats["rat"].append(rows[idx, [p[0] for p in pts], [p[1] for p in pts]])
-        stats["rkept"].append(_kept(rows, rcrop))
-    s = {k: np.concatenate(v) for k, v in stats.items()}
-    _save_rgb(out / "columns.png", _sprite(_signed_rgb(col_tiles, s["cpeak"], lut), len(xs)))
-    _save_rgb(out / "rows.png", _sprite(_signed_rgb(row_tiles, s["rpeak"], lut), len(xs)))
+        for i, o in views.keys:
+            cols = _pick(full_c, i, o)
+            rows = _pick(full_r, o, i)
+            ccrop = _crop(cols, col_origin[sl, 0], col_origin[sl, 1], th, tw)
+            rcrop = _crop(rows, row_origin[sl, 0], row_origin[sl, 1], tile, tile)
+            st = stats[i, o]
+            cpeak = np.abs(cols).reshape(len(pts), -1).max(axis=1)
+            rpeak = np.abs(rows).reshape(len(pts), -1).max(axis=1)
+            st["cpeak"].append(cpeak)
+            st["csum"].append(cols.reshape(len(pts), -1).sum(axis=1))
+            st["cat"].append(cols[idx, [q[0] for q in tgs], [q[1] for q in tgs]])
+            st["ckept"].append(_kept(cols, ccrop))
+            st["rpeak"].append(rpeak)
+            st["rsum"].append(rows.reshape(len(pts), -1).sum(axis=1))
+            st["rat"].append(rows[idx, [p[0] for p in pts], [p[1] for p in pts]])
+            st["rkept"].append(_kept(rows, rcrop))
+            tiles[i, o]["columns"].append(_signed_rgb(ccrop, cpeak, lut))
+            tiles[i, o]["rows"].append(_signed_rgb(rcrop, rpeak, lut))
+    specs: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for i, o in views.keys:
+        s = {k: np.concatenate(v) for k, v in stats[i, o].items()}
+        for kind in ("columns", "rows"):
+            sheet = _sprite(np.concatenate(tiles[i, o][kind]), len(xs))
+            _save_rgb(out / _view_file(kind, i, o), sheet)
+        specs[i, o] = {
+            "columns": {
+                "sprite": _view_file("columns", i, o),
+                "peak": [_fmt(v) for v in s["cpeak"]],
+                "sum": [_fmt(v) for v in s["csum"]],
+                "at_target": [_fmt(v) for v in s["cat"]],
+                "kept": [_fmt(v) for v in s["ckept"]],
+                "min_kept": _fmt(s["ckept"].min()),
+            },
+            "rows": {
+                "sprite": _view_file("rows", i, o),
+                "peak": [_fmt(v) for v in s["rpeak"]],
+                "sum": [_fmt(v) for v in s["rsum"]],
+                "at_pixel": [_fmt(v) for v in s["rat"]],
+                "kept": [_fmt(v) for v in s["rkept"]],
+                "min_kept": _fmt(s["rkept"].min()),
+            },
+        }
     _save_rgb(out / "output.png", _to_rgb(_picture(li.output[0].cpu().numpy())))
+    default = specs.pop(("sum", "sum"))
     index.update(
         kind="image",
         output={"file": "output.png", "shape": [co, ho, wo]},
@@ -519,28 +651,23 @@ def _image_to_image(
         tile=tile,
         targets=[list(q) for q in targets],
         columns={
-            "sprite": "columns.png",
             "tile_shape": [th, tw],
             "per_row": len(xs),
             "origin": col_origin.tolist(),
-            "peak": [_fmt(v) for v in s["cpeak"]],
-            "sum": [_fmt(v) for v in s["csum"]],
-            "at_target": [_fmt(v) for v in s["cat"]],
-            "kept": [_fmt(v) for v in s["ckept"]],
-            "min_kept": _fmt(s["ckept"].min()),
+            **default["columns"],
         },
         rows={
-            "sprite": "rows.png",
             "tile_shape": [tile, tile],
             "per_row": len(xs),
             "origin": row_origin.tolist(),
-            "peak": [_fmt(v) for v in s["rpeak"]],
-            "sum": [_fmt(v) for v in s["rsum"]],
-            "at_pixel": [_fmt(v) for v in s["rat"]],
-            "kept": [_fmt(v) for v in s["rkept"]],
-            "min_kept": _fmt(s["rkept"].min()),
+            **default["rows"],
         },
-        channels={"input": c, "output": co},
+        channels=views.index(),
+        views={f"{i},{o}": spec for (i, o), spec in specs.items()},
+        min_kept={
+            kind: min([default[kind]["min_kept"], *(v[kind]["min_kept"] for v in specs.values())])
+            for kind in ("columns", "rows")
+        },
     )
     return dense
 
@@ -602,38 +729,50 @@ def _classifier(
     class_names: Sequence[str] | None,
     batch_size: int,
     lut: np.ndarray,
+    per_channel: bool,
 ) -> None:
-    """Rows of the top classes as images; columns on the grid read off those rows."""
+    """Rows of the top classes as a strip per channel choice; columns on the grid read
+    off those rows."""
     (k_out,) = li.out_shape
+    c, h, w = li.in_shape
     names = _class_names(class_names, k_out)
     scores = li.output[0].detach().cpu()
     order = torch.argsort(scores, descending=True)[: min(top, k_out)].tolist()
     e = torch.zeros((len(order), k_out), dtype=li.output.dtype, device=li.output.device)
     for t, cls in enumerate(order):
         e[t, cls] = 1
-    rows = li.transpose(e, batch_size=batch_size).detach().cpu().numpy()  # (T, C, H, W)
-    flat = rows.sum(axis=1)  # (T, H, W): column entry (F e_p)_c summed over p's channels
-    classes = []
-    for t, cls in enumerate(order):
-        peak = float(np.abs(flat[t]).max())
-        _save_rgb(out / f"row_{t}.png", _signed_rgb(flat[t][None], np.array([peak]), lut)[0])
-        classes.append(
-            {
-                "index": cls,
-                "name": names[cls],
-                "score": float(scores[cls]),
-                "row": f"row_{t}.png",
-                "peak": peak,
-                "sum": float(flat[t].sum()),
-            }
+    rows = li.transpose(e, batch_size=batch_size).detach().cpu().double().numpy()  # (T, C, H, W)
+    views = _Views.make(c, 1, per_channel)
+    specs: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for i, o in views.keys:
+        # (T, H, W): the column entry (F e_p)_c of one input channel, or summed over them
+        flat = _pick(rows[None], "sum", i)
+        peaks = np.abs(flat).reshape(len(order), -1).max(axis=1)
+        _save_rgb(
+            out / _view_file("rows", i, o), _sprite(_signed_rgb(flat, peaks, lut), len(order))
         )
-    values = [[float(flat[t, y, x]) for t in range(len(order))] for y in ys for x in xs]
+        values = [[_fmt(flat[t, y, x]) for t in range(len(order))] for y in ys for x in xs]
+        specs[i, o] = {
+            "columns": {
+                "values": values,
+                "peak": max((abs(v) for r in values for v in r), default=0.0),
+            },
+            "rows": {
+                "sprite": _view_file("rows", i, o),
+                "peak": [_fmt(v) for v in peaks],
+                "sum": [_fmt(v) for v in flat.reshape(len(order), -1).sum(axis=1)],
+            },
+        }
+    classes = [{"index": cls, "name": names[cls], "score": float(scores[cls])} for cls in order]
+    default = specs.pop(("sum", "sum"))
     index.update(
         kind="classifier",
         output={"shape": [k_out]},
         classes=classes,
-        columns={"values": values, "peak": max((abs(v) for r in values for v in r), default=0.0)},
-        channels={"input": li.in_shape[0], "output": 1},
+        columns=default["columns"],
+        rows={"tile_shape": [h, w], "per_row": len(order), **default["rows"]},
+        channels=views.index(),
+        views={f"{i},{o}": spec for (i, o), spec in specs.items()},
     )
 
 
