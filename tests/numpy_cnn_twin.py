@@ -8,21 +8,38 @@ must never import torch.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
+from convscope import kernels as kb
 from convscope import numpy_cnn as ncnn
 from convscope.numpy_cnn.networks import mnist_cnn
 
-__all__ = ["calibrate_torch_batchnorm", "chapter_network", "torch_twin"]
+__all__ = [
+    "calibrate_torch_batchnorm",
+    "chapter_network",
+    "fit_torch_twin",
+    "torch_twin",
+    "trainable_parameters",
+]
 
 
 def chapter_network(
-    seed: int = 0, width: int = 32, first_layer: str = "learned"
+    seed: int = 0, width: int = 32, fixed: str = "none", **kw: Any
 ) -> ncnn.Sequential:
-    """The section 11.6.1 network (``mnist_cnn``), float64."""
-    return mnist_cnn(seed, width=width, hidden=width, first_layer=first_layer)  # type: ignore[arg-type]
+    """The section 11.6.1 network (``mnist_cnn``), float64; ``fixed`` none/first/all.
+
+    With ``fixed`` other than ``"none"`` the fixed banks are the first ``width`` compass
+    edge kernels, so the shapes stay ``width`` wide.
+    """
+    if fixed != "none" and "fixed_kernels" not in kw:
+        kw["fixed_kernels"] = kb.edge_subset(32)[:width]
+    return mnist_cnn(seed, width=width, hidden=width, fixed=fixed, **kw)  # type: ignore[arg-type]
 
 
 class _Rotated(nn.Module):
@@ -120,3 +137,65 @@ def calibrate_torch_batchnorm(model: nn.Sequential, x: torch.Tensor, batch_size:
         mod.running_mean.copy_(f64.mean(dim=dims))
         mod.running_var.copy_(f64.var(dim=dims, unbiased=True))
     model.train(was_training)
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters an optimizer should see: those with ``requires_grad``."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def fit_torch_twin(
+    model: nn.Sequential,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int = 32,
+    lr: float = 1e-2,
+    seed: int = 0,
+    num_classes: int = 10,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, list[float]]:
+    """Train a twin as ``Sequential.fit`` trains the NumPy network.
+
+    Adam (``lr``) on the trainable parameters, binary cross-entropy over one-hot classes,
+    and the same batches in the same order: one ``numpy.random.default_rng(seed)``
+    permutation per epoch, cut into consecutive batches of ``batch_size``.
+
+    Returns:
+        ``"loss"`` and ``"accuracy"`` (running means over each epoch's batches, in
+        training mode) and ``"time"`` (seconds), one entry per epoch.
+    """
+    dtype = next(model.parameters()).dtype
+    xt = torch.as_tensor(x, dtype=dtype)
+    onehot = torch.as_tensor(ncnn.one_hot(np.asarray(y), num_classes), dtype=dtype)
+    opt = torch.optim.Adam(trainable_parameters(model), lr=lr)
+    rng = np.random.default_rng(seed)
+    n = len(xt)
+    hist: dict[str, list[float]] = {"loss": [], "accuracy": [], "time": []}
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        order = rng.permutation(n)
+        seen, loss_sum, correct = 0, 0.0, 0.0
+        for i in range(0, n, batch_size):
+            idx = torch.as_tensor(order[i : i + batch_size])
+            out = model(xt[idx])
+            loss = nn.functional.binary_cross_entropy(out, onehot[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            m = len(idx)
+            seen += m
+            loss_sum += loss.item() * m
+            correct += float((out.argmax(1) == onehot[idx].argmax(1)).sum())
+        metrics = {
+            "loss": loss_sum / seen,
+            "accuracy": correct / seen,
+            "time": time.perf_counter() - start,
+        }
+        for k, v in metrics.items():
+            hist[k].append(v)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+    return hist

@@ -226,3 +226,48 @@ def test_chapter_network_step_matches_torch() -> None:
     net.eval()
     model.eval()
     np.testing.assert_allclose(net.forward(x), _np(model(_t(x))), **TOL)
+
+
+@pytest.mark.parametrize("fixed", ["none", "first", "all"])
+def test_chapter_network_forward_matches_torch_in_float64(fixed: str) -> None:
+    # the full-size section 11.6.1 network, learned or with fixed filters (section 11.4)
+    from numpy_cnn_twin import torch_twin
+
+    net = ncnn.mnist_cnn(seed=1, fixed=fixed)  # type: ignore[arg-type]
+    model = torch_twin(net, torch.float64)
+    fixed_in_torch = [
+        m for m in model if isinstance(m, torch.nn.Conv2d) and not m.weight.requires_grad
+    ]
+    assert len(fixed_in_torch) == {"none": 0, "first": 1, "all": 2}[fixed]
+    n_torch = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert n_torch == net.num_parameters()
+    x = RNG.random((3, 1, 28, 28))
+    for train in (True, False):
+        net.train(train)
+        model.train(train)
+        np.testing.assert_allclose(net.forward(x), _np(model(_t(x))), **TOL)
+
+
+@pytest.mark.parametrize("fixed", ["none", "first", "all"])
+def test_fit_and_the_torch_twin_train_the_same_weights(fixed: str) -> None:
+    # same initial weights, same batches in the same order, same Adam: the same network
+    from numpy_cnn_twin import chapter_network, fit_torch_twin, torch_twin
+
+    net = chapter_network(seed=3, width=4, fixed=fixed)
+    model = torch_twin(net, torch.float64)
+    x = RNG.random((40, 1, 12, 12))
+    y = RNG.integers(0, 10, 40)
+    hist = net.fit(x, y, epochs=2, batch_size=16, optimizer=ncnn.Adam(1e-2), progress=False, seed=9)
+    thist = fit_torch_twin(model, x, y, epochs=2, batch_size=16, lr=1e-2, seed=9)
+    np.testing.assert_allclose(hist["loss"], thist["loss"], rtol=1e-10)
+    assert hist["accuracy"] == thist["accuracy"]
+    after = torch_twin(net, torch.float64)  # the NumPy weights after training, in torch form
+    for (name, a), b in zip(after.state_dict().items(), model.state_dict().values(), strict=True):
+        if "num_batches" in name:
+            continue
+        np.testing.assert_allclose(_np(a), _np(b), rtol=1e-8, atol=1e-10, err_msg=name)
+    for i, layer in enumerate(net):
+        if isinstance(layer, ncnn.FixedConv2D):  # never moved, on either side
+            start = chapter_network(seed=3, width=4, fixed=fixed)[i]
+            np.testing.assert_array_equal(layer.params["W"], start.params["W"])
+            np.testing.assert_array_equal(_np(model[i].weight), start.params["W"])

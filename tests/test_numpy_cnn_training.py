@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from convscope import kernels as kb
 from convscope import numpy_cnn as ncnn
 from convscope.data import load_mnist_subset
 from convscope.errors import ConvscopeError
@@ -190,13 +191,128 @@ def test_calibrate_batchnorm_sets_exact_statistics() -> None:
     np.testing.assert_allclose(bn.running_var, h.var(axis=0, ddof=1), rtol=1e-8)
 
 
-def test_mnist_cnn_shapes_and_fixed_variant() -> None:
+def test_mnist_cnn_shapes_and_fixed_variants() -> None:
     net = mnist_cnn(seed=0)
     assert net.forward(np.zeros((2, 1, 28, 28))).shape == (2, 10)
-    fixed = mnist_cnn(seed=0, first_layer="fixed")
-    first = fixed[0]
-    assert isinstance(first, ncnn.FixedConv2D) and first.out_channels == 32
-    assert first.names is not None and first.names[0] == "prewitt_compass_e"
-    assert fixed.num_parameters() == net.num_parameters() - first.params["W"].size - 32
+    first = mnist_cnn(seed=0, fixed="first")
+    assert isinstance(first[0], ncnn.FixedConv2D) and first[0].out_channels == 32
+    assert first[0].names is not None and first[0].names[0] == "prewitt_compass_e"
+    assert type(first[3]) is ncnn.Conv2D and first[3].trainable
+    assert first.num_parameters() == net.num_parameters() - 32 * 9 - 32
+    every = mnist_cnn(seed=0, fixed="all")
+    assert isinstance(every[0], ncnn.FixedConv2D) and isinstance(every[3], ncnn.FixedConv2D)
+    assert every.forward(np.zeros((2, 1, 28, 28))).shape == (2, 10)
+    # only the dense part learns: dense 32->32, batch norm 32, dense 32->10
+    learners = [type(la) for la in every if la.parameters()]
+    assert learners == [ncnn.Dense, ncnn.BatchNorm, ncnn.Dense]
+    assert every.num_parameters() == (32 * 32 + 32) + 2 * 32 + (32 * 10 + 10)
+    assert (
+        every.num_parameters(trainable_only=False) == every.num_parameters() + 32 * 9 + 32 * 32 * 9
+    )
+
+
+def test_mnist_cnn_keeps_the_older_first_layer_spelling() -> None:
+    old = mnist_cnn(seed=3, first_layer="fixed")
+    new = mnist_cnn(seed=3, fixed="first")
+    for a, b in zip(old, new, strict=True):
+        assert type(a) is type(b)
+        for k in a.params:
+            np.testing.assert_array_equal(a.params[k], b.params[k])
+    assert isinstance(mnist_cnn(first_layer="learned", fixed="none")[0], ncnn.Conv2D)
     with pytest.raises(ConvscopeError, match="first_layer"):
         mnist_cnn(first_layer="random")  # type: ignore[arg-type]
+    with pytest.raises(ConvscopeError, match="fixed must be one of"):
+        mnist_cnn(fixed="second")  # type: ignore[arg-type]
+    with pytest.raises(ConvscopeError, match="disagree"):
+        mnist_cnn(fixed="all", first_layer="fixed")
+
+
+def test_fixed_variants_start_their_dense_part_from_the_same_weights() -> None:
+    nets = {mode: mnist_cnn(seed=5, fixed=mode) for mode in ("none", "first", "all")}  # type: ignore[arg-type]
+    for i in (7, 10):  # the two dense layers
+        for mode in ("first", "all"):
+            for k in ("W", "b"):
+                np.testing.assert_array_equal(nets[mode][i].params[k], nets["none"][i].params[k])
+    np.testing.assert_array_equal(nets["first"][3].params["W"], nets["none"][3].params["W"])
+    assert nets["none"][9].eps == 1e-5 and nets["none"][9].momentum == 0.1
+
+
+def test_second_fixed_layer_is_one_kernel_on_every_channel_summed() -> None:
+    # section 11.4: filter r is a tensor over all input channels with one (here no) bias;
+    # section 11.2.1 repeats the same component over the depth, so the layer correlates
+    # the channel sum with kernel r
+    net = mnist_cnn(seed=0, fixed="all", second_kernels=["sobel_x", "laplacian_4", "box_blur"])
+    second = net[3]
+    assert isinstance(second, ncnn.FixedConv2D)
+    assert second.params["W"].shape == (3, 32, 3, 3) and not second.has_bias
+    for r, name in enumerate(["sobel_x", "laplacian_4", "box_blur"]):
+        for c in (0, 17, 31):
+            np.testing.assert_array_equal(second.params["W"][r, c], kb.get(name).weight)
+    x = np.random.default_rng(2).random((2, 32, 6, 6))
+    out = second.forward(x)
+    for n in range(2):
+        for r, name in enumerate(second.names or []):
+            ref = kb.correlate2d(x[n].sum(axis=0), kb.get(name).weight, padding=1)
+            np.testing.assert_allclose(out[n, r], ref, rtol=1e-12, atol=1e-12)
+    assert net[7].in_features == 3
+
+
+def test_fixed_conv_has_nothing_to_learn_and_optimizers_cannot_move_it() -> None:
+    layer = ncnn.FixedConv2D.from_kernels(kb.edge_subset(8), in_channels=2, bias=0.5)
+    assert layer.parameters() == [] and layer.grads == {}
+    before = {k: v.tobytes() for k, v in layer.params.items()}
+    x = np.random.default_rng(0).random((3, 2, 7, 7))
+    y = layer.forward(x)
+    dx = layer.backward(np.ones_like(y))
+    assert dx.shape == x.shape and layer.grads == {}
+    for make in (ncnn.SGD, ncnn.Momentum, ncnn.Adagrad, ncnn.RMSprop, ncnn.Adam):
+        opt = make(0.1)
+        opt.step(layer.parameters())  # nothing offered: nothing moves
+        with pytest.raises(ValueError, match="read-only"):  # and nothing could
+            make(0.1).step([(layer.params["W"], np.ones_like(layer.params["W"]))])
+    assert {k: v.tobytes() for k, v in layer.params.items()} == before
+    layer.astype(np.float32)
+    assert layer.params["W"].dtype == np.float32 and not layer.params["W"].flags.writeable
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "rmsprop"])
+def test_all_fixed_network_learns_only_its_dense_part(
+    tiny_mnist: tuple[np.ndarray, ...], optimizer: str
+) -> None:
+    x, y, xt, yt = tiny_mnist
+    net = mnist_cnn(seed=1, fixed="all", fixed_kernels=kb.edge_subset(8), width=8, hidden=8)
+    fixed = [la for la in net if isinstance(la, ncnn.FixedConv2D)]
+    assert len(fixed) == 2
+    frozen = [{k: v.tobytes() for k, v in la.params.items()} for la in fixed]
+    learners = [la for la in net if la.parameters()]
+    start = [{k: v.copy() for k, v in la.params.items()} for la in learners]
+
+    # nothing below the first dense layer runs backward during training
+    def refuse(*_: object) -> None:
+        raise AssertionError("backward ran through a fixed layer")
+
+    for i in range(7):
+        for name in ("backward", "backward_params", "backward_input"):
+            if hasattr(net[i], name):
+                setattr(net[i], name, refuse)
+    hist = net.fit(x, y, epochs=2, batch_size=50, optimizer=optimizer, loss="bce", progress=False)
+    assert [{k: v.tobytes() for k, v in la.params.items()} for la in fixed] == frozen
+    for la, before in zip(learners, start, strict=True):
+        assert all(not np.array_equal(la.params[k], before[k]) for k in before)
+    assert np.isfinite(hist["loss"]).all()
+
+
+def test_backward_stops_at_the_lowest_trainable_layer_with_the_same_gradients() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.random((5, 1, 8, 8))
+    y = rng.integers(0, 10, 5)
+    net = mnist_cnn(seed=2, fixed="first", fixed_kernels=kb.edge_subset(4), width=4, hidden=6)
+    loss = ncnn.BinaryCrossEntropy()
+    loss(net.forward(x), y)
+    dx = net.backward(loss.backward(), input_grad=True)
+    assert dx is not None and dx.shape == x.shape
+    full = [g.copy() for _, g in net.parameters()]
+    loss(net.forward(x), y)
+    assert net.backward(loss.backward(), input_grad=False) is None
+    for a, (_, b) in zip(full, net.parameters(), strict=True):
+        np.testing.assert_array_equal(a, b)

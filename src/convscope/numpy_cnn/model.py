@@ -152,17 +152,21 @@ class Sequential:
 
         Args:
             dy: dLoss/dOutput, shaped like the output.
-            input_grad: return dLoss/dInput. With ``False`` a convolution at the input
-                computes only its parameter gradients (training never needs the gradient of
-                the images, and for a first layer with many filters it is the costliest part
-                of the backward pass) and ``None`` is returned.
+            input_grad: return dLoss/dInput. With ``False`` (what training uses) the pass
+                stops at the lowest layer that has parameters to learn: a convolution there
+                computes only its parameter gradients, and nothing below it runs backward.
+                Training never needs the gradient of the images, and below a stack of fixed
+                layers (section 11.4) no gradient is needed at all; for a first
+                convolution with many filters the input gradient is the costliest part of
+                the backward pass. ``None`` is returned.
 
         Returns:
             dLoss/dInput, or ``None`` when ``input_grad`` is ``False``.
         """
-        for i in range(len(self.layers) - 1, -1, -1):
+        stop = 0 if input_grad else self._lowest_trainable()
+        for i in range(len(self.layers) - 1, stop - 1, -1):
             layer = self.layers[i]
-            if i == 0 and not input_grad:
+            if i == stop and not input_grad:
                 if isinstance(layer, Conv2D):
                     layer.backward_params(dy)
                 else:
@@ -170,6 +174,13 @@ class Sequential:
                 return None
             dy = layer.backward(dy)
         return dy
+
+    def _lowest_trainable(self) -> int:
+        """Index of the first layer with parameters to learn (the last layer if none)."""
+        for i, layer in enumerate(self.layers):
+            if layer.parameters():
+                return i
+        return len(self.layers) - 1
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Network outputs for ``x`` in inference mode, computed in batches."""

@@ -199,9 +199,12 @@ class Conv2D(Layer):
 class FixedConv2D(Conv2D):
     """A convolution with given filters that training never changes (textbook section 11.4).
 
-    The kernel (and bias) arrays are stored read-only, so an optimizer that tried to update
-    them in place would fail loudly rather than silently learn. Build one from the kernel
-    bank with :meth:`from_kernels`.
+    The kernel (and bias) arrays sit in :attr:`params` for reading but are stored
+    read-only, so an optimizer that tried to update them in place would fail loudly rather
+    than silently learn. The layer offers an optimizer nothing (:meth:`parameters` is empty)
+    and keeps no gradients (:attr:`grads` is empty); it still passes dLoss/dInput back, and
+    :meth:`Sequential.backward` skips even that when no trainable layer lies below. Build
+    one from the kernel bank with :meth:`from_kernels`.
 
     Args:
         weight: (O, C, k, k) filters, or (O, k, k) for one input channel.
@@ -240,6 +243,7 @@ class FixedConv2D(Conv2D):
             b = np.broadcast_to(np.asarray(bias, dtype=np.float64), (o,)).copy()
             self.params["b"] = b
         self.names = list(names) if names is not None else None
+        self.grads = {}  # nothing here is ever learned, so no gradient is ever kept
         self._freeze()
 
     def _freeze(self) -> None:
