@@ -11,6 +11,7 @@ Writes into ``experiments/results/espcn/``: ``espcn_x4.pt`` (a convscope checkpo
     python experiments/train_espcn.py                  # 3,000 steps: 3-6 minutes on one thread
     python experiments/train_espcn.py --steps 1000     # quicker, worse
     python experiments/train_espcn.py --report         # re-score the saved checkpoint only
+    python experiments/train_espcn.py --device cuda --steps 30000 --batch 64   # the committed run
 """
 
 from __future__ import annotations
@@ -100,11 +101,13 @@ def evaluate(model: torch.nn.Module, data: list[tuple[torch.Tensor, torch.Tensor
     return [psnr(model(lr), hr, shave=SCALE) for lr, hr in data]
 
 
-def train(steps: int, seed: int, batch: int, patch: int, lr: float) -> tuple[torch.nn.Module, dict]:
+def train(
+    steps: int, seed: int, batch: int, patch: int, lr: float, device: str = "cpu"
+) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     train_data = pairs(TRAIN_PHOTOS)
-    model = build_model("espcn", scale=SCALE, channels=1)
+    model = build_model("espcn", scale=SCALE, channels=1).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     t0 = time.perf_counter()
     losses, log = [], []
@@ -116,19 +119,21 @@ def train(steps: int, seed: int, batch: int, patch: int, lr: float) -> tuple[tor
         for g in opt.param_groups:
             g["lr"] = lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * frac)))
         x, y = sample_batch(train_data, batch, patch, gen)
-        loss = F.mse_loss(model(x), y)
+        loss = F.mse_loss(model(x.to(device)), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
+        losses.append(loss.detach())
         if step % 100 == 0:
+            losses[-100:] = [float(v) for v in losses[-100:]]
             elapsed = time.perf_counter() - t0
             mean = float(np.mean(losses[-100:]))
             log.append({"step": step, "seconds": round(elapsed, 1), "train_mse": mean})
             print(f"step {step:5d}  {elapsed:6.1f}s  train mse {mean:.5f}", flush=True)
-    model.eval()
+    model.eval().cpu()
     info = {
         "steps": steps,
+        "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
         "train_seconds": round(time.perf_counter() - t0, 1),
         "batch": batch,
         "lr_patch": patch,
@@ -202,6 +207,7 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=24, help="low-resolution patch side")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared)")
+    ap.add_argument("--device", default="cpu", help="where to train: cpu, cuda")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--report", action="store_true", help="only re-score the saved checkpoint")
     args = ap.parse_args()
@@ -211,7 +217,7 @@ def main() -> None:
         model, extra = load_checkpoint(ckpt)
         info = extra.get("training", {})
     else:
-        model, info = train(args.steps, args.seed, args.batch, args.patch, args.lr)
+        model, info = train(args.steps, args.seed, args.batch, args.patch, args.lr, args.device)
     metrics = {
         "model": "espcn",
         "scale": SCALE,

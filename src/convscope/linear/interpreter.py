@@ -432,9 +432,8 @@ class LinearInterpreter:
             ``(len(idx), *out_shape)``.
         """
         flat = _indices(idx, math.prod(self.in_shape), "input")
-        probes = torch.zeros((len(flat), math.prod(self.in_shape)), dtype=self.x0.dtype)
-        probes[torch.arange(len(flat)), flat] = 1
-        return self.linear(probes.view(-1, *self.in_shape).to(self.x0), batch_size=batch_size)
+        probes = _impulses(flat, self.in_shape, self.x0)
+        return self.linear(probes, batch_size=batch_size)
 
     def rows(
         self, idx: int | Sequence[int] | torch.Tensor, *, batch_size: int | None = None
@@ -449,9 +448,8 @@ class LinearInterpreter:
             ``(len(idx), *in_shape)``.
         """
         flat = _indices(idx, math.prod(self.out_shape), "output")
-        e = torch.zeros((len(flat), math.prod(self.out_shape)), dtype=self.x0.dtype)
-        e[torch.arange(len(flat)), flat] = 1
-        return self.transpose(e.view(-1, *self.out_shape).to(self.x0), batch_size=batch_size)
+        e = _impulses(flat, self.out_shape, self.x0)
+        return self.transpose(e, batch_size=batch_size)
 
     def svd(
         self,
@@ -565,6 +563,13 @@ def _grad_or_zero(out: torch.Tensor, x1: torch.Tensor, weights: torch.Tensor) ->
         return torch.zeros_like(x1)
     (g,) = torch.autograd.grad(out, x1, grad_outputs=weights, allow_unused=True)
     return torch.zeros_like(x1) if g is None else g.detach()
+
+
+def _impulses(flat: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """``(len(flat), *shape)`` unit vectors, made where ``like`` lives (no host copy)."""
+    e = torch.zeros((len(flat), math.prod(shape)), dtype=like.dtype, device=like.device)
+    e[torch.arange(len(flat), device=like.device), flat.to(like.device)] = 1
+    return e.view(-1, *shape)
 
 
 def _indices(idx: int | Sequence[int] | torch.Tensor, n: int, what: str) -> torch.Tensor:
