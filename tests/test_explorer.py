@@ -640,3 +640,19 @@ def test_browser_classifier_bars_follow_the_pointer(browser: Any, classifier_pag
     assert bars.get_attribute("data-pixel") == "9,13" and bars.text != shown[1][1]
     strips = browser.find_elements(By.CSS_SELECTOR, "img.strip")
     assert strips and all(s.get_attribute("src").endswith("/rows_2_sum.png") for s in strips)
+
+
+def test_cli_explore_per_channel_tiles_or_sums_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = tmp_path / "photo.png"
+    Image.fromarray(sample_photo("astronaut")[:64, :64]).save(png)
+    common = ("linear", "explore", "--model", "resnet18", "--image", str(png))
+    common += ("--size", "16,16", "--max-pixels", "16", "--k-svd", "0")
+    assert run_main(*common, "--out", str(tmp_path / "each")) == 0, capsys.readouterr().err
+    assert run_main(*common, "--sum-channels", "--out", str(tmp_path / "sum")) == 0
+    each, summed = read_index(tmp_path / "each"), read_index(tmp_path / "sum")
+    assert {"0,sum", "1,sum", "2,sum"} <= set(each.get("views", {}))
+    assert not summed.get("views")
+    assert sorted(p.name for p in (tmp_path / "each").glob("rows_*.png"))
+    assert not list((tmp_path / "sum").glob("rows_*.png"))

@@ -464,12 +464,21 @@ def linear_explore(
     tile: Annotated[
         int | None, typer.Option(help="Filter window in input pixels, odd (default: auto).")
     ] = None,
+    per_channel: Annotated[
+        bool,
+        typer.Option(
+            "--per-channel/--sum-channels",
+            help="Colour models: tiles for every input (and output) channel, chosen on the "
+            "page, or only the filters summed over channels (about 3x fewer probes).",
+        ),
+    ] = True,
 ) -> None:
     """Static HTML page: move the pointer over the image, see F's row and column there."""
     from convscope.report.linear_runs import run_explore
 
     page, (h, w) = run_explore(model, image, out, mode=mode, weights=weights, size=size,
-                               max_pixels=max_pixels, k_svd=k_svd, tile=tile)  # fmt: skip
+                               max_pixels=max_pixels, k_svd=k_svd, tile=tile,
+                               per_channel=per_channel)  # fmt: skip
     typer.echo(f"filters at {h}x{w} pixels; open {page.resolve()}")
     _done(out, "the explorer page and its tiles")
 
