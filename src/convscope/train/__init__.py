@@ -1,0 +1,43 @@
+"""Training loop with callbacks, metrics and checkpoints; the code is in `loop.py`."""
+
+from convscope.train.loop import (
+    OPTIMIZERS,
+    PRESETS,
+    SCHEDULES,
+    Callback,
+    EarlyStopping,
+    History,
+    TrainConfig,
+    as_dataset,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    fit,
+    main,
+    parameter_digest,
+    predict,
+    resolve_device,
+    seed_everything,
+    toy_dataset,
+)
+
+__all__ = [
+    "OPTIMIZERS",
+    "PRESETS",
+    "SCHEDULES",
+    "Callback",
+    "EarlyStopping",
+    "History",
+    "TrainConfig",
+    "as_dataset",
+    "build_optimizer",
+    "build_scheduler",
+    "evaluate",
+    "fit",
+    "main",
+    "parameter_digest",
+    "predict",
+    "resolve_device",
+    "seed_everything",
+    "toy_dataset",
+]
