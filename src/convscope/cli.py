@@ -81,36 +81,15 @@ def train(
     ] = False,
 ) -> None:
     """Train a model and write checkpoint.pt and metrics.json."""
-    from convscope import train as tr
-    from convscope.data import load_dataset
-    from convscope.kernels import gfnn_bank
-    from convscope.models import build_model
+    from convscope.train.run import train_model
 
-    if preset not in tr.PRESETS:
-        raise ConvscopeError(f"unknown preset {preset!r}; choose one of {', '.join(tr.PRESETS)}")
-    train_set = load_dataset(dataset, "train", data_dir=data_dir)
-    test_set = load_dataset(dataset, "test", data_dir=data_dir)
-    c, h, w = train_set.image_shape
-    kw: dict[str, object] = {"num_classes": train_set.num_classes}
-    if arch in ("gfnn", "gf_resnet50"):
-        kw["first_layer"] = first_layer
-    if arch == "gfnn":
-        if h != w:
-            raise ConvscopeError(f"gfnn needs square images; {dataset} has {h}x{w}")
-        bank = [k.name for k in gfnn_bank(n_edges=n_edges)]
-        kw.update(in_channels=c, input_size=h, kernels=bank, seed=seed)
-    model = build_model(arch, **kw)
-    overrides = {
-        k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v
-    }
-    config = tr.PRESETS[preset].replace(seed=seed, device=device, **overrides)
-    callbacks = []
-    if max_gain:
-        from convscope.spectral import MaxGainCallback
-
-        callbacks.append(MaxGainCallback(shape=(c, h, w)))
-    history = tr.fit(model, train_set.to_torch(), test_set.to_torch(), config, out_dir=out,
-                     progress=progress, callbacks=callbacks)  # fmt: skip
+    # the weights are not seeded globally before the model is built (GFNN gets the seed for
+    # its kernel bank); a falsy --epochs/--lr/--batch-size (0) keeps the preset's value
+    history = train_model(out=out, arch=arch, dataset=dataset, data_dir=data_dir, preset=preset,
+                          epochs=epochs or None, lr=lr or None, batch_size=batch_size or None,
+                          seed=seed, device=device, first_layer=first_layer, n_edges=n_edges,
+                          max_gain=max_gain, seed_weights=False, seed_bank=True,
+                          progress=progress)  # fmt: skip
     typer.echo(f"test accuracy: {100 * history.test_acc[-1]:.2f}%")
     if max_gain:
         from convscope.spectral import diagnose
