@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from convscope.data import load_mnist_subset
@@ -164,3 +165,14 @@ def test_train_lenet_with_max_gain(tmp_path: Path) -> None:
     m = json.loads((out / "metrics.json").read_text())
     assert len(m["history"]["extra"]["max_gain"]) == 1
     assert (out / "checkpoint.pt").is_file() and "Maximum Gain" in proc.stdout
+
+
+def test_train_with_the_same_seed_gives_the_same_model(tmp_path: Path) -> None:
+    args = ("train", "--arch", "lenet", "--epochs", "1", "--batch-size", "500", "--seed", "3")
+    runs = [run_cli(*args, "--no-progress", "--out", str(tmp_path / d)) for d in ("a", "b")]
+    assert all(p.returncode == 0 for p in runs), runs[0].stderr
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("a", "b"))
+    assert a["history"]["train_loss"] == b["history"]["train_loss"]
+    wa = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["state_dict"]
+    wb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -83,12 +83,12 @@ def train(
     """Train a model and write checkpoint.pt and metrics.json."""
     from convscope.train.run import train_model
 
-    # the weights are not seeded globally before the model is built (GFNN gets the seed for
-    # its kernel bank); a falsy --epochs/--lr/--batch-size (0) keeps the preset's value
+    # --seed seeds the starting weights (so a rerun gives the same model) and GFNN's kernel
+    # bank; a falsy --epochs/--lr/--batch-size (0) keeps the preset's value
     history = train_model(out=out, arch=arch, dataset=dataset, data_dir=data_dir, preset=preset,
                           epochs=epochs or None, lr=lr or None, batch_size=batch_size or None,
                           seed=seed, device=device, first_layer=first_layer, n_edges=n_edges,
-                          max_gain=max_gain, seed_weights=False, seed_bank=True,
+                          max_gain=max_gain, seed_weights=True, seed_bank=True,
                           progress=progress)  # fmt: skip
     typer.echo(f"test accuracy: {100 * history.test_acc[-1]:.2f}%")
     if max_gain:
