@@ -20,8 +20,7 @@ from _machine import cpu_name  # sibling module: the scripts run from benchmarks
 
 from convscope.data import load_mnist_subset
 from convscope.models import LeNet
-from convscope.spectral import MaxGainCallback
-from convscope.train import TrainConfig, fit
+from convscope.train import MaxGainCallback, TrainConfig, fit
 
 
 def main() -> None:

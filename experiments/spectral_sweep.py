@@ -5,7 +5,7 @@ MNIST subset for 20 epochs with SGD (momentum 0.9, batch 100) at the base learni
 rate times 1, 2, 3, 4, 1/3 and 1/10; at capacity x1/4 and x4 (filters of every conv
 layer scaled); and once driven into overfitting (500 training images, x4 capacity,
 60 epochs). After every epoch the impulse-image Maximum Gain is logged next to the
-losses (``convscope.spectral.MaxGainCallback``). The results calibrate
+losses (``convscope.train.MaxGainCallback``). The results calibrate
 ``convscope.spectral.diagnose``.
 
     python experiments/spectral_sweep.py            # all runs (resumable)
@@ -28,7 +28,7 @@ from convscope.data import load_mnist_subset
 from convscope.io import write_json
 from convscope.models import LeNet
 from convscope.report.figures import save_figure
-from convscope.train import TrainConfig, fit
+from convscope.train import MaxGainCallback, TrainConfig, fit
 
 RESULTS = Path(__file__).resolve().parent / "results" / "spectral"
 BASE_LR = 0.02
@@ -63,7 +63,7 @@ def run_one(spec: dict, seed: int = 0) -> dict:
         train = train.subset(np.arange(spec["n_train"]))
     torch.manual_seed(seed)
     model = scaled_lenet(spec["mult"])
-    cb = sp.MaxGainCallback(shape=(1, 28, 28))
+    cb = MaxGainCallback(shape=(1, 28, 28))
     config = TrainConfig(
         epochs=spec["epochs"], batch_size=100, lr=spec["lr"], optimizer="sgd", momentum=0.9,
         seed=seed,

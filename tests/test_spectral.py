@@ -17,6 +17,7 @@ from convscope import spectral as sp
 from convscope.data import sample_photo
 from convscope.errors import ConvscopeError
 from convscope.kernels import gaussian_kernel
+from convscope.train import MaxGainCallback, lightning_callback
 
 
 class ToyCNN(nn.Module):
@@ -165,12 +166,29 @@ def test_maximum_gain_is_the_peak_per_channel() -> None:
         sp.transfer_function(model, x, channel=5)
 
 
+def test_spectral_imports_nothing_from_train() -> None:
+    """spectral is analysis only; the callbacks that log it live in convscope.train."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, convscope.spectral as sp; "
+        "assert 'convscope.train' not in sys.modules, sorted(sys.modules); "
+        "assert not hasattr(sp, 'MaxGainCallback') and not hasattr(sp, 'lightning_callback'); "
+        "import convscope.train as tr; "
+        "assert tr.MaxGainCallback.__module__ == 'convscope.train.max_gain'; "
+        "assert 'convscope.runs' not in sys.modules, 'train must not import runs'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_max_gain_callback_logs_every_epoch(tmp_path: Path) -> None:
     from convscope.models import build_model
     from convscope.train import TrainConfig, fit, toy_dataset
 
     model = build_model("gfnn", input_size=16, num_classes=4)
-    cb = sp.MaxGainCallback()
+    cb = MaxGainCallback()
     hist = fit(model, toy_dataset(64), toy_dataset(32, seed=1),
                TrainConfig(epochs=2, batch_size=32), callbacks=[cb], out_dir=tmp_path,
                progress=False)  # fmt: skip
@@ -304,7 +322,7 @@ def test_lightning_callback_logs_max_gain_each_epoch(tmp_path: Path, with_val: b
 
     torch.manual_seed(0)
     module = Module()
-    cb = sp.lightning_callback()
+    cb = lightning_callback()
     trainer = pl.Trainer(
         max_epochs=2,
         accelerator="cpu",
@@ -335,4 +353,4 @@ def test_lightning_callback_without_lightning(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setitem(sys.modules, "lightning.pytorch", None)  # import raises ImportError
     with pytest.raises(ConvscopeError, match=r"convscope\[interop\]"):
-        sp.lightning_callback()
+        lightning_callback()

@@ -13,13 +13,16 @@ an impulse image (one bright pixel, 255 before preprocessing, in the centre of e
 channel) a Hann window is applied to the derivative before the FFT.
 
 Logged once per epoch, the Maximum Gain is a training diagnostic (seed 004 section
-IV-C): :func:`diagnose` names the four patterns of its curve.
+IV-C): :func:`diagnose` names the four patterns of its curve. The callbacks that log it
+(:class:`convscope.train.MaxGainCallback`, :func:`convscope.train.lightning_callback`,
+:func:`convscope.train.log_max_gain`) live in :mod:`convscope.train.max_gain`; this
+module is analysis only and imports nothing from :mod:`convscope.train`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,17 +30,13 @@ import torch
 from torch import nn
 
 from convscope.errors import ConvscopeError
-from convscope.train import Callback
 
 __all__ = [
     "Diagnosis",
-    "MaxGainCallback",
     "data_derivative",
     "diagnose",
     "hann_window2d",
     "impulse_image",
-    "lightning_callback",
-    "log_max_gain",
     "maximum_gain",
     "model_input_shape",
     "spectrum_db",
@@ -259,156 +258,7 @@ def maximum_gain(
     return [float(v) for v in spec.flatten(1).amax(1)]
 
 
-# -- training diagnostics ------------------------------------------------------
-
-
-def log_max_gain(
-    model: nn.Module,
-    log: Callable[[str, float], None],
-    *,
-    shape: Sequence[int] | None = None,
-    x: torch.Tensor | None = None,
-    name: str = "max_gain",
-) -> float:
-    """Measure the impulse-image Maximum Gain and hand it to ``log(name, value)``.
-
-    Usable from any training loop (``log`` can append to a dict of lists, write to
-    TensorBoard ...). The model is measured in eval mode and put back as it was. With
-    several input channels the channels' mean is logged under ``name`` and each channel
-    under ``name_c{i}``.
-
-    Returns:
-        The logged (mean) Maximum Gain in dB.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        gains = maximum_gain(model, x, shape=shape)
-    finally:
-        model.train(was_training)
-    value = sum(gains) / len(gains)
-    log(name, value)
-    if len(gains) > 1:
-        for i, g in enumerate(gains):
-            log(f"{name}_c{i}", g)
-    return value
-
-
-class MaxGainCallback(Callback):
-    """Log the impulse-image Maximum Gain after every epoch of :func:`convscope.train.fit`.
-
-    The value lands in ``history.extra["max_gain"]`` and so in ``metrics.json``, next
-    to the losses; when ``tensorboard_dir`` is given (and TensorBoard is installed) it
-    is also written as a scalar.
-    """
-
-    def __init__(
-        self,
-        shape: Sequence[int] | None = None,
-        x: torch.Tensor | None = None,
-        tensorboard_dir: str | None = None,
-    ) -> None:
-        self.shape = shape
-        self.x = x
-        self.seconds = 0.0
-        self.times: list[float] = []  # seconds spent in each on_epoch_end
-        self._writer: Any = None
-        if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:  # pragma: no cover - optional
-                raise ConvscopeError("tensorboard_dir needs: pip install tensorboard") from e
-            self._writer = SummaryWriter(tensorboard_dir)
-
-    def on_epoch_end(self, model: nn.Module, epoch: int, history: Any) -> None:
-        import time
-
-        t0 = time.perf_counter()
-        value = log_max_gain(model, history.log, shape=self.shape, x=self.x)
-        self.times.append(time.perf_counter() - t0)
-        self.seconds += self.times[-1]
-        if self._writer is not None:
-            self._writer.add_scalar("max_gain_db", value, epoch)
-            for key in ("train_loss", "test_loss"):
-                series = getattr(history, key, None)
-                if series:
-                    self._writer.add_scalar(key, series[-1], epoch)
-            self._writer.flush()
-
-
-def _find_input_shape(module: nn.Module) -> tuple[int, int, int]:
-    """:func:`model_input_shape` of ``module`` or of the first submodule that tells it."""
-    for m in module.modules():
-        try:
-            return model_input_shape(m)
-        except ConvscopeError:
-            continue
-    return model_input_shape(module)  # raises the helpful error
-
-
-def lightning_callback(
-    shape: Sequence[int] | None = None,
-    x: torch.Tensor | None = None,
-    name: str = "max_gain",
-) -> Any:
-    """A PyTorch Lightning callback that logs the impulse-image Maximum Gain each epoch.
-
-    At the end of every validation epoch (the sanity check excepted), or of every training
-    epoch when the run has no validation, it measures :func:`log_max_gain` on the
-    ``LightningModule`` and logs it with ``pl_module.log(name, value)``, so it lands next to
-    the losses in Lightning's loggers (CSV, TensorBoard ...). The module is measured in
-    eval mode, with gradients on, and put back as it was.
-
-    Args:
-        shape: ``(C, H, W)`` of the impulse image; default: read from the module or the
-            first submodule with ``input_shape`` or ``in_channels``/``input_size``.
-        x: an operating point to use instead of the impulse image.
-
-    Returns:
-        An instance of a ``lightning.pytorch.Callback`` subclass; its ``times`` holds the
-        seconds spent per measurement.
-    """
-    try:
-        from lightning.pytorch import Callback as PLCallback
-    except ImportError as e:
-        raise ConvscopeError(
-            "lightning_callback needs PyTorch Lightning: pip install 'convscope[interop]'"
-        ) from e
-
-    class MaxGainLightningCallback(PLCallback):  # type: ignore[misc,valid-type]
-        def __init__(self) -> None:
-            super().__init__()
-            self.shape = shape
-            self.x = x
-            self.name = name
-            self.times: list[float] = []
-            self._epoch_done = -1
-
-        def _measure(self, trainer: Any, pl_module: Any) -> None:
-            import time
-
-            t0 = time.perf_counter()
-            shp = self.shape
-            if shp is None and self.x is None:
-                shp = _find_input_shape(pl_module)
-            point = None if self.x is None else self.x.detach().clone()
-            # Lightning validates under inference mode; the derivative needs autograd
-            with torch.inference_mode(False), torch.enable_grad():
-                log_max_gain(
-                    pl_module, lambda k, v: pl_module.log(k, v), shape=shp, x=point, name=self.name
-                )
-            self.times.append(time.perf_counter() - t0)
-            self._epoch_done = trainer.current_epoch
-
-        def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            if not trainer.sanity_checking:
-                self._measure(trainer, pl_module)
-
-        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            if self._epoch_done != trainer.current_epoch:  # no validation this epoch
-                self._measure(trainer, pl_module)
-
-    return MaxGainLightningCallback()
+# -- training diagnostics (the callbacks that log the curve: convscope.train.max_gain) --
 
 
 def variability(curve: Sequence[float]) -> float:
@@ -514,5 +364,7 @@ def _curve(history: Any, key: str) -> list[float]:
     else:
         series = history
     if series is None:
-        raise ConvscopeError(f"no {key!r} series in the history; train with MaxGainCallback")
+        raise ConvscopeError(
+            f"no {key!r} series in the history; train with convscope.train.MaxGainCallback"
+        )
     return [float(v) for v in series if v is not None]

@@ -4,7 +4,9 @@
 map-style dataset of ``(image, label)`` pairs. It seeds every random generator
 from the config, so two runs with the same seed on the CPU end with bitwise
 identical weights, evaluates after every epoch, and with ``out_dir`` writes
-``metrics.json`` after every epoch and ``checkpoint.pt`` at the end.
+``metrics.json`` after every epoch and, at the end, ``checkpoint.pt`` and then the
+final ``metrics.json`` that marks the run finished. Ctrl-C leaves only whole files
+and becomes :class:`TrainingInterrupted`, whose message says what was kept.
 
 Several processes or GPUs go through torch.distributed, launched by torchrun::
 
@@ -22,15 +24,17 @@ The package, one module per part:
 * :mod:`~convscope.train.config`: :class:`TrainConfig`, :data:`PRESETS`, optimiser and schedule;
 * :mod:`~convscope.train.history`: :class:`History`, the per-epoch metrics;
 * :mod:`~convscope.train.callbacks`: :class:`Callback`, :class:`EarlyStopping`;
+* :mod:`~convscope.train.max_gain`: :class:`MaxGainCallback`, :func:`lightning_callback`,
+  :func:`log_max_gain` (the Maximum Gain of :mod:`convscope.spectral` as a training diagnostic);
 * :mod:`~convscope.train.loop`: :func:`fit`, :func:`evaluate`, :func:`predict`;
 * :mod:`~convscope.train.checkpoints`: the ``last.pt`` resume file;
+* :mod:`~convscope.train.interrupt`: :class:`TrainingInterrupted` (Ctrl-C, and what was kept);
 * :mod:`~convscope.train.distributed`: joining the torchrun process group;
 * :mod:`~convscope.train.datasets`: :func:`as_dataset`, :func:`toy_dataset`;
 * :mod:`~convscope.train.common`: seeding, devices, :func:`parameter_digest`;
-* :mod:`~convscope.train.run`: :func:`~convscope.train.run.train_model`, one run from plain
-  options (what both training commands call);
 * :mod:`~convscope.train.command`: the ``python -m convscope.train`` command line
-  (:func:`main`); ``__main__`` runs it.
+  (:func:`main`, which calls :func:`convscope.runs.train.train`, one run from plain
+  options); ``__main__`` runs it.
 """
 
 from convscope.train.callbacks import Callback, EarlyStopping
@@ -47,7 +51,9 @@ from convscope.train.config import (
 )
 from convscope.train.datasets import as_dataset, toy_dataset
 from convscope.train.history import History
+from convscope.train.interrupt import TrainingInterrupted
 from convscope.train.loop import METRICS_FORMAT, evaluate, fit, predict
+from convscope.train.max_gain import MaxGainCallback, lightning_callback, log_max_gain
 
 __all__ = [
     "OPTIMIZERS",
@@ -56,12 +62,16 @@ __all__ = [
     "Callback",
     "EarlyStopping",
     "History",
+    "MaxGainCallback",
     "TrainConfig",
+    "TrainingInterrupted",
     "as_dataset",
     "build_optimizer",
     "build_scheduler",
     "evaluate",
     "fit",
+    "lightning_callback",
+    "log_max_gain",
     "main",
     "parameter_digest",
     "predict",

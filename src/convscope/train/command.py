@@ -10,6 +10,7 @@ from pathlib import Path
 
 from convscope.errors import ConvscopeError
 from convscope.train.config import OPTIMIZERS, PRESETS
+from convscope.train.interrupt import TrainingInterrupted
 
 __all__ = ["main"]
 
@@ -47,6 +48,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="train on the first N training images only")
     p.add_argument("--save-last", action="store_true", help="write last.pt after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a finished run in --out (without it such a folder is refused)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -58,13 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments (``None``: ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 on success, 2 for bad input (message on stderr).
+        The exit status: 0 on success, 2 for bad input, 130 on Ctrl-C (one line on
+        stderr saying which files were kept).
     """
-    from convscope.train.run import train_model
+    # runs/ builds on train/: imported here, so importing convscope.train never loads it
+    from convscope.runs.train import train
 
     args = _build_parser().parse_args(argv)
     try:
-        history = train_model(
+        history = train(
             out=args.out,
             arch=args.arch,
             dataset=args.dataset,
@@ -83,10 +91,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
             save_last=args.save_last,
             resume=args.resume,
+            overwrite=args.overwrite,
         )
     except ConvscopeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        # TrainingInterrupted says what was kept; a bare one came before training started
+        if int(os.environ.get("RANK", "0")) == 0:
+            message = str(e) if isinstance(e, TrainingInterrupted) else ""
+            print(message or "interrupted before training started", file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         acc = f"; test accuracy {history.test_acc[-1]:.4f}" if history.test_acc else ""
         print(f"wrote {Path(args.out) / 'metrics.json'} and checkpoint.pt{acc}")

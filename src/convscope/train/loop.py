@@ -2,8 +2,10 @@
 
 :func:`fit` trains any image classifier (logits out, cross-entropy loss) on any
 map-style dataset of ``(image, label)`` pairs, evaluates after every epoch and
-with ``out_dir`` writes ``metrics.json`` after every epoch and ``checkpoint.pt``
-at the end. Under torchrun it joins the process group
+with ``out_dir`` writes ``metrics.json`` after every epoch and, at the end,
+``checkpoint.pt`` and then the final ``metrics.json`` that marks the run finished
+(every file atomically). Ctrl-C becomes :class:`~convscope.train.TrainingInterrupted`,
+which says what was kept. Under torchrun it joins the process group
 (:mod:`convscope.train.distributed`), wraps the model in
 ``DistributedDataParallel`` and shards the data; see :mod:`convscope.train`.
 """
@@ -41,6 +43,7 @@ from convscope.train.config import TrainConfig, build_optimizer, build_scheduler
 from convscope.train.datasets import _prepare, _unpack, as_dataset
 from convscope.train.distributed import _Dist, _setup_distributed
 from convscope.train.history import History
+from convscope.train.interrupt import _RunFiles
 
 __all__ = ["evaluate", "fit", "predict"]
 
@@ -213,9 +216,11 @@ def fit(
         config: optimiser and schedule (default ``TrainConfig()``).
         callbacks: :class:`Callback` objects, called in order.
         out_dir: when given (rank 0 only): ``metrics.json`` (config + history,
-            rewritten atomically after every epoch) and, at the end,
+            rewritten atomically after every epoch) and, at the end, first
             ``checkpoint.pt`` via :func:`convscope.models.save_checkpoint` for
-            models made by :func:`convscope.models.build_model` (others: a warning).
+            models made by :func:`convscope.models.build_model` (others: a warning),
+            then the final ``metrics.json`` with ``"finished": true``; so metrics
+            that say finished always sit beside that run's final weights.
         progress: show a progress bar per epoch (rank 0 only).
         save_last: also write ``out_dir/last.pt`` (weights, optimiser, schedule,
             RNG state) after every epoch, for ``resume``.
@@ -227,6 +232,9 @@ def fit(
 
     Raises:
         ConvscopeError: bad datasets, config or resume file.
+        TrainingInterrupted: on Ctrl-C (a ``KeyboardInterrupt``), after leaving only
+            whole files; its message names the files kept (see
+            :class:`~convscope.train.TrainingInterrupted`).
     """
     cfg = config if config is not None else TrainConfig()
     if isinstance(model, DistributedDataParallel):
@@ -240,12 +248,30 @@ def fit(
     if (resume or save_last) and out is None:
         raise ConvscopeError("resume and save_last need out_dir")
 
-    ctx = _setup_distributed(cfg.device)
+    files = _RunFiles(out, cfg.epochs)
     try:
-        return _fit(model, train_ds, test_ds, cfg, ctx, callbacks, out, progress, save_last, resume)
-    finally:
-        if ctx.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+        ctx = _setup_distributed(cfg.device)
+        files.rank, files.world_size = ctx.rank, ctx.world_size
+        try:
+            return _fit(
+                model,
+                train_ds,
+                test_ds,
+                cfg,
+                ctx,
+                callbacks,
+                out,
+                progress,
+                save_last,
+                resume,
+                files,
+            )
+        finally:
+            if ctx.owns_group and dist.is_initialized():
+                dist.destroy_process_group()
+    except KeyboardInterrupt as e:
+        # every write is atomic, so what is on disk is whole: say which files those are
+        raise files.interrupted() from e
 
 
 def _fit(
@@ -259,6 +285,7 @@ def _fit(
     progress: bool,
     save_last: bool,
     resume: bool,
+    files: _RunFiles,
 ) -> History:
     seed_everything(cfg.seed)
     device = ctx.device
@@ -269,6 +296,8 @@ def _fit(
     start = 0
     if resume and out is not None and (out / "last.pt").is_file():
         start, history = _load_last(out / "last.pt", model, optimizer, scheduler, device)
+        files.resumed(start)
+    files.epoch = start
     if out is not None and ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
 
@@ -340,6 +369,7 @@ def _fit(
             cb.stop_training = False  # a callback reused from an earlier fit must not stop this one
         cb.on_train_start(model, history)
     for epoch in range(start, cfg.epochs):
+        files.phase, files.epoch = "epoch", epoch + 1
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
         model.train()
@@ -386,14 +416,17 @@ def _fit(
         stopped = bool(ctx.all_reduce(stop, dist.ReduceOp.MAX if ctx.active else None).item())
         if out is not None and ctx.is_main:
             write_json(out / "metrics.json", to_jsonable(payload(False, stopped)))
+            files.metrics = True
             if save_last:
                 _save_last(
                     out / "last.pt",
                     _last_state(epoch + 1, model, optimizer, scheduler, history, cfg, device),
                 )
+                files.last_epochs = epoch + 1
         if stopped:
             break
 
+    files.phase, files.epoch = "final", history.epochs
     model.eval()
     digest = parameter_digest(model)
     digests = [digest]
@@ -405,10 +438,9 @@ def _fit(
     if not in_sync and ctx.is_main:
         warnings.warn("the processes ended with different weights (DDP desync)", stacklevel=3)
     if out is not None and ctx.is_main:
-        final = payload(True, stopped)
-        final["parameter_digests"] = digests
-        final["ranks_in_sync"] = in_sync
-        write_json(out / "metrics.json", to_jsonable(final))
+        # the checkpoint first, then the metrics that call the run finished: an interrupt
+        # between the two leaves metrics saying "not finished", never a finished run beside
+        # old or missing weights (both writes are atomic: no half files either way)
         if getattr(model, "convscope_arch", None) is not None:
             from convscope.models.zoo import save_checkpoint
 
@@ -417,12 +449,19 @@ def _fit(
                 model,
                 extra={"config": cfg.to_dict(), "history": history.to_dict()},
             )
+            files.checkpoint = True
         else:
             warnings.warn(
                 f"{type(model).__name__} was not built with convscope.models.build_model; "
                 "no checkpoint.pt written (metrics.json was)",
                 stacklevel=3,
             )
+        final = payload(True, stopped)
+        final["parameter_digests"] = digests
+        final["ranks_in_sync"] = in_sync
+        write_json(out / "metrics.json", to_jsonable(final))
+        files.metrics = True
+    files.phase = "done"
     for cb in callbacks:
         cb.on_train_end(model, history)
     if ctx.active:

@@ -1,186 +1,21 @@
-"""One training run from plain options: data, model and config built here, then :func:`fit`.
+"""Deprecated: moved to :mod:`convscope.runs.train` (``train_model`` is now ``train``).
 
-Both training commands call :func:`train_model`: ``python -m convscope.train``
-(argparse, torchrun) and ``convscope train`` (typer). Where the two always
-differed, an option keeps each one's behaviour (see ``seed_weights`` and
-``seed_bank``).
+A shim kept only until ``convscope.cli`` calls :func:`convscope.runs.train.train`; it
+imports :mod:`convscope.runs` when called, never when :mod:`convscope.train` is imported.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from typing import Any
 
-from torch.utils.data import Dataset, Subset
-
-from convscope.errors import ConvscopeError
-from convscope.train.callbacks import Callback
-from convscope.train.common import seed_everything
-from convscope.train.config import PRESETS
-from convscope.train.datasets import _num_classes, _unpack, as_dataset, toy_dataset
 from convscope.train.history import History
-from convscope.train.loop import fit
 
-__all__ = ["load_train_test", "train_model"]
-
-
-def load_train_test(
-    dataset: str,
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    limit: int | None = None,
-) -> tuple[Dataset[Any], Dataset[Any], int, tuple[int, int, int]]:
-    """Training and test sets of a named dataset, with what a model needs to know of them.
-
-    Args:
-        dataset: ``"toy"`` (256 synthetic 16x16 images, :func:`toy_dataset`; test
-            set 128 more) or a name :func:`convscope.data.load_dataset` knows
-            (``"mnist-subset"``, ``"digits"``, ``"mnist"``, ``"folder"``).
-        data_dir: for ``"mnist"`` (IDX files) and ``"folder"`` (class sub-folders).
-        limit: keep only the first ``limit`` training images (``"toy"``: make that many).
-
-    Returns:
-        ``(train, test, num_classes, (C, H, W))``: map-style torch datasets of
-        ``(image, label)`` pairs, the number of classes and the image shape.
-
-    Raises:
-        ConvscopeError: unknown dataset or missing files.
-    """
-    if dataset == "toy":
-        train: Dataset[Any] = toy_dataset(256 if limit is None else limit, seed=0)
-        test: Dataset[Any] = toy_dataset(128, seed=1)
-        num_classes = _num_classes(train)
-    else:
-        from convscope.data import load_dataset
-
-        train_arrays = load_dataset(dataset, "train", data_dir=data_dir)
-        num_classes = int(train_arrays.num_classes)
-        train = as_dataset(train_arrays)
-        test = as_dataset(load_dataset(dataset, "test", data_dir=data_dir))
-        if limit is not None:
-            train = Subset(train, range(min(limit, len(train))))  # type: ignore[arg-type]
-    x0, _ = _unpack(train[0])
-    c, h, w = (int(n) for n in x0.shape)
-    return train, test, num_classes, (c, h, w)
+__all__ = ["train_model"]
 
 
-def train_model(
-    *,
-    out: str | os.PathLike[str],
-    arch: str = "gfnn",
-    dataset: str = "mnist-subset",
-    data_dir: str | os.PathLike[str] | None = None,
-    preset: str = "gfnn-mnist",
-    epochs: int | None = None,
-    lr: float | None = None,
-    batch_size: int | None = None,
-    optimizer: str | None = None,
-    seed: int | None = None,
-    device: str | None = None,
-    first_layer: str | None = None,
-    n_edges: int | None = None,
-    dropout: float | None = None,
-    limit: int | None = None,
-    max_gain: bool = False,
-    seed_weights: bool = True,
-    seed_bank: bool = True,
-    callbacks: Sequence[Callback] = (),
-    progress: bool = True,
-    save_last: bool = False,
-    resume: bool = False,
-) -> History:
-    """Build the data, the model and the config from plain options, then :func:`fit`.
+def train_model(**options: Any) -> History:
+    """:func:`convscope.runs.train.train`; ``overwrite`` defaults to True here, as before."""
+    from convscope.runs.train import train
 
-    Writes ``metrics.json`` and ``checkpoint.pt`` into ``out`` (and ``last.pt``
-    with ``save_last``). Under torchrun every process calls this; only rank 0
-    writes files.
-
-    Args:
-        out: output folder.
-        arch: a name of :data:`convscope.models.zoo.ARCHITECTURES` (``gfnn``, ``lenet`` ...).
-        dataset: see :func:`load_train_test`.
-        data_dir: see :func:`load_train_test`.
-        preset: a key of :data:`PRESETS`; the options below override its fields.
-        epochs, lr, batch_size, optimizer, seed, device: override the preset when
-            not ``None`` (``batch_size`` is the global mini-batch).
-        first_layer: ``fixed``, ``init``, ``random`` or ``learned``, for ``gfnn`` and
-            ``gf_resnet50`` (``None``: the architecture's default).
-        n_edges: ``gfnn`` only: use :func:`convscope.kernels.gfnn_bank` with this
-            many edge kernels (32/24/16/8/4); ``None``: the model's default bank.
-        dropout: ``gfnn`` only (``None``: the model's default, 0.5).
-        limit: train on the first ``limit`` training images only.
-        max_gain: log the impulse-image Maximum Gain (dB) after every epoch into
-            ``history.extra["max_gain"]`` (:class:`convscope.spectral.MaxGainCallback`).
-        seed_weights: seed every generator with the config's seed before the model
-            is built, so the same seed gives the same initial weights.
-        seed_bank: pass the config's seed to ``gfnn`` as the seed of its random kernel
-            bank (``first_layer="random"``); otherwise the model's default seed (0).
-        callbacks: more :class:`Callback` objects, called after the Maximum Gain one.
-        progress: progress bars (rank 0 only).
-        save_last: write ``out/last.pt`` after every epoch.
-        resume: continue from ``out/last.pt`` when it exists.
-
-    Returns:
-        The :class:`History` of the run.
-
-    Raises:
-        ConvscopeError: unknown preset, dataset or architecture, bad config values,
-            non-square images for ``gfnn``, or a bad resume file.
-    """
-    if preset not in PRESETS:
-        raise ConvscopeError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    overrides = {
-        k: v
-        for k, v in {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "optimizer": optimizer,
-            "seed": seed,
-            "device": device,
-        }.items()
-        if v is not None
-    }
-    config = PRESETS[preset].replace(**overrides)
-    train_set, test_set, num_classes, (c, h, w) = load_train_test(
-        dataset, data_dir=data_dir, limit=limit
-    )
-    kwargs: dict[str, Any] = {"num_classes": num_classes}
-    if arch in ("gfnn", "gf_resnet50") and first_layer is not None:
-        kwargs["first_layer"] = first_layer
-    if arch == "gfnn":
-        if h != w:
-            raise ConvscopeError(f"gfnn needs square images; {dataset} has {h}x{w}")
-        kwargs.update(in_channels=c, input_size=h)
-        if n_edges is not None:
-            from convscope.kernels import gfnn_bank
-
-            kwargs["kernels"] = [k.name for k in gfnn_bank(n_edges=n_edges)]
-        if seed_bank:
-            kwargs["seed"] = config.seed
-        if dropout is not None:
-            kwargs["dropout"] = dropout
-    if seed_weights:
-        # weights are drawn when the model is built: the same seed gives the same start
-        seed_everything(config.seed)
-    from convscope.models.zoo import build_model
-
-    model = build_model(arch, **kwargs)
-    all_callbacks: list[Callback] = []
-    if max_gain:
-        from convscope.spectral import MaxGainCallback
-
-        all_callbacks.append(MaxGainCallback(shape=(c, h, w)))
-    all_callbacks.extend(callbacks)
-    return fit(
-        model,
-        train_set,
-        test_set,
-        config,
-        callbacks=all_callbacks,
-        out_dir=out,
-        progress=progress,
-        save_last=save_last,
-        resume=resume,
-    )
+    options.setdefault("overwrite", True)
+    return train(**options)
