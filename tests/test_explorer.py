@@ -1,18 +1,24 @@
-"""The explorer page: its index and tiles against the interpreter, and a real browser.
+"""The explorer page: its data and index and tiles against the interpreter, and a browser.
 
-The browser tests open the page from disk in Debian's headless Chromium, driven by
-Selenium through the system chromedriver (so Selenium Manager never downloads a
-browser), and move the pointer with real mouse events.
+:func:`convscope.linear.explorer.explore` computes, :func:`write_explorer_page` draws;
+the data is checked against ``li.columns`` / ``li.rows`` directly, the page's index and
+tiles against the same. The browser tests open the page from disk in Debian's headless
+Chromium, driven by Selenium through the system chromedriver (so Selenium Manager never
+downloads a browser), and move the pointer with real mouse events.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import hashlib
 import io
 import json
 import math
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,15 +35,17 @@ from convscope.cli import main
 from convscope.data import sample_photo
 from convscope.errors import ConvscopeError
 from convscope.linear import LinearInterpreter
-from convscope.models import load_checkpoint
-from convscope.models.sr import BicubicUpscaler
-from convscope.report.explorer import (
-    _diverging_lut,
+from convscope.linear.explorer import (
+    ExplorerData,
+    explore,
     explorer_image,
     pixel_grid,
     trained_espcn_checkpoint,
-    write_explorer,
 )
+from convscope.models import load_checkpoint
+from convscope.models.sr import BicubicUpscaler
+from convscope.report import explorer as report_explorer
+from convscope.report.explorer import _diverging_lut, write_explorer, write_explorer_page
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -60,13 +68,22 @@ def read_index(out: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def espcn_page(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, torch.Tensor, Path]:
+def espcn_data() -> tuple[nn.Module, torch.Tensor, ExplorerData]:
     """The trained ESPCN x4 on a 24x24 crop, filters on every 2nd pixel (a 12x12 grid)."""
     torch.manual_seed(0)
     model, _ = load_checkpoint(trained_espcn_checkpoint())
     x0 = luma_crop(24)
+    return model, x0, explore(model, x0, max_pixels=144, k_svd=2)
+
+
+@pytest.fixture(scope="module")
+def espcn_page(
+    tmp_path_factory: pytest.TempPathFactory, espcn_data: Any
+) -> tuple[nn.Module, torch.Tensor, Path]:
+    """:func:`espcn_data` drawn."""
+    model, x0, data = espcn_data
     out = tmp_path_factory.mktemp("espcn_page")
-    write_explorer(model, x0, out, max_pixels=144, k_svd=2, title="ESPCN test")
+    write_explorer_page(data, out, title="ESPCN test")
     return model, x0, out
 
 
@@ -158,6 +175,185 @@ def test_index_numbers_are_the_interpreters_rows_and_columns(espcn_page: Any) ->
         want = padded[oy + th : oy + 2 * th, ox + tw : ox + 2 * tw]
         # A 256-step colour scale, some of whose neighbours round to one colour.
         assert np.abs(shown - want).max() <= 4 / 127.5 * C["peak"][k]
+
+
+def window(full: np.ndarray, origin: Any, h: int, w: int) -> np.ndarray:
+    """``full[oy : oy + h, ox : ox + w]`` with zeros outside ``full``."""
+    oy, ox = (int(v) for v in origin)
+    padded = np.pad(full, ((h, h), (w, w)))
+    return padded[oy + h : oy + 2 * h, ox + w : ox + 2 * w]
+
+
+def holds_no_tensor(value: Any) -> bool:
+    """True when nothing inside ``value`` (dataclasses, dicts, sequences) is a tensor."""
+    if isinstance(value, torch.Tensor):
+        return False
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return all(holds_no_tensor(getattr(value, f.name)) for f in dataclasses.fields(value))
+    if isinstance(value, dict):
+        return all(holds_no_tensor(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(holds_no_tensor(v) for v in value)
+    return True
+
+
+def test_explore_filters_are_the_interpreters_columns_and_rows(espcn_data: Any) -> None:
+    model, x0, data = espcn_data
+    assert data.kind == "image" and data.in_shape == (1, 24, 24) and data.out_shape == (1, 96, 96)
+    assert (data.ys, data.xs, data.stride) == pixel_grid(24, 24, 144)
+    assert holds_no_tensor(data)  # the page draws from NumPy alone
+    li = LinearInterpreter(model, x0, mode="freeze")
+    np.testing.assert_allclose(data.output, li.output[0].numpy(), rtol=1e-6)
+    assert list(data.filters) == [("sum", "sum")]
+    cols, rows = data.filters["sum", "sum"].columns, data.filters["sum", "sum"].rows
+    assert data.column_tile is not None and data.tile is not None
+    th, tw = data.column_tile
+    g, gw = data.grid_count, len(data.xs)
+    assert cols.windows.shape == (g, th, tw) and rows.windows.shape == (g, data.tile, data.tile)
+    for k in (0, gw + 3, 77, g - 1):
+        y, x = data.ys[k // gw], data.xs[k % gw]
+        qy, qx = data.targets[k]
+        col = li.columns([y * 24 + x])[0, 0].double().numpy()  # (96, 96)
+        row = li.rows([qy * 96 + qx])[0, 0].double().numpy()  # (24, 24)
+        cwin = window(col, data.column_origin[k], th, tw)
+        rwin = window(row, data.row_origin[k], data.tile, data.tile)
+        np.testing.assert_allclose(cols.windows[k], cwin, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(rows.windows[k], rwin, rtol=1e-5, atol=1e-7)
+        assert cols.peak[k] == pytest.approx(np.abs(col).max(), rel=1e-5)
+        assert cols.total[k] == pytest.approx(col.sum(), rel=1e-4, abs=1e-5)
+        assert cols.at[k] == pytest.approx(col[qy, qx], rel=1e-5, abs=1e-7)
+        assert cols.kept[k] == pytest.approx((cwin**2).sum() / (col**2).sum(), rel=1e-6)
+        assert rows.peak[k] == pytest.approx(np.abs(row).max(), rel=1e-5)
+        assert rows.total[k] == pytest.approx(row.sum(), rel=1e-4, abs=1e-5)
+        assert rows.at[k] == pytest.approx(row[y, x], rel=1e-5, abs=1e-7)
+        assert rows.kept[k] == pytest.approx((rwin**2).sum() / (row**2).sum(), rel=1e-6)
+    # The singular pairs: F v = s u (randomized: to a per cent or two), signed so the
+    # eigen-input's largest entry is positive.
+    assert data.svd_method == "randomized" and data.singular_values.shape == (2,)
+    for s, u, v in zip(data.singular_values, data.eigen_outputs, data.eigen_inputs, strict=True):
+        fv = li.linear(torch.from_numpy(v[None]).float())[0].double().numpy()
+        assert np.linalg.norm(fv) == pytest.approx(s, rel=0.02)
+        assert float((fv * u).sum()) / np.linalg.norm(fv) > 0.99
+        flat = v.reshape(-1)
+        assert flat[np.abs(flat).argmax()] > 0
+
+
+def test_explore_channel_views_are_slices_of_f() -> None:
+    torch.manual_seed(3)
+    model = TinyColourSR().eval()
+    x0 = torch.rand(1, 3, 6, 6)
+    data = explore(model, x0, k_svd=0, tile=5)
+    assert data.svd_method == "none" and data.singular_values.shape == (0,)
+    assert len(data.filters) == 16 and data.views.keys[0] == ("sum", "sum")
+    li = LinearInterpreter(model, x0)
+    F = li.columns(range(108)).permute(1, 2, 3, 0).reshape(3, 12, 12, 3, 6, 6)
+    F = F.double().numpy()  # (out C, 12, 12, in C, 6, 6)
+    for i, o in (("sum", "sum"), ("0", "2"), ("sum", "1"), ("2", "sum")):
+        Fi = F.sum(3) if i == "sum" else F[:, :, :, int(i)]
+        Fio = Fi.sum(0) if o == "sum" else Fi[int(o)]  # (12, 12, 6, 6)
+        view = data.filters[i, o]
+        for k in (0, 14, 35):
+            y, x = divmod(k, 6)
+            qy, qx = data.targets[k]
+            cwin = window(Fio[:, :, y, x], data.column_origin[k], 10, 10)
+            rwin = window(Fio[qy, qx], data.row_origin[k], 5, 5)
+            np.testing.assert_allclose(view.columns.windows[k], cwin, rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(view.rows.windows[k], rwin, rtol=1e-5, atol=1e-7)
+            assert view.columns.at[k] == pytest.approx(Fio[qy, qx, y, x], rel=1e-5, abs=1e-7)
+
+
+def test_explore_classifier_rows_and_columns() -> None:
+    torch.manual_seed(0)
+    model = TinyClassifier().eval()
+    x0 = torch.rand(1, 3, 16, 16)
+    data = explore(model, x0, max_pixels=64, top_classes=2, k_svd=1)
+    assert data.kind == "classifier" and data.stride == 2 and data.filters == {}
+    assert data.class_names == [str(i) for i in range(6)]
+    assert holds_no_tensor(data)
+    li = LinearInterpreter(model, x0)
+    top = torch.argsort(li.output[0], descending=True)[:2].tolist()
+    assert data.classes == top
+    rows = li.rows(top).reshape(2, 3, 16, 16).double().numpy()
+    gw = len(data.xs)
+    assert list(data.class_rows) == [("sum", "sum"), ("0", "sum"), ("1", "sum"), ("2", "sum")]
+    for key, cr in data.class_rows.items():
+        want = rows.sum(1) if key[0] == "sum" else rows[:, int(key[0])]  # (class, H, W)
+        np.testing.assert_allclose(cr.rows, want, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(cr.peak, np.abs(want).max((1, 2)), rtol=1e-5)
+        for k in (0, 9, data.grid_count - 1):
+            y, x = data.ys[k // gw], data.xs[k % gw]
+            ch = range(3) if key[0] == "sum" else [int(key[0])]
+            col = li.columns([c * 256 + y * 16 + x for c in ch]).sum(0)[top].double().numpy()
+            np.testing.assert_allclose(cr.columns[k], col, rtol=1e-4, atol=1e-6)
+    assert data.eigen_inputs.shape == (1, 3, 16, 16) and data.eigen_outputs.shape == (1, 6)
+
+
+def test_explore_progress_bars_go_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    model, x0 = BicubicUpscaler(scale=2, channels=1), luma_crop(8)
+    explore(model, x0, k_svd=1, batch_size=16)
+    assert capsys.readouterr().err == ""
+    explore(model, x0, k_svd=1, batch_size=16, progress=True)
+    err = capsys.readouterr().err
+    # 64 pixels in batches of 16: 4 batches of columns and 4 of rows; then the exact SVD.
+    assert "explorer columns and rows" in err and "8/8" in err and "exact svd" in err
+    explore(model, x0, k_svd=1, max_pixels=16, progress=True)
+    assert "randomized svd" in capsys.readouterr().err
+    explore(TinyClassifier().eval(), torch.rand(1, 3, 16, 16), k_svd=1, progress=True)
+    err = capsys.readouterr().err
+    assert "explorer rows" in err and "randomized svd" in err
+
+
+def test_write_explorer_is_explore_then_the_page(tmp_path: Path) -> None:
+    model, x0 = BicubicUpscaler(scale=2, channels=1), luma_crop(8)
+    write_explorer(model, x0, tmp_path / "a", k_svd=2, title="same")
+    write_explorer_page(explore(model, x0, k_svd=2), tmp_path / "b", title="same")
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "b").iterdir())
+    for name in names:
+        a, b = ((tmp_path / d / name).read_bytes() for d in "ab")
+        if name.endswith((".json", ".html")):  # the time taken differs
+            a, b = (re.sub(rb'"seconds": [0-9.]+|in [0-9.]+ s', b"", v) for v in (a, b))
+        assert a == b, name
+
+
+def test_report_explorer_only_draws() -> None:
+    # Importing the drawing module loads neither torch nor the interpreter ...
+    code = (
+        "import sys, convscope.report.explorer; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' "
+        "or m.startswith('convscope.linear')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    # ... and its source imports them only for types, or lazily in the composition kept
+    # for old callers (and the moved names), which load convscope.linear.explorer alone.
+    tree = ast.parse(Path(report_explorer.__file__).read_text())
+    lazy = {"write_explorer", "__getattr__"}
+    for node in tree.body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            continue
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Import):
+                mods = [a.name for a in sub.names]
+            elif isinstance(sub, ast.ImportFrom):
+                mods = [sub.module or ""]
+            else:
+                continue
+            for mod in mods:
+                if isinstance(node, ast.FunctionDef) and node.name in lazy:
+                    assert mod in ("convscope.linear", "convscope.linear.explorer"), mod
+                else:
+                    assert mod.split(".")[0] != "torch", mod
+                    assert not mod.startswith("convscope.linear"), mod
+
+
+def test_moved_names_still_read_from_the_report_module() -> None:
+    from convscope.linear import explorer as computed
+
+    for name in ("ESPCN_CHECKPOINT", "explorer_image", "pixel_grid", "trained_espcn_checkpoint"):
+        assert getattr(report_explorer, name) is getattr(computed, name)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = report_explorer.no_such_name
 
 
 def test_bicubic_page_exact_svd_and_interpolation_identities(tmp_path: Path) -> None:
@@ -367,19 +563,36 @@ def test_colour_page_sums_only(tmp_path: Path, colour_page: Any) -> None:
             np.testing.assert_allclose(idx[kind][name], full[kind][name], rtol=1e-5, atol=1e-6)
 
 
-def test_write_explorer_refuses_bad_input(tmp_path: Path) -> None:
+def test_explore_refuses_bad_input() -> None:
     model = BicubicUpscaler(scale=2, channels=1)
     x0 = luma_crop(8)
     with pytest.raises(ConvscopeError, match="tile must be a positive odd"):
-        write_explorer(model, x0, tmp_path, tile=4)
+        explore(model, x0, tile=4)
     with pytest.raises(ConvscopeError, match="svd_method"):
-        write_explorer(model, x0, tmp_path, svd_method="lanczos")
+        explore(model, x0, svd_method="lanczos")
     with pytest.raises(ConvscopeError, match="needs a one-channel input, every pixel"):
-        write_explorer(model, x0, tmp_path, max_pixels=16, svd_method="exact")
+        explore(model, x0, max_pixels=16, svd_method="exact")
     with pytest.raises(ConvscopeError, match=r"image must be \(1, C, H, W\)"):
-        write_explorer(model, torch.zeros(2, 1, 8, 8), tmp_path)
+        explore(model, torch.zeros(2, 1, 8, 8))
     with pytest.raises(ConvscopeError, match="image-to-image model .* or a classifier"):
-        write_explorer(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(2)), x0, tmp_path)
+        explore(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(2)), x0)
+    with pytest.raises(ConvscopeError, match="exact' is for image-to-image"):
+        explore(TinyClassifier().eval(), torch.rand(1, 3, 16, 16), svd_method="exact")
+    with pytest.raises(ConvscopeError, match="class_names has 2 names"):
+        explore(TinyClassifier().eval(), torch.rand(1, 3, 16, 16), class_names=["a", "b"])
+    with pytest.raises(ConvscopeError, match="batch_size must be an integer >= 1"):
+        explore(model, x0, batch_size=0)
+
+
+def test_write_explorer_refuses_bad_input(tmp_path: Path) -> None:
+    # The composition passes explore's errors on, before anything is written.
+    model = BicubicUpscaler(scale=2, channels=1)
+    with pytest.raises(ConvscopeError, match="tile must be a positive odd"):
+        write_explorer(model, luma_crop(8), tmp_path / "page", tile=4)
+    assert not (tmp_path / "page").exists()
+    data = explore(model, luma_crop(8), k_svd=0)
+    with pytest.raises(ConvscopeError, match="kind must be image or classifier"):
+        write_explorer_page(dataclasses.replace(data, kind="volume"), tmp_path)
 
 
 def test_explorer_image_shrinks_and_converts(tmp_path: Path) -> None:

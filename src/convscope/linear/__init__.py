@@ -5,6 +5,7 @@ parts (``output``, ``residual``, ``li(x1)``, ``linear``, ``transpose``, ``column
 ``rows``), its SVD (:func:`power_svd`, :func:`randomized_svd` on any pair of
 callables), and the classification analyses: bias contributions, residual share,
 pixel discussions and votes, and :func:`fgsm` to attack an image before looking again.
+The explorer page's data: :func:`explore` (drawn by ``convscope.report.explorer``).
 See docs/linear.md.
 """
 
@@ -21,16 +22,19 @@ from convscope.linear.contributions import (
     pixel_votes,
     residual_share,
 )
+from convscope.linear.explorer import ExplorerData, explore
 from convscope.linear.interpreter import LinearInterpreter
 from convscope.linear.svd import SVDResult, power_svd, randomized_svd
 
 __all__ = [
     "ContributionHistogram",
+    "ExplorerData",
     "LinearInterpreter",
     "SVDResult",
     "Source",
     "contribution_histogram",
     "contributions",
+    "explore",
     "fgsm",
     "group_contributions",
     "pixel_discussion",
