@@ -296,7 +296,7 @@ def test_bicubic_residual_is_zero_and_columns_equal(
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (("residual", "--model", "resnet1000"), ("unknown torchvision model",)),
+        (("residual", "--model", "resnet1000"), ("unknown model",)),
         (("residual", "--model", "missing/model.pt"), ("does not exist",)),
         (("residual", "--model", "resnet18", "--weights"), ("not in the local cache",)),
         (("residual", "--model", "bicubic", "--weights"), ("--weights",)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,11 @@ def test_torchvision_weights_absent_is_clear(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def offline(*args: object, **kwargs: object) -> None:  # weights download through torch.hub
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(ConvscopeError, match="not in the local cache"):
         cs.models.torchvision_model("resnet18", weights="DEFAULT")
     assert cs.models.torchvision_model("resnet18").fc.out_features == 1000

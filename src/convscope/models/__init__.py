@@ -1,4 +1,4 @@
-"""Architectures: fixed-kernel networks, super-resolution and image-to-image models, by name."""
+"""Architectures (fixed-kernel networks, super-resolution, image-to-image) and load_model."""
 
 from __future__ import annotations
 
@@ -15,8 +15,12 @@ from convscope.models.lenet import LENET_LAYER_NUMBERS, LeNet
 from convscope.models.sr import ESPCN, BicubicUpscaler, EDSRBaseline
 from convscope.models.zoo import (
     ARCHITECTURES,
+    MODEL_SOURCES,
     build_model,
+    imagenet_normalized,
     load_checkpoint,
+    load_model,
+    normalized,
     save_checkpoint,
     torchvision_model,
 )
@@ -26,6 +30,7 @@ __all__ = [
     "ESPCN",
     "GFNN",
     "LENET_LAYER_NUMBERS",
+    "MODEL_SOURCES",
     "BicubicUpscaler",
     "ColorFrontEnd",
     "CycleGANGenerator",
@@ -35,8 +40,11 @@ __all__ = [
     "build_model",
     "find_kernel_bank",
     "gf_resnet50",
+    "imagenet_normalized",
     "kernel_bank_conv2d",
     "load_checkpoint",
+    "load_model",
+    "normalized",
     "save_checkpoint",
     "torchvision_model",
 ]
