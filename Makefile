@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/convscope demo --out $(OUT)
+	$(BIN)/convscope demo --out $(OUT) --overwrite
 
 check: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks experiments

@@ -45,7 +45,14 @@ from convscope.linear.explorer import (
 from convscope.models import load_checkpoint
 from convscope.models.sr import BicubicUpscaler
 from convscope.report import explorer as report_explorer
-from convscope.report.explorer import _diverging_lut, write_explorer, write_explorer_page
+from convscope.report.explorer import _diverging_lut, write_explorer_page
+
+
+def write_explorer(model: nn.Module, x: torch.Tensor, out: Path, *, title: str | None = None,
+                   **options: Any) -> Path:  # fmt: skip
+    """The two halves, as the run composes them: compute, then draw."""
+    return write_explorer_page(explore(model, x, **options), out, title=title)
+
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -303,19 +310,6 @@ def test_explore_progress_bars_go_to_stderr(capsys: pytest.CaptureFixture[str]) 
     assert "explorer rows" in err and "randomized svd" in err
 
 
-def test_write_explorer_is_explore_then_the_page(tmp_path: Path) -> None:
-    model, x0 = BicubicUpscaler(scale=2, channels=1), luma_crop(8)
-    write_explorer(model, x0, tmp_path / "a", k_svd=2, title="same")
-    write_explorer_page(explore(model, x0, k_svd=2), tmp_path / "b", title="same")
-    names = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "b").iterdir())
-    for name in names:
-        a, b = ((tmp_path / d / name).read_bytes() for d in "ab")
-        if name.endswith((".json", ".html")):  # the time taken differs
-            a, b = (re.sub(rb'"seconds": [0-9.]+|in [0-9.]+ s', b"", v) for v in (a, b))
-        assert a == b, name
-
-
 def test_report_explorer_only_draws() -> None:
     # Importing the drawing module loads neither torch nor the interpreter ...
     code = (
@@ -325,10 +319,8 @@ def test_report_explorer_only_draws() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
-    # ... and its source imports them only for types, or lazily in the composition kept
-    # for old callers (and the moved names), which load convscope.linear.explorer alone.
+    # ... and its source imports them only for types.
     tree = ast.parse(Path(report_explorer.__file__).read_text())
-    lazy = {"write_explorer", "__getattr__"}
     for node in tree.body:
         if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
             continue
@@ -340,20 +332,8 @@ def test_report_explorer_only_draws() -> None:
             else:
                 continue
             for mod in mods:
-                if isinstance(node, ast.FunctionDef) and node.name in lazy:
-                    assert mod in ("convscope.linear", "convscope.linear.explorer"), mod
-                else:
-                    assert mod.split(".")[0] != "torch", mod
-                    assert not mod.startswith("convscope.linear"), mod
-
-
-def test_moved_names_still_read_from_the_report_module() -> None:
-    from convscope.linear import explorer as computed
-
-    for name in ("ESPCN_CHECKPOINT", "explorer_image", "pixel_grid", "trained_espcn_checkpoint"):
-        assert getattr(report_explorer, name) is getattr(computed, name)
-    with pytest.raises(AttributeError, match="no_such_name"):
-        _ = report_explorer.no_such_name
+                assert mod.split(".")[0] != "torch", mod
+                assert not mod.startswith("convscope.linear"), mod
 
 
 def test_bicubic_page_exact_svd_and_interpolation_identities(tmp_path: Path) -> None:
@@ -639,11 +619,11 @@ def test_cli_explore_writes_the_page(tmp_path: Path, capsys: pytest.CaptureFixtu
     ("args", "needle"),
     [
         (("--model", "no_such_net"), "is not bicubic, espcn, a checkpoint file or a torchvision"),
-        (("--model", "bicubic", "--weights"), "--weights is for torchvision"),
-        (("--model", "espcn", "--weights"), "--weights is for torchvision"),
+        (("--model", "bicubic", "--weights", "DEFAULT"), "are for torchvision and timm"),
+        (("--model", "espcn", "--weights", "DEFAULT"), "are for torchvision and timm"),
         (("--model", "missing/net.pt"), "does not exist"),
         (("--model", "bicubic", "--mode", "exact"), "--mode must be freeze or taylor"),
-        (("--model", "bicubic", "--size", "ten"), "--size must look like"),
+        (("--model", "bicubic", "--size", "ten"), "--size must be H,W"),
         (("--model", "bicubic", "--tile", "4"), "tile must be a positive odd"),
     ],
 )
@@ -679,6 +659,7 @@ def test_cli_explore_says_when_torchvision_weights_are_absent(
         "--model",
         "resnet18",
         "--weights",
+        "DEFAULT",
         "--image",
         "sample:camera",
         "--out",

@@ -1,6 +1,7 @@
 """`convscope linear residual|contributions|votes|svd|rows|columns` on small real inputs.
 
-Each sub-command's metrics.json is checked against the library called directly on the same
+Each sub-command's JSON file (residual.json, contributions.json ...) is checked against the
+library called directly on the same
 model and image; bad input gives one line and exit code 2. Runs in-process (a subprocess per
 case would spend most of the test importing torch) on one thread.
 """
@@ -53,7 +54,9 @@ def _clean_error(code: int, err: str, *needles: str) -> None:
 
 
 def _metrics(out: Path) -> dict[str, Any]:
-    return json.loads((out / "metrics.json").read_text())
+    """The one JSON file a linear sub-command wrote into ``out``."""
+    (path,) = out.glob("*.json")
+    return json.loads(path.read_text())
 
 
 def _is_png(path: Path) -> bool:
@@ -115,7 +118,8 @@ def test_residual_and_contributions_of_a_checkpoint(
     assert m["score"] == pytest.approx(y, rel=1e-12)
     assert m["residual"] == pytest.approx(float(li.residual[0, c]), rel=1e-9, abs=1e-12)
     assert m["residual_share"] == pytest.approx(li.residual_share(), rel=1e-9, abs=1e-12)
-    assert m["input_shape"] == [1, 28, 28] and m["output_shape"] == [10]
+    assert m["linear"]["input_shape"] == [1, 28, 28] and m["linear"]["output_shape"] == [10]
+    assert m["model"]["trained"] is True and m["input"]["image"] == str(files["digit"])
 
     code, out, err = _run(
         capsys, "contributions", "--model", str(files["gfnn"]), "--image", str(files["digit"]),
@@ -197,7 +201,8 @@ def test_untrained_torchvision_resnet18_on_a_photo_crop(
     )  # fmt: skip
     assert code == 0, err
     m = _metrics(out)
-    assert m["normalization"] == "imagenet" and m["output_shape"] == [1000]
+    assert m["model"]["normalization"] == "imagenet" and m["linear"]["output_shape"] == [1000]
+    assert m["model"]["trained"] is False and "untrained" in err
     assert m["sources"][0]["name"] == "normalize"  # the ImageNet mean shift is a bias source
     assert m["sum"] == pytest.approx(m["score"], rel=1e-9)
     # the same numbers as resnet18 itself on the normalized photo
@@ -298,16 +303,16 @@ def test_bicubic_residual_is_zero_and_columns_equal(
     [
         (("residual", "--model", "resnet1000"), ("unknown model",)),
         (("residual", "--model", "missing/model.pt"), ("does not exist",)),
-        (("residual", "--model", "resnet18", "--weights"), ("not in the local cache",)),
-        (("residual", "--model", "bicubic", "--weights"), ("--weights",)),
-        (("votes", "--model", "resnet18", "--size", "32,32"), ("1 channels", "--channels 3")),
+        (("residual", "--model", "bicubic", "--weights", "DEFAULT"), ("--weights",)),
+        (("votes", "--model", "resnet18", "--channels", "1"), ("--channels 1", "takes 3")),
         (("columns", "--model", "GFNN", "--at", "3;4"), ("--at must look like",)),
         (("columns", "--model", "GFNN", "--at", "30,4"), ("outside the input",)),
         (("rows", "--model", "GFNN", "--at", "3,4"), ("rows take --target",)),
         (("votes", "--model", "bicubic"), ("votes need a classifier",)),
         (("svd", "--model", "GFNN", "--k", "0"), ("--k",)),
         (("residual", "--model", "GFNN", "--mode", "exact"), ("--mode",)),
-        (("residual", "--model", "GFNN", "--size", "28"), ("--size",)),
+        (("residual", "--model", "GFNN", "--size", "28,x"), ("--size",)),
+        (("residual", "--model", "GFNN", "--format", "png,gif"), ("--format",)),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -320,7 +325,7 @@ def test_bad_input_is_one_line_and_exit_2(
     args = tuple(str(files["gfnn"]) if a == "GFNN" else a for a in args)
     code, _, err = _run(capsys, *args, "--image", str(files["digit"]), "--out", str(tmp_path))
     _clean_error(code, err, *needles)
-    assert not (tmp_path / "metrics.json").exists()
+    assert not list(tmp_path.glob("*.json")) and not list(tmp_path.glob("*.png"))
 
 
 def test_missing_image_is_one_line(
@@ -330,7 +335,7 @@ def test_missing_image_is_one_line(
         capsys, "svd", "--model", str(files["gfnn"]), "--image", str(tmp_path / "nope.png"),
         "--out", str(tmp_path),
     )  # fmt: skip
-    _clean_error(code, err, "not found")
+    _clean_error(code, err, "nope.png: no such file or folder")
 
 
 # -- a bug found in the interpreter (reported, not fixed here) ----------------------------------

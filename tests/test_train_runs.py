@@ -12,7 +12,8 @@ import pytest
 import convscope.runs.train as runs_train
 from convscope.errors import ConvscopeError
 from convscope.models import load_checkpoint
-from convscope.runs.train import load_train_test, train
+from convscope.runs.train import load_train_test
+from convscope.runs.train import run as train
 from convscope.train import main, parameter_digest
 
 TOY = {"dataset": "toy", "limit": 64, "epochs": 1, "batch_size": 32, "device": "cpu"}

@@ -22,6 +22,7 @@ __all__ = [
     "models",
     "numpy_cnn",
     "report",
+    "runs",
     "spectral",
     "train",
 ]

@@ -1,12 +1,23 @@
-"""The ``convscope`` command. Thin: parse, call the library, say where files went.
+"""The ``convscope`` command. Thin: parse options, call a run in :mod:`convscope.runs`, say
+where the files went.
+
+The options every analysis shares are defined once, in groups (:data:`MODEL`,
+:data:`IMAGE`, :data:`OUTPUT`), and added to each command by :func:`_shared`; a command
+receives them as one ``options`` dict, which is what the runs take as keyword options.
 
 Bad input raises :class:`convscope.errors.ConvscopeError`; :func:`main` prints its
-message on one line and exits with status 2, never with a traceback.
+message on one line and exits with status 2, never with a traceback. Ctrl-C prints one
+line saying what was kept and exits with 130. An untrained model's warning is one
+``warning:`` line on stderr.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +29,8 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="convscope",
-    help="Open up convolutional networks for images.",
+    help="Open up convolutional networks for images: fixed-kernel networks, the exact linear "
+    "interpreter, filter decoding, spectral response and a NumPy CNN.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -28,16 +40,142 @@ kernels_app = typer.Typer(
 )
 app.add_typer(kernels_app, name="kernels")
 linear_app = typer.Typer(
-    help="The linear interpreter (seed 001): F x + r of a model at one image.",
+    help="The linear interpreter: the network frozen at one image as y = F x + r "
+    "(rows, columns, SVD, bias contributions, pixel votes).",
     no_args_is_help=True,
 )
 app.add_typer(linear_app, name="linear")
+numpy_cnn_app = typer.Typer(help="The textbook CNN in NumPy.", no_args_is_help=True)
+app.add_typer(numpy_cnn_app, name="numpy-cnn")
 
+
+def _version(value: bool) -> None:
+    if value:
+        from convscope import __version__
+
+        typer.echo(f"convscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Open up convolutional networks for images."""
+
+
+# -- shared option groups ----------------------------------------------------------------
+
+_MODEL_HELP = (
+    "The model: a convscope checkpoint (.pt), a convscope architecture (gfnn, espcn ...), a "
+    "torchvision or timm name (untrained unless --weights), pkg.module:factory or "
+    "file.py:factory (a function returning an nn.Module), or an exported program (.pt2)."
+)
+ModelSpec = Annotated[str, typer.Option("--model", "--checkpoint", help=_MODEL_HELP)]
+ImageSpec = Annotated[
+    str,
+    typer.Option(
+        "--image", help="A PNG/JPEG file, sample:NAME (a scikit-image photo), a folder or a glob."
+    ),
+]
 OutDir = Annotated[Path, typer.Option("--out", help="Folder to write results into.")]
+
+# name -> (annotation, default); the runs take the same names as keyword options
+MODEL: dict[str, tuple[Any, Any]] = {
+    "weights": (
+        Annotated[
+            str | None,
+            typer.Option(
+                help="Pretrained weights of a torchvision/timm name: DEFAULT or a weights name "
+                "(downloaded through their own cache)."
+            ),
+        ],
+        None,
+    ),
+    "state_dict": (
+        Annotated[
+            Path | None,
+            typer.Option(
+                "--state-dict", help="Weights to load into the model (read weights-only)."
+            ),
+        ],
+        None,
+    ),
+    "device": (
+        Annotated[str, typer.Option(help="auto (CUDA when there is one), cpu, cuda, cuda:1 ...")],
+        "auto",
+    ),
+}
+IMAGE: dict[str, tuple[Any, Any]] = {
+    "channels": (
+        Annotated[int | None, typer.Option(help="Convert the image to 1 (grey) or 3 (RGB).")],
+        None,
+    ),
+    "invert": (
+        Annotated[bool, typer.Option(help="Invert the image: dark digits on light paper.")],
+        False,
+    ),
+    "size": (Annotated[str | None, typer.Option(help="Resize the image to H,W first.")], None),
+}
+OUTPUT: dict[str, tuple[Any, Any]] = {
+    "overwrite": (
+        Annotated[bool, typer.Option(help="Replace results an earlier run left in --out.")],
+        False,
+    ),
+    "formats": (
+        Annotated[
+            str, typer.Option("--format", help="Figure formats, comma-separated: png, svg, pdf.")
+        ],
+        "png",
+    ),
+    "progress": (Annotated[bool, typer.Option(help="Progress bars on stderr.")], True),
+}
+ALL = {**MODEL, **IMAGE, **OUTPUT}
+
+
+def _shared(*groups: dict[str, tuple[Any, Any]]) -> Callable[[Callable[..., Any]], Any]:
+    """Add the options of ``groups`` to a command; it receives them as ``options``."""
+    shared = {k: v for g in groups for k, v in g.items()}
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != "options"]
+        extra = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
+            for name, (a, d) in shared.items()
+        ]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            options = {k: kwargs.pop(k) for k in shared}
+            if "formats" in options:
+                options["formats"] = tuple(options["formats"].split(","))
+            return fn(**kwargs, options=options)
+
+        params = own + extra
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return deco
 
 
 def _done(out: Path, what: str = "results") -> None:
     typer.echo(f"wrote {what} to {out.resolve()}")
+
+
+def _say_images(res: Any) -> bool:
+    """For several images: one line per image, the index page; ``True`` when it did."""
+    if not res.items:
+        return False
+    typer.echo(f"{len(res.items)} images; index: {next(iter(res.files[-1:]), res.out)}")
+    return True
+
+
+# -- commands ------------------------------------------------------------------------------
 
 
 @app.command()
@@ -47,13 +185,17 @@ def demo(
     epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs.")] = None,
     seed: int = 0,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in --out.")] = False,
 ) -> None:
     """Train GFNN and a regular CNN on the embedded MNIST subset and write report.html."""
-    from convscope.demo import run_demo
+    from convscope.runs import demo as run
 
-    m = run_demo(out, quick=quick, epochs=epochs, seed=seed, progress=progress)
+    res = run.run(out, quick=quick, epochs=epochs, seed=seed, progress=progress,
+                  overwrite=overwrite)  # fmt: skip
     for key, label in (("gfnn", "GFNN"), ("regular_cnn", "regular CNN")):
-        typer.echo(f"{label:12s} test accuracy: {100 * m['models'][key]['test_acc']:.2f}%")
+        typer.echo(
+            f"{label:12s} test accuracy: {100 * res.metrics['models'][key]['test_acc']:.2f}%"
+        )
     _done(out / "report.html", "the report")
 
 
@@ -79,17 +221,20 @@ def train(
     max_gain: Annotated[
         bool, typer.Option(help="Log the impulse-image Maximum Gain (dB) every epoch.")
     ] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from --out/last.pt.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a finished run in --out.")] = False,
 ) -> None:
     """Train a model and write checkpoint.pt and metrics.json."""
-    from convscope.train.run import train_model
+    from convscope.runs import train as run
 
     # --seed seeds the starting weights (so a rerun gives the same model) and GFNN's kernel
     # bank; a falsy --epochs/--lr/--batch-size (0) keeps the preset's value
-    history = train_model(out=out, arch=arch, dataset=dataset, data_dir=data_dir, preset=preset,
-                          epochs=epochs or None, lr=lr or None, batch_size=batch_size or None,
-                          seed=seed, device=device, first_layer=first_layer, n_edges=n_edges,
-                          max_gain=max_gain, seed_weights=True, seed_bank=True,
-                          progress=progress)  # fmt: skip
+    history = run.run(out=out, arch=arch, dataset=dataset, data_dir=data_dir, preset=preset,
+                        epochs=epochs or None, lr=lr or None, batch_size=batch_size or None,
+                        seed=seed, device=device, first_layer=first_layer, n_edges=n_edges,
+                        max_gain=max_gain, seed_weights=True, seed_bank=True,
+                        progress=progress, save_last=resume, resume=resume,
+                        overwrite=overwrite)  # fmt: skip
     typer.echo(f"test accuracy: {100 * history.test_acc[-1]:.2f}%")
     if max_gain:
         from convscope.spectral import diagnose
@@ -103,66 +248,64 @@ def train(
 
 
 @app.command()
+@_shared(MODEL, IMAGE, OUTPUT)
 def explain(
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint from `convscope train`.")],
-    image: Annotated[Path, typer.Option(help="PNG or JPEG to explain.")],
+    model: ModelSpec,
+    image: ImageSpec,
     out: OutDir = Path("explain_output"),
     target: Annotated[int | None, typer.Option(help="Class to explain (default: predicted).")] = (
         None
     ),
-    channels: Annotated[
-        int | None, typer.Option(help="Convert the image to 1 (grey) or 3 (RGB) channels.")
-    ] = None,
-    invert: Annotated[bool, typer.Option(help="Invert: dark digit on light paper.")] = False,
     method: Annotated[str, typer.Option(help="auto, filter-scores or gradients.")] = "auto",
-    top: int = 3,
+    top: Annotated[int, typer.Option(help="Kernels shown with their filter score images.")] = 3,
+    options: Any = None,
 ) -> None:
-    """Explain one image: filter scores, saliency, gradient x input."""
-    from convscope.demo import explain_image
+    """Explain images: filter scores (models with a kernel bank), saliency, gradient x input."""
+    from convscope.runs import explain as run
 
-    r = explain_image(checkpoint, image, out, target=target, channels=channels, invert=invert,
-                      method=method, top=top)  # fmt: skip
-    typer.echo(f"class {r['target_name']} (logit {r['logit']:.3f})")
-    if "top_kernels" in r:
-        typer.echo("top kernels: " + ", ".join(r["top_kernels"]))
+    res = run.run(model, image, out, target=target, method=method, top=top, **options)
+    if not _say_images(res):
+        m = res.metrics
+        typer.echo(f"class {m['target_name']} (logit {m['logit']:.3f})")
+        if "top_kernels" in m:
+            typer.echo("top kernels: " + ", ".join(m["top_kernels"]))
+        if "color_scores" in m:
+            typer.echo(
+                "colour scores: " + ", ".join(f"{k} {v:.4g}" for k, v in m["color_scores"].items())
+            )
     _done(out)
 
 
 @app.command()
+@_shared(MODEL, IMAGE, OUTPUT)
 def spectrum(
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Checkpoint from `convscope train`.")
-    ] = None,
-    model_spec: Annotated[
-        str | None,
-        typer.Option("--model", help="Instead of --checkpoint: a torchvision model name."),
-    ] = None,
-    weights: Annotated[
-        bool, typer.Option(help="With --model: torchvision weights from the local cache.")
-    ] = False,
+    model: ModelSpec,
     image: Annotated[
-        Path | None, typer.Option(help="Operating point (default: the impulse image).")
+        str | None,
+        typer.Option(help="Operating point: file, sample:NAME, folder, glob (default: impulse)."),
     ] = None,
     out: OutDir = Path("spectrum_output"),
     target: Annotated[int | None, typer.Option(help="Class (default: the winner).")] = None,
     on: Annotated[str, typer.Option(help="softmax (p = 1/score) or logit.")] = "softmax",
-    channels: Annotated[int | None, typer.Option(help="Convert the image's channels.")] = None,
     shape: Annotated[
         str | None, typer.Option(help="Impulse image shape C,H,W when the model does not say.")
     ] = None,
+    options: Any = None,
 ) -> None:
-    """Transfer function and Maximum Gain of a model (seed 004)."""
-    from convscope.report.spectrum_run import run_spectrum
+    """Transfer function and Maximum Gain of a model (a training diagnostic, seed 004)."""
+    from convscope.runs import spectrum as run
 
-    m = run_spectrum(out, checkpoint=checkpoint, model=model_spec, weights=weights, image=image,
-                     target=target, on=on, channels=channels, shape=shape)  # fmt: skip
-    typer.echo("Maximum Gain: " + ", ".join(f"{g:.2f} dB" for g in m["maximum_gain_db"]))
+    res = run.run(model, out, image=image, target=target, on=on, shape=shape, **options)
+    if not _say_images(res):
+        gains = res.metrics["maximum_gain_db"]
+        typer.echo("Maximum Gain: " + ", ".join(f"{g:.2f} dB" for g in gains))
     _done(out)
 
 
 @app.command()
+@_shared(MODEL, OUTPUT)
 def decode(
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint from `convscope train`.")],
+    model: ModelSpec,
     layer: Annotated[str, typer.Option(help="Conv2d to decode, e.g. features.conv4.")],
     out: OutDir = Path("decode_output"),
     unpool: Annotated[str, typer.Option(help="nearest, bilinear, bicubic or adjoint.")] = (
@@ -174,32 +317,30 @@ def decode(
     data_dir: Annotated[Path | None, typer.Option(help="MNIST IDX files or image folder.")] = None,
     images: Annotated[int, typer.Option(help="Test images used (the first N).")] = 1000,
     max_filters: Annotated[int, typer.Option(help="Decoded filters drawn.")] = 50,
+    options: Any = None,
 ) -> None:
     """Decode a layer's filters into image space (seed 003): gallery, error table, report."""
-    from convscope.report.decoding_report import write_decoding_report
+    from convscope.runs import decode as run
 
-    m = write_decoding_report(
-        checkpoint,
-        layer,
-        out,
-        unpool=unpool,
-        dataset=dataset,
-        data_dir=data_dir,
-        n_images=images,
-        max_filters=max_filters,
-    )
-    for mode, e in m["reconstruction_error"].items():
+    res = run.run(model, layer, out, unpool=unpool, dataset=dataset, data_dir=data_dir,
+                  n_images=images, max_filters=max_filters, **options)  # fmt: skip
+    for mode, e in res.metrics["reconstruction_error"].items():
         typer.echo(f"{mode:9s} reconstruction error {e['mean']:.4f} ± {e['std']:.4f}")
     _done(out / "report.html", "the report")
 
 
 @app.command()
-def report(folder: Annotated[Path, typer.Argument(help="A folder with report.json.")]) -> None:
+def report(
+    folder: Annotated[Path, typer.Argument(help="A folder with report.json.")],
+    name: Annotated[str, typer.Option(help="The report's name (report, votes_index ...).")] = (
+        "report"
+    ),
+) -> None:
     """Render report.html again from the report.json in FOLDER."""
     from convscope.report.html import load_report, write_report
 
-    title, sections, meta = load_report(folder)
-    _done(write_report(folder, title, sections, meta), "the report")
+    title, sections, meta = load_report(folder, name)
+    _done(write_report(folder, title, sections, meta, name=name), "the report")
 
 
 @kernels_app.command("list")
@@ -221,45 +362,31 @@ def kernels_list(
 
 
 @kernels_app.command("apply")
+@_shared(IMAGE, OUTPUT)
 def kernels_apply(
-    image: Annotated[
-        Path, typer.Argument(help="A PNG/JPEG, or sample:NAME for a scikit-image photo.")
-    ],
+    image: ImageSpec,
     out: OutDir = Path("kernels_output"),
     kernels: Annotated[
         str | None, typer.Option(help="Comma-separated names (default: the GFNN bank of 40).")
     ] = None,
+    options: Any = None,
 ) -> None:
     """Apply each kernel to a photo; write one PNG per kernel and a contact sheet."""
-    from convscope.report.kernel_sheet import write_kernel_sheet
+    from convscope.runs import kernels_apply as run
 
+    if options.pop("channels") is not None:
+        raise ConvscopeError("kernels apply filters every channel of the photo: drop --channels")
     names = [s.strip() for s in kernels.split(",")] if kernels else None
-    written = write_kernel_sheet(str(image), out, names)
-    _done(out, f"{len(written)} filtered images and contact_sheet.png")
+    res = run.run(image, out, kernels=names, **options)
+    if not _say_images(res):
+        typer.echo(f"{len(res.metrics['kernels'])} filtered images and the contact sheet")
+    _done(out)
 
 
 # -- convscope linear: residual, contributions, votes, svd, rows, columns, explore -----------
-# The runs are in convscope.report.linear_runs and convscope.report.linear_filter_runs.
 
-
-LinModel = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        help="A convscope checkpoint (.pt), a convscope architecture (bicubic, espcn ..., "
-        "untrained) or a torchvision model name (untrained unless --weights).",
-    ),
-]
-LinImage = Annotated[
-    str, typer.Option("--image", help="PNG or JPEG, or sample:NAME for a scikit-image photo.")
-]
 LinMode = Annotated[str, typer.Option(help="freeze (the paper's frozen decisions) or taylor.")]
 LinTarget = Annotated[int | None, typer.Option(help="Output index / class (default: top-1).")]
-LinWeights = Annotated[
-    bool, typer.Option("--weights", help="torchvision: pretrained weights from the local cache.")
-]
-LinChannels = Annotated[int | None, typer.Option(help="Convert the image to 1 or 3 channels.")]
-LinSize = Annotated[str | None, typer.Option(help="Resize the image to H,W first.")]
 LinAt = Annotated[
     list[str] | None,
     typer.Option("--at", help="Position y,x (repeat for more; default: the centre)."),
@@ -270,105 +397,109 @@ LinChannel = Annotated[
 
 
 @linear_app.command("residual")
+@_shared(MODEL, IMAGE, OUTPUT)
 def linear_residual(
-    model: LinModel,
-    image: LinImage,
+    model: ModelSpec,
+    image: ImageSpec,
     out: OutDir = Path("linear_output"),
     mode: LinMode = "freeze",
     target: LinTarget = None,
-    weights: LinWeights = False,
-    channels: LinChannels = None,
-    size: LinSize = None,
     top: Annotated[int, typer.Option(help="Classifiers: scores shown.")] = 5,
+    options: Any = None,
 ) -> None:
-    """Residual r(x0): its share r_c / y_c of a score (seed 001 Table 3), or |r| / |f(x0)|."""
-    from convscope.report.linear_runs import run_residual
+    """The residual r(x0): its share of a score, or |r| / |f(x0)| (seed 001 Table 3)."""
+    from convscope.runs import linear_residual as run
 
-    m = run_residual(model, image, out, mode=mode, target=target, weights=weights,
-                     channels=channels, size=size, top=top)  # fmt: skip
-    if "target" in m:
-        typer.echo(f"residual share of {m['class_name']} (score {m['score']:.4g}): "
-                   f"{100 * m['residual_share']:.2f}%")  # fmt: skip
-    else:
-        typer.echo(f"|r| / |f(x0)| = {m['relative_residual']:.4g} "
-                   f"(max |r| {m['residual_max_abs']:.3g})")  # fmt: skip
+    res = run.run(model, image, out, mode=mode, target=target, top=top, **options)
+    if not _say_images(res):
+        m = res.metrics
+        if "target" in m:
+            typer.echo(f"residual share of {m['class_name']} (score {m['score']:.4g}): "
+                       f"{100 * m['residual_share']:.2f}%")  # fmt: skip
+        else:
+            typer.echo(f"|r| / |f(x0)| = {m['relative_residual']:.4g} "
+                       f"(max |r| {m['residual_max_abs']:.3g})")  # fmt: skip
     _done(out)
 
 
 @linear_app.command("contributions")
+@_shared(MODEL, IMAGE, OUTPUT)
 def linear_contributions(
-    model: LinModel,
-    image: LinImage,
+    model: ModelSpec,
+    image: ImageSpec,
     out: OutDir = Path("linear_output"),
     mode: LinMode = "freeze",
     target: LinTarget = None,
-    weights: LinWeights = False,
-    channels: LinChannels = None,
-    size: LinSize = None,
+    options: Any = None,
 ) -> None:
     """Split f(x0) into the input's part F x0 and every bias source's (seed 001 Fig. 4)."""
-    from convscope.report.linear_runs import run_contributions
+    from convscope.runs import linear_contributions as run
 
-    m = run_contributions(model, image, out, mode=mode, target=target, weights=weights,
-                          channels=channels, size=size)  # fmt: skip
-    n = len(m["contributions"]) - 1
-    if "target" in m:
-        inp = m["contributions"]["input"]
-        typer.echo(f"{m['class_name']}: score {m['score']:.4g} = input {inp:.4g} + "
-                   f"{n} bias sources")  # fmt: skip
-    else:
-        typer.echo(f"f(x0) split into the input and {n} bias sources")
+    res = run.run(model, image, out, mode=mode, target=target, **options)
+    if not _say_images(res):
+        m = res.metrics
+        n = len(m["contributions"]) - 1
+        if "target" in m:
+            inp = m["contributions"]["input"]
+            rs = 100 * m["residual_share"]
+            typer.echo(f"{m['class_name']}: score {m['score']:.4g} = input {inp:.4g} + "
+                       f"{n} bias sources (residual share {rs:.2f}%)")  # fmt: skip
+        else:
+            typer.echo(f"f(x0) split into the input and {n} bias sources")
     _done(out)
 
 
 @linear_app.command("votes")
+@_shared(MODEL, IMAGE, OUTPUT)
 def linear_votes(
-    model: LinModel,
-    image: LinImage,
+    model: ModelSpec,
+    image: ImageSpec,
     out: OutDir = Path("linear_output"),
     mode: LinMode = "freeze",
-    weights: LinWeights = False,
-    channels: LinChannels = None,
-    size: LinSize = None,
     top: Annotated[int, typer.Option(help="Classes that take part in the vote (top scores).")] = (
         10
     ),
+    options: Any = None,
 ) -> None:
     """Pixel discussions and votes of a classifier, with the masked images (seed 001 Fig. 3)."""
-    from convscope.report.linear_runs import run_votes
+    from convscope.runs import linear_votes as run
 
-    m = run_votes(model, image, out, mode=mode, weights=weights, channels=channels, size=size,
-                  top=top)  # fmt: skip
-    name = dict(zip(m["targets"], m["target_names"], strict=True))
-    share = sum(row.count(m["top1"]) for row in m["votes"]) / sum(map(len, m["votes"]))
-    typer.echo(f"top-1 {name[m['top1']]} gets {100 * share:.1f}% of the pixel "
-               f"votes; most voted: {name[m['most_voted']]}")  # fmt: skip
+    res = run.run(model, image, out, mode=mode, top=top, **options)
+    if not _say_images(res):
+        m = res.metrics
+        name = dict(zip(m["targets"], m["target_names"], strict=True))
+        share = m["vote_share"][name[m["top1"]]]
+        typer.echo(f"top-1 {name[m['top1']]} gets {100 * share:.1f}% of the pixel "
+                   f"votes; most voted: {name[m['most_voted']]}")  # fmt: skip
     _done(out)
 
 
 @linear_app.command("svd")
+@_shared(MODEL, IMAGE, OUTPUT)
 def linear_svd(
-    model: LinModel,
-    image: LinImage,
+    model: ModelSpec,
+    image: ImageSpec,
     out: OutDir = Path("linear_output"),
     mode: LinMode = "freeze",
-    weights: LinWeights = False,
-    channels: LinChannels = None,
-    size: LinSize = None,
     k: Annotated[int, typer.Option(help="Singular triplets.")] = 4,
     steps: Annotated[int, typer.Option(help="power: at most this many steps per pair.")] = 100,
     method: Annotated[str, typer.Option(help="power (the paper) or randomized.")] = "power",
+    options: Any = None,
 ) -> None:
     """Top-k singular values, eigen-inputs and eigen-outputs of F (seed 001 Fig. 5, 12)."""
-    from convscope.report.linear_runs import run_svd
+    from convscope.runs import linear_svd as run
 
-    m = run_svd(model, image, out, mode=mode, weights=weights, channels=channels, size=size,
-                k=k, steps=steps, method=method)  # fmt: skip
-    typer.echo("singular values: " + ", ".join(f"{s:.4g}" for s in m["singular_values"]))
+    res = run.run(model, image, out, mode=mode, k=k, steps=steps, method=method, **options)
+    if not _say_images(res):
+        values = res.metrics["singular_values"]
+        typer.echo("singular values: " + ", ".join(f"{s:.4g}" for s in values))
     _done(out)
 
 
-def _echo_filters(kind: str, m: dict[str, Any]) -> None:
+def _echo_filters(kind: str, res: Any) -> None:
+    if _say_images(res):
+        return
+    m = res.metrics
     if "at" in m:
         at = ", ".join(f"({y},{x})" for y, x in m["at"])
         typer.echo(f"{len(m['at'])} {kind}s of F at {at}")
@@ -377,65 +508,51 @@ def _echo_filters(kind: str, m: dict[str, Any]) -> None:
 
 
 @linear_app.command("rows")
+@_shared(MODEL, IMAGE, OUTPUT)
 def linear_rows(
-    model: LinModel,
-    image: LinImage,
+    model: ModelSpec,
+    image: ImageSpec,
     out: OutDir = Path("linear_output"),
     mode: LinMode = "freeze",
     at: LinAt = None,
     channel: LinChannel = None,
     target: LinTarget = None,
-    weights: LinWeights = False,
-    channels: LinChannels = None,
-    size: LinSize = None,
+    options: Any = None,
 ) -> None:
     """Rows of F (receptive filters) at output positions, or of a class (seed 001 Fig. 11)."""
-    from convscope.report.linear_filter_runs import run_rows
+    from convscope.runs import linear_rows as run
 
-    m = run_rows(model, image, out, mode=mode, at=at, channel=channel, target=target,
-                 weights=weights, channels=channels, size=size)  # fmt: skip
-    _echo_filters("row", m)
+    res = run.run(model, image, out, mode=mode, at=at, channel=channel, target=target, **options)
+    _echo_filters("row", res)
     _done(out)
 
 
 @linear_app.command("columns")
+@_shared(MODEL, IMAGE, OUTPUT)
 def linear_columns(
-    model: LinModel,
-    image: LinImage,
+    model: ModelSpec,
+    image: ImageSpec,
     out: OutDir = Path("linear_output"),
     mode: LinMode = "freeze",
     at: LinAt = None,
     channel: LinChannel = None,
-    weights: LinWeights = False,
-    channels: LinChannels = None,
-    size: LinSize = None,
+    options: Any = None,
 ) -> None:
     """Columns of F (projective filters) at input positions (seed 001 Fig. 11)."""
-    from convscope.report.linear_filter_runs import run_columns
+    from convscope.runs import linear_columns as run
 
-    m = run_columns(model, image, out, mode=mode, at=at, channel=channel, weights=weights,
-                    channels=channels, size=size)  # fmt: skip
-    _echo_filters("column", m)
+    res = run.run(model, image, out, mode=mode, at=at, channel=channel, **options)
+    _echo_filters("column", res)
     _done(out)
 
 
 @linear_app.command("explore")
+@_shared(MODEL, IMAGE, OUTPUT)
 def linear_explore(
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            help="bicubic (x4 upscaler), espcn (the trained x4 ESPCN kept in "
-            "experiments/results/espcn), a convscope checkpoint (.pt) or a torchvision name.",
-        ),
-    ],
-    image: LinImage,
+    model: ModelSpec,
+    image: ImageSpec,
     out: OutDir = Path("explore_output"),
     mode: LinMode = "freeze",
-    weights: LinWeights = False,
-    size: Annotated[
-        str | None, typer.Option(help="Resize the image to H,W (default: longer side 64).")
-    ] = None,
     max_pixels: Annotated[
         int, typer.Option(help="Compute filters on a grid of at most this many pixels.")
     ] = 1024,
@@ -451,19 +568,17 @@ def linear_explore(
             "page, or only the filters summed over channels (about 3x fewer probes).",
         ),
     ] = True,
+    options: Any = None,
 ) -> None:
     """Static HTML page: move the pointer over the image, see F's row and column there."""
-    from convscope.report.linear_runs import run_explore
+    from convscope.runs import linear_explore as run
 
-    page, (h, w) = run_explore(model, image, out, mode=mode, weights=weights, size=size,
-                               max_pixels=max_pixels, k_svd=k_svd, tile=tile,
-                               per_channel=per_channel)  # fmt: skip
-    typer.echo(f"filters at {h}x{w} pixels; open {page.resolve()}")
+    res = run.run(model, image, out, mode=mode, max_pixels=max_pixels, k_svd=k_svd, tile=tile,
+                  per_channel=per_channel, **options)  # fmt: skip
+    if not _say_images(res):
+        h, w = res.metrics["shape"]
+        typer.echo(f"filters at {h}x{w} pixels; open {res.metrics['page']}")
     _done(out, "the explorer page and its tiles")
-
-
-numpy_cnn_app = typer.Typer(help="The textbook CNN in NumPy (seed 002).", no_args_is_help=True)
-app.add_typer(numpy_cnn_app, name="numpy-cnn")
 
 
 @numpy_cnn_app.command("walkthrough")
@@ -476,9 +591,10 @@ def numpy_cnn_walkthrough(
     seeds: Annotated[int, typer.Option(help="Random starts trained per pair.")] = 3,
     seed: int = 0,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier walkthrough.")] = False,
 ) -> None:
     """Section 11.6.3: one learned 3x3 kernel read through line probes, and a hand-made one."""
-    from convscope.numpy_cnn.walkthrough import run_walkthrough
+    from convscope.runs import numpy_cnn_walkthrough as run
 
     parsed: list[tuple[int, int]] = []
     for item in pairs.split(","):
@@ -486,8 +602,9 @@ def numpy_cnn_walkthrough(
         if not sep or not a.isdigit() or not b.isdigit():
             raise ConvscopeError(f'--pairs: expected digits like "1:0,7:1", got {item!r}')
         parsed.append((int(a), int(b)))
-    m = run_walkthrough(out, parsed, epochs=epochs, seeds=seeds, seed=seed, progress=progress)
-    for p in m["pairs"].values():
+    res = run.run(out, parsed, epochs=epochs, seeds=seeds, seed=seed, progress=progress,
+                  overwrite=overwrite)  # fmt: skip
+    for p in res.metrics["pairs"].values():
         typer.echo(
             f'"{p["positive"]}" vs "{p["negative"]}": learned kernel '
             f"{100 * p['learned']['test']['accuracy']:.1f}%, hand-made "
@@ -497,16 +614,56 @@ def numpy_cnn_walkthrough(
     _done(out / "report.html", "the report")
 
 
+class _Interrupted(Exception):
+    """Ctrl-C inside a command, carried past click (which would print "Aborted!", exit 1)."""
+
+
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt as e:
+            raise _Interrupted(str(e) or "interrupted: nothing was being written") from None
+
+    return command
+
+
+def _guard_all(t: typer.Typer) -> None:
+    for c in t.registered_commands:
+        if c.callback is not None:
+            c.callback = _guard(c.callback)
+    for g in t.registered_groups:
+        if g.typer_instance is not None:
+            _guard_all(g.typer_instance)
+
+
+_guard_all(app)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turn ConvscopeError into one line and exit code 2."""
-    try:
-        app(args=argv, standalone_mode=True)
-    except ConvscopeError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+    """Entry point: run the app; ConvscopeError -> one line, exit 2; Ctrl-C -> one line, 130."""
+    from convscope.runs.sources import UntrainedModelWarning
+
+    previous = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, UntrainedModelWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            previous(message, category, *args, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UntrainedModelWarning)
+        warnings.showwarning = show
+        try:
+            app(args=argv, standalone_mode=True)
+        except ConvscopeError as e:
+            typer.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except (_Interrupted, KeyboardInterrupt) as e:
+            typer.echo(str(e) or "interrupted", err=True)
+            sys.exit(130)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,12 +15,15 @@ from convscope.linear.attacks import fgsm
 from convscope.linear.context import Source
 from convscope.linear.contributions import (
     ContributionHistogram,
+    Contributions,
+    PixelVotes,
     contribution_histogram,
     contributions,
     group_contributions,
     pixel_discussion,
     pixel_votes,
     residual_share,
+    votes,
 )
 from convscope.linear.explorer import ExplorerData, explore
 from convscope.linear.interpreter import LinearInterpreter
@@ -28,8 +31,10 @@ from convscope.linear.svd import SVDResult, power_svd, randomized_svd
 
 __all__ = [
     "ContributionHistogram",
+    "Contributions",
     "ExplorerData",
     "LinearInterpreter",
+    "PixelVotes",
     "SVDResult",
     "Source",
     "contribution_histogram",
@@ -42,4 +47,5 @@ __all__ = [
     "power_svd",
     "randomized_svd",
     "residual_share",
+    "votes",
 ]

@@ -33,30 +33,150 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 
 from convscope.errors import ConvscopeError
-from convscope.linear.context import ALL_OFF, ALL_ON, check_batch_size
-
-if TYPE_CHECKING:
-    from convscope.linear.interpreter import LinearInterpreter
+from convscope.linear.context import ALL_OFF, ALL_ON, PassContext, Source, check_batch_size
 
 __all__ = [
     "ContributionHistogram",
+    "Contributions",
+    "FrozenSystem",
+    "PixelVotes",
     "contribution_histogram",
     "contributions",
     "group_contributions",
     "pixel_discussion",
     "pixel_votes",
     "residual_share",
+    "votes",
 ]
 
 
-def _target(li: LinearInterpreter, target: int | None) -> int:
+class FrozenSystem(Protocol):
+    """What these analyses need of a frozen network (a :class:`LinearInterpreter`).
+
+    A protocol rather than an import of the interpreter, so that the interpreter can
+    import this module and nothing imports in a circle.
+    """
+
+    x0: torch.Tensor
+    batch_size: int
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+
+    @property
+    def output(self) -> torch.Tensor: ...
+
+    @property
+    def residual(self) -> torch.Tensor: ...
+
+    @property
+    def sources(self) -> tuple[Source, ...]: ...
+
+    def _run(
+        self,
+        probes: torch.Tensor,
+        codes: Sequence[int] | torch.Tensor,
+        *,
+        source_hook: Any = None,
+        grad: bool = False,
+    ) -> tuple[torch.Tensor, PassContext]: ...
+
+
+@dataclass(frozen=True, eq=False)
+class Contributions(Mapping[str, torch.Tensor]):
+    """Where ``f(x0)`` (or one score of it) comes from: the input's part and each bias source's.
+
+    A read-only mapping ``{"input": F x0, source name: Q_s b_s, ...}`` in the order the
+    model adds the sources (what :func:`contributions` promised as a dict, so existing
+    callers keep working), carrying what a reader needs alongside.
+
+    Attributes:
+        parts: the mapping itself as a dict; each value ``(1, *out_shape)`` (whole output) or 0-d
+            (one score).
+        target: the flat output index explained, or ``None`` for the whole output.
+        score: ``y_c`` for a target (``f(x0)`` summed for a whole output).
+        sources: the bias sources, in the order of ``values`` after ``"input"``.
+    """
+
+    parts: dict[str, torch.Tensor]
+    target: int | None
+    score: float
+    sources: tuple[Source, ...] = field(default=())
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.parts[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.parts)
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    @property
+    def total(self) -> float:
+        """The sum of every contribution: ``score`` up to rounding (seed 001 Theorem 1)."""
+        return float(sum(float(v.sum()) for v in self.parts.values()))
+
+    def groups(self, depth: int | None = None) -> dict[str, torch.Tensor]:
+        """Contributions summed by layer (see :func:`group_contributions`)."""
+        return group_contributions(self.parts, depth)
+
+    def shares(self, depth: int | None = None) -> dict[str, float]:
+        """Each layer group's contribution over the score (one target only); NaN at score 0."""
+        if self.target is None:
+            raise ConvscopeError("shares are of one score: call contributions(target=c)")
+        return {
+            k: float(v) / self.score if self.score else math.nan
+            for k, v in self.groups(depth).items()
+        }
+
+    @property
+    def residual_share(self) -> float:
+        """The share of the score the biases carry, ``1 - input / score`` (``r_c / y_c``)."""
+        if self.target is None:
+            raise ConvscopeError("a residual share is of one score: call contributions(target=c)")
+        return 1.0 - float(self.parts["input"]) / self.score if self.score else math.nan
+
+
+@dataclass(frozen=True)
+class PixelVotes:
+    """Pixel votes of a classifier and the discussions behind them (seed 001 Fig. 3).
+
+    Attributes:
+        targets: ``(T,)`` the classes that took part, best score first.
+        discussions: ``(T, *spatial)`` each target's pixel discussion (sums to its score).
+        votes: ``(*spatial)`` the class index each pixel votes for.
+        scores: ``(T,)`` the targets' scores.
+    """
+
+    targets: torch.Tensor
+    discussions: torch.Tensor
+    votes: torch.Tensor
+    scores: torch.Tensor
+
+    def share(self, c: int) -> float:
+        """The fraction of pixels voting for class ``c``."""
+        return float((self.votes == c).double().mean())
+
+    @property
+    def shares(self) -> dict[int, float]:
+        """Vote share of every target, in target order; the shares sum to 1."""
+        return {int(c): self.share(int(c)) for c in self.targets}
+
+    @property
+    def most_voted(self) -> int:
+        """The target with the most pixel votes (the first such on a tie)."""
+        shares = self.shares
+        return max(shares, key=lambda c: shares[c])
+
+
+def _target(li: FrozenSystem, target: int | None) -> int:
     n = math.prod(li.out_shape)
     if target is None:
         return int(li.output.reshape(-1).argmax())
@@ -68,8 +188,8 @@ def _target(li: LinearInterpreter, target: int | None) -> int:
 
 
 def contributions(
-    li: LinearInterpreter, target: int | None = None, *, batch_size: int | None = None
-) -> dict[str, torch.Tensor]:
+    li: FrozenSystem, target: int | None = None, *, batch_size: int | None = None
+) -> Contributions:
     """Split ``f(x0)`` into the input's part and one part per bias source.
 
     ``target=None`` runs one probe per source (``1 + len(li.sources)`` probes in
@@ -83,19 +203,23 @@ def contributions(
         batch_size: probes per pass (default: the interpreter's); unused with a target.
 
     Returns:
-        ``{"input": F x0, source name: Q_s b_s, ...}`` in the order the model adds
-        the sources; each value ``(1, *out_shape)`` (``target=None``) or a 0-d tensor.
-        The values sum to ``f(x0)`` (or ``y_c``) up to rounding.
+        :class:`Contributions`: the mapping ``{"input": F x0, source name: Q_s b_s,
+        ...}`` in the order the model adds the sources; each value ``(1, *out_shape)``
+        (``target=None``) or a 0-d tensor. The values sum to ``f(x0)`` (or ``y_c``) up
+        to rounding.
     """
     size = check_batch_size(li.batch_size if batch_size is None else batch_size)
     if target is not None:
-        return _scalar_contributions(li, _target(li, target))
-    return _batched_contributions(li, None, size)
+        c = _target(li, target)
+        values = _scalar_contributions(li, c)
+        score = float(li.output.reshape(-1)[c])
+    else:
+        c, values = None, _batched_contributions(li, None, size)
+        score = float(li.output.sum())
+    return Contributions(values, c, score, tuple(li.sources))
 
 
-def _batched_contributions(
-    li: LinearInterpreter, c: int | None, size: int
-) -> dict[str, torch.Tensor]:
+def _batched_contributions(li: FrozenSystem, c: int | None, size: int) -> dict[str, torch.Tensor]:
     """One probe per source (and one for the input), ``size`` probes per pass; the
     reference for :func:`_scalar_contributions`, and the only way to whole outputs."""
     n_sources = len(li.sources)
@@ -118,7 +242,7 @@ def _batched_contributions(
     return {name: flat[i] for i, name in enumerate(names)}
 
 
-def _scalar_contributions(li: LinearInterpreter, c: int) -> dict[str, torch.Tensor]:
+def _scalar_contributions(li: FrozenSystem, c: int) -> dict[str, torch.Tensor]:
     """All shares of ``y_c`` from one forward and one backward pass.
 
     The probe row is ``x0`` and adds source ``s`` as ``g_s * b_s`` with one gate
@@ -155,7 +279,7 @@ def _scalar_contributions(li: LinearInterpreter, c: int) -> dict[str, torch.Tens
     return {name: values[i] for i, name in enumerate(names)}
 
 
-def residual_share(li: LinearInterpreter, target: int | None = None) -> float:
+def residual_share(li: FrozenSystem, target: int | None = None) -> float:
     """``r_c / y_c``: the share of score ``c`` that the biases carry (seed 001 Table 3).
 
     Args:
@@ -252,7 +376,7 @@ def contribution_histogram(shares: Sequence[Mapping[str, torch.Tensor]]) -> Cont
     return ContributionHistogram(names=names, mean=table.mean(0), std=std, count=len(shares))
 
 
-def _targets(li: LinearInterpreter, targets: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
+def _targets(li: FrozenSystem, targets: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
     t = torch.as_tensor(targets).reshape(-1)
     if t.is_floating_point() or t.dtype == torch.bool or t.numel() == 0:
         raise ConvscopeError(f"targets must be one or more integer output indices; got {targets!r}")
@@ -263,7 +387,7 @@ def _targets(li: LinearInterpreter, targets: int | Sequence[int] | torch.Tensor)
 
 
 def pixel_discussion(
-    li: LinearInterpreter,
+    li: FrozenSystem,
     targets: int | Sequence[int] | torch.Tensor,
     *,
     normalize: bool = True,
@@ -301,7 +425,7 @@ def pixel_discussion(
     return pd
 
 
-def _discuss(li: LinearInterpreter, t: torch.Tensor) -> torch.Tensor:
+def _discuss(li: FrozenSystem, t: torch.Tensor) -> torch.Tensor:
     b = t.numel()
     records: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -337,7 +461,7 @@ def _discuss(li: LinearInterpreter, t: torch.Tensor) -> torch.Tensor:
 
 
 def pixel_votes(
-    li: LinearInterpreter,
+    li: FrozenSystem,
     targets: int | Sequence[int] | torch.Tensor | None = None,
     *,
     top: int = 10,
@@ -363,3 +487,34 @@ def pixel_votes(
         t = _targets(li, targets)
     pd = pixel_discussion(li, t, batch_size=batch_size)
     return t.to(pd.device)[pd.argmax(0)]
+
+
+def votes(
+    li: FrozenSystem,
+    targets: int | Sequence[int] | torch.Tensor | None = None,
+    *,
+    top: int = 10,
+    batch_size: int | None = None,
+) -> PixelVotes:
+    """Pixel votes with the discussions and scores behind them (one set of passes).
+
+    Args:
+        li, targets, top, batch_size: as in :func:`pixel_votes`.
+
+    Returns:
+        :class:`PixelVotes`; ``.votes`` equals ``pixel_votes(li, targets, top=top)``.
+    """
+    if len(li.out_shape) != 1:
+        raise ConvscopeError(
+            f"votes need a classifier (scores out); this model's output is {li.out_shape}"
+        )
+    if targets is None:
+        if top < 1:
+            raise ConvscopeError(f"top must be >= 1; got {top}")
+        flat = li.output.reshape(-1)
+        t = flat.topk(min(top, flat.numel())).indices.cpu()
+    else:
+        t = _targets(li, targets)
+    pd = pixel_discussion(li, t, batch_size=batch_size)
+    t = t.to(pd.device)
+    return PixelVotes(t, pd, t[pd.argmax(0)], li.output.reshape(-1)[t].detach())

@@ -60,6 +60,15 @@ from convscope.linear.context import (
     check_batch_size,
     op_name,
 )
+from convscope.linear.contributions import (
+    Contributions,
+    PixelVotes,
+    contributions,
+    pixel_discussion,
+    pixel_votes,
+    residual_share,
+    votes,
+)
 from convscope.linear.rules import RULES
 
 if TYPE_CHECKING:
@@ -495,19 +504,16 @@ class LinearInterpreter:
 
     def contributions(
         self, target: int | None = None, *, batch_size: int | None = None
-    ) -> dict[str, torch.Tensor]:
+    ) -> Contributions:
         """``"input"`` = ``F x0`` and one entry per bias source; they sum to ``f(x0)``.
 
-        See :func:`convscope.linear.contributions.contributions`.
+        A mapping that also knows its target, score, layer groups and shares; see
+        :func:`convscope.linear.contributions.contributions`.
         """
-        from convscope.linear.contributions import contributions
-
         return contributions(self, target, batch_size=batch_size)
 
     def residual_share(self, target: int | None = None) -> float:
         """``r_c / y_c`` for output ``target`` (default: the largest output)."""
-        from convscope.linear.contributions import residual_share
-
         return residual_share(self, target)
 
     def pixel_discussion(
@@ -521,8 +527,6 @@ class LinearInterpreter:
 
         See :func:`convscope.linear.contributions.pixel_discussion`.
         """
-        from convscope.linear.contributions import pixel_discussion
-
         return pixel_discussion(self, targets, normalize=normalize, batch_size=batch_size)
 
     def pixel_votes(
@@ -536,9 +540,20 @@ class LinearInterpreter:
 
         See :func:`convscope.linear.contributions.pixel_votes`.
         """
-        from convscope.linear.contributions import pixel_votes
-
         return pixel_votes(self, targets, top=top, batch_size=batch_size)
+
+    def votes(
+        self,
+        targets: int | Sequence[int] | torch.Tensor | None = None,
+        *,
+        top: int = 10,
+        batch_size: int | None = None,
+    ) -> PixelVotes:
+        """Pixel votes with the discussions and scores behind them.
+
+        See :func:`convscope.linear.contributions.votes`.
+        """
+        return votes(self, targets, top=top, batch_size=batch_size)
 
 
 def _graphs_wanted(wanted: bool | None, model: nn.Module, x0: torch.Tensor) -> bool:

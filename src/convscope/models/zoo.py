@@ -247,10 +247,17 @@ def _detect(text: str) -> str:
 
 
 def _shape_facts(model: nn.Module) -> tuple[int | None, tuple[int, int] | None]:
-    """``(in_channels, (H, W))`` from the model's attributes or its first convolution."""
+    """``(in_channels, (H, W))`` from the model's attributes or its first input layer.
+
+    The first input layer is the first kernel bank or convolution in module order: a
+    GF-ResNet's fixed bank reads the image (3 channels) while its first ``Conv2d`` is the
+    1x1 mix behind it (96 channels).
+    """
+    from convscope.models.gfnn import KernelBank2d
+
     channels = getattr(model, "in_channels", None) or getattr(model, "channels", None)
     if not isinstance(channels, int):
-        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        first = next((m for m in model.modules() if isinstance(m, (KernelBank2d, nn.Conv2d))), None)
         channels = first.in_channels if first is not None else None
     side = getattr(model, "input_size", None)
     size: tuple[int, int] | None = None

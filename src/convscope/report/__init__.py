@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
-from convscope.report.html import Figure, Section, Table, load_report, render_report, write_report
+from convscope.report.html import (
+    Figure,
+    Link,
+    Section,
+    Table,
+    load_report,
+    render_report,
+    write_report,
+)
 
-__all__ = ["Figure", "Section", "Table", "load_report", "render_report", "write_report"]
+__all__ = ["Figure", "Link", "Section", "Table", "load_report", "render_report", "write_report"]

@@ -41,34 +41,18 @@ from convscope.errors import ConvscopeError
 from convscope.io import atomic_write_bytes, save_png, write_json
 
 if TYPE_CHECKING:  # only the type: importing convscope.linear loads the interpreter
-    import torch
-    from torch import nn
-
     from convscope.linear.explorer import ChannelViews, ExplorerData
 
 __all__ = [
     "EXPLORER_FORMAT",
-    "write_explorer",
     "write_explorer_page",
 ]
 
 EXPLORER_FORMAT = "convscope-explorer-v1"
 """The ``format`` field of ``explorer.json``."""
 
-# Names that moved to convscope.linear.explorer, still readable here (lazily, so that
-# importing this module never loads the interpreter) until their callers move.
-_MOVED = ("ESPCN_CHECKPOINT", "explorer_image", "pixel_grid", "trained_espcn_checkpoint")
-
 # Tiles coloured at once: bounds the float scratch of a large sprite sheet.
 _TILE_CHUNK = 256
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from convscope.linear import explorer
-
-        return getattr(explorer, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- drawing ------------------------------------------------------------------------------
@@ -379,21 +363,3 @@ def write_explorer_page(
     page = out / "explorer.html"
     atomic_write_bytes(page, _render(index).encode("utf-8"))
     return page
-
-
-def write_explorer(
-    model: nn.Module,
-    image: torch.Tensor,
-    out_dir: str | os.PathLike[str],
-    *,
-    title: str | None = None,
-    **options: Any,
-) -> Path:
-    """``write_explorer_page(explore(model, image, **options), out_dir, title=title)``.
-
-    Kept for callers until runs/ calls the two halves. ``options`` are those of
-    :func:`convscope.linear.explorer.explore`; returns the path of ``explorer.html``.
-    """
-    from convscope.linear.explorer import explore
-
-    return write_explorer_page(explore(model, image, **options), out_dir, title=title)

@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from convscope.errors import ConvscopeError  # noqa: E402
 from convscope.io import atomic_path  # noqa: E402
 
 __all__ = [
@@ -53,15 +54,28 @@ _CATEGORY_COLOURS = {
 _SHORT = {"second_derivative": "2nd der.", "first_derivative": "1st der."}
 
 
-def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 110) -> Path:
-    """Write ``fig`` as PNG atomically and close it."""
+def save_figure(
+    fig: Figure, path: str | os.PathLike[str], dpi: int = 110, *, close: bool = True
+) -> Path:
+    """Write ``fig`` atomically in the format its suffix names (png, svg, pdf).
+
+    Args:
+        fig: The figure.
+        path: The destination; ``.png``, ``.svg`` or ``.pdf``.
+        dpi: Resolution of raster output.
+        close: Close the figure afterwards (keep it open to save it in another format).
+    """
     dst = Path(path)
+    fmt = dst.suffix.lower().lstrip(".") or "png"
+    if fmt not in ("png", "svg", "pdf"):
+        raise ConvscopeError(f"{dst}: figures are written as .png, .svg or .pdf")
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_path(dst) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
     finally:
-        plt.close(fig)
+        if close:
+            plt.close(fig)
     return dst
 
 

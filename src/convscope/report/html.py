@@ -20,7 +20,15 @@ import jinja2
 from convscope.errors import ConvscopeError
 from convscope.io import atomic_path, write_json
 
-__all__ = ["Figure", "Section", "Table", "load_report", "render_report", "write_report"]
+__all__ = [
+    "Figure",
+    "Link",
+    "Section",
+    "Table",
+    "load_report",
+    "render_report",
+    "write_report",
+]
 
 
 @dataclass
@@ -41,13 +49,22 @@ class Table:
 
 
 @dataclass
+class Link:
+    """A link to another page (e.g. one image's report from an index page)."""
+
+    text: str
+    href: str
+
+
+@dataclass
 class Section:
-    """One part of a report: paragraphs, tables, figures, in that order."""
+    """One part of a report: paragraphs, tables, figures, links, in that order."""
 
     title: str
     paragraphs: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)
 
 
 def _env() -> jinja2.Environment:
@@ -80,26 +97,30 @@ def write_report(
     title: str,
     sections: list[Section],
     meta: dict[str, Any] | None = None,
+    *,
+    name: str = "report",
 ) -> Path:
-    """Write ``report.html`` and ``report.json`` into ``out_dir``; return the HTML path."""
+    """Write ``<name>.html`` and ``<name>.json`` into ``out_dir``; return the HTML path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     missing = [f.file for s in sections for f in s.figures if not (out / f.file).is_file()]
     if missing:
         raise ConvscopeError(f"report figures missing in {out}: {', '.join(missing)}")
     write_json(
-        out / "report.json",
+        out / f"{name}.json",
         {"title": title, "meta": meta or {}, "sections": [asdict(s) for s in sections]},
     )
-    dst = out / "report.html"
+    dst = out / f"{name}.html"
     with atomic_path(dst) as tmp:
         tmp.write_text(render_report(title, sections, meta), encoding="utf-8")
     return dst
 
 
-def load_report(out_dir: str | os.PathLike[str]) -> tuple[str, list[Section], dict[str, Any]]:
-    """Read back what :func:`write_report` stored in ``report.json``."""
-    path = Path(out_dir) / "report.json"
+def load_report(
+    out_dir: str | os.PathLike[str], name: str = "report"
+) -> tuple[str, list[Section], dict[str, Any]]:
+    """Read back what :func:`write_report` stored in ``<name>.json``."""
+    path = Path(out_dir) / f"{name}.json"
     if not path.is_file():
         raise ConvscopeError(f"{path} not found: point at a folder written by a convscope command")
     try:
@@ -110,6 +131,7 @@ def load_report(out_dir: str | os.PathLike[str]) -> tuple[str, list[Section], di
                 paragraphs=list(s["paragraphs"]),
                 tables=[Table(**t) for t in s["tables"]],
                 figures=[Figure(**f) for f in s["figures"]],
+                links=[Link(**k) for k in s.get("links", [])],
             )
             for s in blob["sections"]
         ]

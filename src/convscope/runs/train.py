@@ -1,6 +1,6 @@
 """One training run from plain options: data, model and config built here, then ``fit``.
 
-Both training commands call :func:`train`: ``python -m convscope.train`` (argparse,
+Both training commands call :func:`run`: ``python -m convscope.train`` (argparse,
 torchrun) and ``convscope train`` (typer). Where the two always differed, an option
 keeps each one's behaviour (see ``seed_weights`` and ``seed_bank``).
 """
@@ -27,7 +27,7 @@ from convscope.train import (
 )
 from convscope.train.datasets import _num_classes, _unpack, as_dataset
 
-__all__ = ["load_train_test", "train"]
+__all__ = ["load_train_test", "run"]
 
 
 def load_train_test(
@@ -90,7 +90,7 @@ def _finished_run(out: Path) -> Path | None:
     return None
 
 
-def train(
+def run(
     *,
     out: str | os.PathLike[str],
     arch: str = "gfnn",

@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stderr saying which files were kept).
     """
     # runs/ builds on train/: imported here, so importing convscope.train never loads it
-    from convscope.runs.train import train
+    from convscope.runs.train import run as train
 
     args = _build_parser().parse_args(argv)
     try:

@@ -1,8 +1,7 @@
-"""The runs behind ``convscope demo`` and ``convscope explain``.
+"""``convscope demo``: GFNN and a regular CNN trained on the embedded MNIST subset, explained.
 
-These functions only orchestrate: training comes from :mod:`convscope.train`,
-numbers from :mod:`convscope.attribution`, pictures from
-:mod:`convscope.report.figures`.
+This run only orchestrates: training comes from :mod:`convscope.train`, numbers from
+:mod:`convscope.attribution`, pictures from :mod:`convscope.report.figures`.
 """
 
 from __future__ import annotations
@@ -19,14 +18,32 @@ from torch import nn
 
 from convscope import attribution as attr
 from convscope import kernels as kb
-from convscope.data import ArrayDataset, load_image, load_mnist_subset
-from convscope.errors import ConvscopeError
+from convscope.data import ArrayDataset, load_mnist_subset
 from convscope.io import write_json
-from convscope.models import build_model, find_kernel_bank, load_checkpoint, save_checkpoint
+from convscope.models import build_model, save_checkpoint
 from convscope.report import figures as figs
 from convscope.report.html import Figure, Section, Table, write_report
+from convscope.runs.outputs import open_out
+from convscope.runs.result import RunResult
 
-__all__ = ["explain_image", "run_demo"]
+__all__ = ["OWNED", "run"]
+
+OWNED = (
+    "metrics.json",
+    "report.html",
+    "report.json",
+    "gfnn.pt",
+    "regular_cnn.pt",
+    "gfnn/metrics.json",
+    "gfnn/checkpoint.pt",
+    "regular_cnn/metrics.json",
+    "regular_cnn/checkpoint.pt",
+    "training_curves.png",
+    "kernels.png",
+    "class_filter_scores.png",
+    "top_filters.png",
+    "attribution_comparison.png",
+)
 
 Log = Callable[[str], None]
 
@@ -108,7 +125,7 @@ def _category_summary(scores: np.ndarray, cats: list[str], class_names: list[str
     return lines
 
 
-def run_demo(
+def run(
     out_dir: str | os.PathLike[str],
     *,
     quick: bool = False,
@@ -116,7 +133,8 @@ def run_demo(
     seed: int = 0,
     log: Log = print,
     progress: bool = True,
-) -> dict[str, Any]:
+    overwrite: bool = False,
+) -> RunResult:
     """Train GFNN and the regular CNN on the embedded MNIST subset and explain them.
 
     Writes into ``out_dir``: both checkpoints, per-model ``metrics.json`` files, the
@@ -126,12 +144,21 @@ def run_demo(
         quick: 2 epochs on half the training split (under a minute on 2 cores).
         epochs: override the preset's number of epochs.
         seed: seed of the training runs.
+        overwrite: replace the results of an earlier demo in ``out_dir``.
 
     Returns:
-        The content of the top-level ``metrics.json``.
+        The :class:`~convscope.runs.RunResult`; its metrics are the top-level
+        ``metrics.json``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    o = open_out(out_dir, OWNED, overwrite=overwrite)
+    with o.interruptible():
+        metrics = _demo(o.folder, quick, epochs, seed, log, progress)
+    return RunResult(o.folder, o.finished(), metrics)
+
+
+def _demo(
+    out: Path, quick: bool, epochs: int | None, seed: int, log: Log, progress: bool
+) -> dict[str, Any]:
     t_start = time.perf_counter()
     train_set = load_mnist_subset("train")
     test_set = load_mnist_subset("test")
@@ -291,130 +318,3 @@ def run_demo(
     ]  # fmt: skip
     write_report(out, "convscope demo: GFNN vs a regular CNN on MNIST", sections, {"seed": seed})
     return metrics
-
-
-def explain_image(
-    checkpoint: str | os.PathLike[str],
-    image: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    target: int | None = None,
-    channels: int | None = None,
-    invert: bool = False,
-    method: str = "auto",
-    top: int = 3,
-) -> dict[str, Any]:
-    """Explain one image with a trained model: saliency, gradient x input, filter scores.
-
-    Args:
-        checkpoint: a checkpoint written by ``convscope train`` or the demo.
-        image: PNG/JPEG file; resized to the model's input size.
-        target: class to explain (``None``: the predicted class).
-        channels: convert the image to this many channels first (1 = grey, 3 = RGB).
-        invert: invert the image (dark digit on a light background -> MNIST style).
-        method: ``"auto"`` (filter scores when the model has a fixed-kernel layer),
-            ``"filter-scores"`` (required) or ``"gradients"`` (saliency and
-            gradient x input only).
-
-    Raises:
-        ConvscopeError: bad checkpoint or image, channel mismatch, or filter scores
-            asked of a model without a fixed-kernel layer.
-    """
-    if method not in ("auto", "filter-scores", "gradients"):
-        raise ConvscopeError(f"method must be auto, filter-scores or gradients; got {method!r}")
-    model, extra = load_checkpoint(checkpoint)
-    in_ch = int(getattr(model, "in_channels", 1))
-    side = int(getattr(model, "input_size", 0)) or None
-    x = load_image(image, channels=channels, size=(side, side) if side else None, invert=invert)
-    if x.shape[1] != in_ch:
-        raise ConvscopeError(
-            f"{image}: image has {x.shape[1]} channels but the model expects {in_ch}; "
-            f"pass --channels {in_ch} to convert it"
-        )
-    has_bank = True
-    try:
-        find_kernel_bank(model)
-    except ConvscopeError:
-        if method == "filter-scores":
-            raise
-        has_bank = False
-    use_fs = has_bank and method != "gradients"
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        logits = model(x)[0]
-    classes = list(extra.get("class_names") or [str(i) for i in range(len(logits))])
-    probs = torch.softmax(logits, 0)
-    t = int(logits.argmax()) if target is None else int(target)
-    if not 0 <= t < len(classes):
-        raise ConvscopeError(f"target {t} is out of range: the model has {len(classes)} classes")
-    sal = attr.saliency(model, x, target=t, abs=False)
-    gxi = attr.gradient_x_input(model, x, target=t)
-    maps = {"saliency": _np(sal).sum(1), "gradient x input": _np(gxi).sum(1)}
-    result: dict[str, Any] = {
-        "image": str(image),
-        "checkpoint": str(checkpoint),
-        "target": t,
-        "target_name": classes[t],
-        "logit": float(logits[t]),
-        "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)},
-    }
-    figures = []
-    if use_fs:
-        fs = attr.filter_scores(model, x, target=t)
-        maps["filter-score pixel map"] = _np(fs.pixel_map)
-        k = min(top, len(fs.kernel_names))
-        v, i = fs.top_k(k)
-        names = [fs.kernel_names[j] for j in i[0].tolist()]
-        result["filter_scores"] = dict(
-            zip(fs.kernel_names, _np(fs.scores[0]).tolist(), strict=True)
-        )
-        result["top_kernels"] = names
-        if fs.color_scores is not None:
-            result["color_scores"] = _np(fs.color_scores[0]).tolist()
-        figs.save_figure(
-            figs.plot_top_filter_images(
-                _np(x), _np(fs.images[0, i[0]])[None], [names], _np(v), [classes[t]]
-            ),
-            out / "top_filters.png",
-        )
-        scores = _np(fs.normalized(relative=True))[0][None]
-        try:
-            cats = [kb.get(n).category for n in fs.kernel_names]
-        except ConvscopeError:  # random kernels have no registry entry
-            cats = ["kernel"] * len(fs.kernel_names)
-        figs.save_figure(
-            figs.plot_class_filter_scores(scores, fs.kernel_names, cats, [classes[t]]),
-            out / "filter_scores.png",
-        )
-        figures += [
-            Figure("filter_scores.png", "Filter scores as a share of the logit."),
-            Figure("top_filters.png", f"Top {k} kernels and their filter score images."),
-        ]
-    figs.save_figure(
-        figs.plot_attribution_comparison(_np(x), maps, [classes[t]]), out / "attributions.png"
-    )
-    figures.insert(0, Figure("attributions.png", "Pixel attributions for the explained class."))
-    write_json(out / "metrics.json", result)
-    top5 = torch.topk(probs, min(5, len(classes)))
-    write_report(
-        out,
-        f"convscope explain: {Path(image).name}",
-        [
-            Section(
-                "Prediction",
-                [f"Explained class: {classes[t]} (logit {result['logit']:.3f})."],
-                [
-                    Table(
-                        ["class", "probability"],
-                        [
-                            [classes[j], f"{p:.4f}"]
-                            for p, j in zip(top5.values, top5.indices, strict=True)
-                        ],
-                    )
-                ],
-                figures,
-            )
-        ],
-    )
-    return result

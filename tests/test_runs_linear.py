@@ -1,9 +1,9 @@
-"""The linear runs called from Python: convscope.report.linear_runs and linear_filter_runs.
+"""The linear runs called from Python: convscope.runs.linear_*.
 
 The same properties as tests/test_linear_cli.py (files written, metrics equal to the
 interpreter called directly, contributions summing to the score), without typer: paths
 and pairs are Python objects, errors are ConvscopeError, and the returned metrics are
-what metrics.json holds.
+what each run's JSON file holds.
 """
 
 from __future__ import annotations
@@ -25,16 +25,36 @@ from convscope.io import to_jsonable
 from convscope.linear import LinearInterpreter
 from convscope.models import build_model, save_checkpoint
 from convscope.models.zoo import load_model
-from convscope.report.linear_filter_runs import map_stats, run_columns, run_rows
-from convscope.report.linear_runs import (
-    parse_pair,
-    prepare_linear,
-    run_contributions,
-    run_explore,
-    run_residual,
-    run_svd,
-    run_votes,
+from convscope.runs import (
+    linear_columns,
+    linear_contributions,
+    linear_explore,
+    linear_residual,
+    linear_rows,
+    linear_svd,
+    linear_votes,
 )
+from convscope.runs.inputs import expand_images
+from convscope.runs.linear_filters import map_stats, parse_position
+from convscope.runs.linear_setup import freeze
+from convscope.runs.options import start
+
+
+def _metrics(run: Any) -> Any:
+    """A run that returns its metrics, as the tests below read them."""
+
+    def call(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return run.run(*args, **kwargs).metrics
+
+    return call
+
+
+run_residual = _metrics(linear_residual)
+run_contributions = _metrics(linear_contributions)
+run_votes = _metrics(linear_votes)
+run_svd = _metrics(linear_svd)
+run_rows = _metrics(linear_rows)
+run_columns = _metrics(linear_columns)
 
 
 @pytest.fixture(autouse=True)
@@ -78,8 +98,9 @@ def gfnn_li(files: dict[str, Path]) -> LinearInterpreter:
 
 
 def _on_disk(out: Path, name: str) -> dict[str, Any]:
+    """The figure is a PNG; return the JSON written beside it (same stem)."""
     assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    return json.loads((out / "metrics.json").read_text())
+    return json.loads((out / name.replace(".png", ".json")).read_text())
 
 
 def _same(returned: dict[str, Any], on_disk: dict[str, Any]) -> None:
@@ -87,14 +108,18 @@ def _same(returned: dict[str, Any], on_disk: dict[str, Any]) -> None:
     assert json.loads(json.dumps(to_jsonable(returned))) == on_disk
 
 
-def test_prepare_linear_takes_paths_and_a_size_pair(files: dict[str, Path]) -> None:
-    s = prepare_linear(files["gfnn"], files["digit"], size=(28, 28))
-    assert s.x0.shape == (1, 1, 28, 28) and s.x0.dtype == torch.float64
-    assert s.interpreter.out_shape == (10,)
-    assert s.metrics["model"] == str(files["gfnn"]) and s.metrics["image"] == str(files["digit"])
-    assert s.metrics["bias_sources"] == len(s.interpreter.sources)
-    assert s.info["class_names"][3] == "digit 3"
-    assert parse_pair("3, 4", "--at", "y,x") == (3, 4) == parse_pair((3, 4), "--at", "y,x")
+def test_freeze_takes_paths_and_a_size_pair(files: dict[str, Path], tmp_path: Path) -> None:
+    s = start("t", files["gfnn"], files["digit"], tmp_path, ["t.json"], {"size": (28, 28)},
+              dtype=torch.float64)  # fmt: skip
+    fr = freeze(s, expand_images(files["digit"])[0], "freeze")
+    assert fr.x0.shape == (1, 1, 28, 28) and fr.x0.dtype == torch.float64
+    assert fr.li.out_shape == (10,)
+    assert fr.metrics["model"]["spec"] == str(files["gfnn"])
+    assert fr.metrics["model"]["trained"] is True
+    assert fr.metrics["input"]["image"] == str(files["digit"])
+    assert fr.metrics["linear"]["bias_sources"] == len(fr.li.sources)
+    assert s.model.class_names is not None and s.model.class_names[3] == "digit 3"
+    assert parse_position("3, 4") == (3, 4) == parse_position((3, 4))
 
 
 def test_residual_splits_the_top_score(
@@ -180,12 +205,13 @@ def test_sr_columns_rows_and_contributions_at_python_pairs(
 def test_bicubic_residual_is_zero(files: dict[str, Path], tmp_path: Path) -> None:
     m = run_residual("bicubic", files["small"], tmp_path)
     assert m["residual_norm"] == 0.0 and m["relative_residual"] == 0.0
-    assert m["output_shape"] == [1, 48, 48]
+    assert m["linear"]["output_shape"] == [1, 48, 48]
 
 
 def test_explore_writes_the_page(files: dict[str, Path], tmp_path: Path) -> None:
-    page, hw = run_explore("bicubic", files["small"], tmp_path, size=(8, 10), k_svd=1)
-    assert page == tmp_path / "explorer.html" and page.is_file() and hw == (8, 10)
+    res = linear_explore.run("bicubic", files["small"], tmp_path, size=(8, 10), k_svd=1)
+    page = Path(res.metrics["page"])
+    assert page == tmp_path / "explorer.html" and page.is_file() and res.metrics["shape"] == [8, 10]
     index = json.loads((tmp_path / "explorer.json").read_text())
     assert index["input"]["shape"] == [1, 8, 10]
 
@@ -194,9 +220,10 @@ def test_explore_writes_the_page(files: dict[str, Path], tmp_path: Path) -> None
     ("run", "kwargs", "needle"),
     [
         (run_residual, {"mode": "exact"}, "--mode must be freeze or taylor"),
-        (run_residual, {"size": (0, 5)}, "--size must be positive"),
+        (run_residual, {"size": (0, 5)}, "--size must be H,W (two positive integers"),
         (run_residual, {"target": 10}, "--target 10 is out of range for 10 outputs"),
-        (run_svd, {"k": 0}, "--k must lie in"),
+        (run_svd, {"k": 0}, "--k must be >= 1"),
+        (run_svd, {"k": 11}, "--k must lie in [1, 10]"),
         (run_svd, {"method": "lanczos"}, "--method must be power or randomized"),
         (run_votes, {"top": 0}, "--top must be >= 1"),
         (run_rows, {"at": [(3, 4)]}, "rows take --target"),
@@ -210,4 +237,5 @@ def test_bad_input_raises_and_writes_nothing(
     with pytest.raises(ConvscopeError) as e:
         run(files["gfnn"], files["digit"], tmp_path / "out", **kwargs)
     assert needle in str(e.value)
-    assert not (tmp_path / "out").exists()
+    # refused before anything was written (the folder may have been checked and made)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
