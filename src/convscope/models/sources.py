@@ -272,7 +272,7 @@ def load_factory(target: str, attr: str) -> FactoryModel:
         raise ConvscopeError(f"factory {spec} raised {_why(e)}") from None
     if not isinstance(model, nn.Module):
         raise ConvscopeError(
-            f"factory {spec} returned a {type(model).__name__}, not a torch.nn.Module"
+            f"factory {spec} returned {type(model).__name__} {model!r:.40}, not a torch.nn.Module"
         )
     return FactoryModel(model, module)
 
