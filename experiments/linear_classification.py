@@ -2,7 +2,7 @@
 per-layer contributions (Fig. 4/8), pixel votes (Fig. 3) and FGSM (Fig. 8 right, Fig. 10).
 
 Models: the demo's GFNN (fixed first layer) and regular CNN (the same net with a learned
-first layer), trained with ``convscope.demo.run_demo(quick=False)``, and MatConvNet's LeNet
+first layer), trained with ``convscope.runs.demo.run(quick=False)``, and MatConvNet's LeNet
 (``experiments/results/decoding/lenet_mnist.pt``). For each, on the first ``--images`` test
 images of the embedded MNIST subset, in float64 with the paper's "freeze" mode:
 
@@ -197,7 +197,7 @@ def summary(results: dict[str, Any], eps: float, n: int, seconds: float) -> str:
         "ReLU/max-pool networks it equals `taylor`). Top-1 = the model's own prediction. "
         f"FGSM: one untargeted step of eps = {eps} on [0, 1] pixels. Produced by "
         f"`python experiments/linear_classification.py` in {seconds:.0f} s (the GFNN and the "
-        "regular CNN trained by `convscope.demo.run_demo(quick=False)`, seed 0: 10 epochs on "
+        "regular CNN trained by `convscope.runs.demo.run(quick=False)`, seed 0: 10 epochs on "
         "the 4,000 training images).",
         "",
         "## Residual share of the top-1 score (Table 3/4 analogue)",
@@ -290,7 +290,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         demo = args.demo_dir
         if demo is None:
-            from convscope.demo import run_demo
+            from convscope.runs.demo import run as run_demo
 
             demo = Path(tmp) / "demo"
             run_demo(demo, quick=False, progress=False)

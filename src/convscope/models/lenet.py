@@ -56,6 +56,8 @@ class LeNet(nn.Module):
         if num_classes < 1:
             raise ConvscopeError(f"LeNet needs num_classes >= 1 (got {num_classes})")
         self.num_classes = num_classes
+        self.in_channels = 1  # MNIST digits, 28x28: the convolutions end at 1x1
+        self.input_size = 28
         self.features = nn.Sequential()
         self.features.add_module("conv1", nn.Conv2d(1, 20, 5))
         self.features.add_module("pool1", nn.MaxPool2d(2, 2))

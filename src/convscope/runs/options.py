@@ -11,7 +11,7 @@ files, then load the model (with its untrained warning).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -132,6 +132,7 @@ def start(
     options: Mapping[str, Any],
     *,
     dtype: torch.dtype | None = None,
+    check: Callable[[Started], object] | None = None,
 ) -> Started:
     """Check everything a run needs, load the model and read the first image; no computation.
 
@@ -144,6 +145,8 @@ def start(
         owned: The files the run writes into each image's folder.
         options: :class:`Options`.
         dtype: Cast the model (the linear runs work in float64).
+        check: The run's own checks on the loaded model (raise ConvscopeError), made
+            before the untrained warning so a refused run prints one line only.
 
     Raises:
         ConvscopeError: A bad option, image, ``--out``, existing results without
@@ -161,5 +164,7 @@ def start(
     started = Started(loaded, plan, opts, size)
     if images[0] is not NO_IMAGE:
         started.read(images[0])  # an image the model cannot take is refused before any work
+    if check is not None:
+        check(started)
     warn_untrained(loaded)
     return started

@@ -82,7 +82,8 @@ def run(
     """
     if on not in ("softmax", "logit"):
         raise ConvscopeError(f"--on must be softmax or logit, got {on!r}")
-    s = start("spectrum", model, image, out, OWNED, options)
+    s = start("spectrum", model, image, out, OWNED, options,
+              check=None if image is not None else lambda s: _impulse_shape(s, shape))  # fmt: skip
     return s.plan.run(
         lambda src, o: _one(s, src, o, target, on, shape),
         progress=s.progress,

@@ -1,0 +1,5 @@
+"""``python -m convscope``: the ``convscope`` command."""
+
+from convscope.cli import main
+
+main()
