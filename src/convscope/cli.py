@@ -168,10 +168,11 @@ def _done(out: Path, what: str = "results") -> None:
 
 
 def _say_images(res: Any) -> bool:
-    """For several images: one line per image, the index page; ``True`` when it did."""
+    """For several images: say how many and where the index page is; ``True`` when it did."""
     if not res.items:
         return False
-    typer.echo(f"{len(res.items)} images; index: {next(iter(res.files[-1:]), res.out)}")
+    index = res.out / f"{res.metrics['command']}_index.html"
+    typer.echo(f"{len(res.items)} images; index page {index.resolve()}")
     return True
 
 
@@ -298,7 +299,8 @@ def spectrum(
     res = run.run(model, out, image=image, target=target, on=on, shape=shape, **options)
     if not _say_images(res):
         gains = res.metrics["maximum_gain_db"]
-        typer.echo("Maximum Gain: " + ", ".join(f"{g:.2f} dB" for g in gains))
+        typer.echo("Maximum Gain: " + ", ".join(f"{g:.2f} dB" for g in gains)
+                   + f" (class {res.metrics['class_name']})")  # fmt: skip
     _done(out)
 
 
