@@ -50,6 +50,7 @@ from convscope.linear.affine import (
     linear_first,
     linear_joint,
 )
+from convscope.linear.aten import ATEN
 from convscope.linear.context import (
     ALL_OFF,
     ALL_ON,
@@ -102,6 +103,9 @@ class _Interceptor(TorchFunctionMode):
     ) -> Any:
         kwargs = kwargs or {}
         ctx = self.ctx
+        aten = ATEN.get(func)
+        if aten is not None:  # an exported program's ATen op or shape guard (linear/aten.py)
+            return aten(ctx, self.__torch_function__, func, types, args, kwargs)
         if not ctx.any_tracked(args, kwargs):
             return func(*args, **kwargs)
         handler = _DISPATCH.get(func)
