@@ -239,6 +239,8 @@ def test_exported_program_gives_the_same_numbers(
         float(li.contributions(target=c)["input"]), rel=1e-9
     )
     assert m["sum"] == pytest.approx(m["score"], rel=1e-10)
+    # unflattened, the program keeps its module paths: the same bias sources as the eager model
+    assert [s["name"] for s in m["sources"]] == [s.name for s in li.sources]
 
 
 def test_a_timm_model_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

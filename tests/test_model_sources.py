@@ -276,6 +276,8 @@ def test_exported_program_round_trip(nets: Path, tmp_path: Path, x: torch.Tensor
     assert info["trained"] is None and info["weights"] is None and info["class_names"] is None
     assert info["in_channels"] == 3 and info["input_size"] == (20, 24)
     assert model.eval() is model and not model.training  # callers may put it in eval mode
+    # the module hierarchy is back, so analyses can name layers by their paths
+    assert {n for n, _ in eager.named_modules()} <= {n for n, _ in model.named_modules()}
     with torch.no_grad():
         torch.testing.assert_close(model(x), eager(x), rtol=0, atol=1e-6)
     with pytest.raises(ConvscopeError, match="weights .* are for torchvision and timm names"):
@@ -301,10 +303,10 @@ def test_bad_exported_programs(
     with pytest.raises(ConvscopeError, match=r"cannot read exported program .*truncated\.pt2"):
         load_model(truncated)
 
-    def refuse(self: Any, *args: Any, **kwargs: Any) -> nn.Module:
+    def refuse(*args: Any, **kwargs: Any) -> nn.Module:
         raise RuntimeError("cannot unlift this graph\nmore")
 
-    monkeypatch.setattr(torch.export.ExportedProgram, "module", refuse)
+    monkeypatch.setattr(torch.export, "unflatten", refuse)
     with pytest.raises(
         ConvscopeError,
         match=r"cannot turn exported program .*good\.pt2 into a module: cannot unlift this graph$",

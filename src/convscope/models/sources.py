@@ -319,27 +319,8 @@ def _exported_input_shape(ep: Any) -> tuple[int | None, ...] | None:
     return None
 
 
-def _fixed_mode(module: nn.Module) -> None:
-    # an exported graph runs as it was exported; torch makes .eval() raise, which
-    # breaks every caller that puts a model in eval mode. Eval is a no-op here,
-    # train(True) still refuses.
-    for m in module.modules():
-        m.training = False
-
-    def train(self: nn.Module, mode: bool = True) -> nn.Module:
-        if mode:
-            raise ConvscopeError("an exported program cannot be put in training mode")
-        return self
-
-    def eval_(self: nn.Module) -> nn.Module:
-        return self
-
-    module.train = types.MethodType(train, module)  # type: ignore[method-assign]
-    module.eval = types.MethodType(eval_, module)  # type: ignore[method-assign]
-
-
 def load_exported(path: str | os.PathLike[str]) -> ExportedModel:
-    """``torch.export.load(path).module()``, with one-line errors.
+    """``torch.export.unflatten(torch.export.load(path))``, with one-line errors.
 
     Raises:
         ConvscopeError: missing or unreadable file, or a program that cannot become a
@@ -358,12 +339,15 @@ def load_exported(path: str | os.PathLike[str]) -> ExportedModel:
     if not isinstance(ep, torch.export.ExportedProgram):  # pragma: no cover - defensive
         raise ConvscopeError(f"{p} holds no exported program")
     try:
-        module = ep.module()
+        # unflatten, not ep.module(): it rebuilds the module hierarchy, so the linear
+        # interpreter names bias sources by module path ("layer1.0.bn1") instead of all
+        # "(root)", and .eval() works; it costs some Python per submodule call
+        module = torch.export.unflatten(ep)
     except Exception as e:
         raise ConvscopeError(
             f"cannot turn exported program {p} into a module: {first_line(e)}"
         ) from None
-    _fixed_mode(module)
+    module.eval()
     return ExportedModel(module, _exported_input_shape(ep))
 
 
