@@ -227,8 +227,9 @@ def test_exported_program_gives_the_same_numbers(
                              dynamic_shapes={"x": {0: batch}})  # fmt: skip
     pt2 = tmp_path / "net.pt2"
     torch.export.save(ep, pt2)
+    out = tmp_path / "o"
     code, _, err = cli(capsys, "linear", "contributions", "--model", str(pt2), "--image",
-                       str(user["image"]), "--size", "16,16", "--out", str(tmp_path / "o"))  # fmt: skip
+                       str(user["image"]), "--size", "16,16", "--out", str(out))  # fmt: skip
     assert code == 0, err
     m = read(tmp_path / "o" / "contributions.json")
     li, _ = frozen(user["spec"], user["image"])

@@ -228,7 +228,7 @@ def test_package_module_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ("nope", r"nets\.py has no attribute 'nope'; callables there: .*make_net"),
         ("NOT_A_FACTORY", r"nets\.py:NOT_A_FACTORY is a int, not a callable that returns a model"),
         ("broken", r"factory .*nets\.py:broken raised ValueError: bad width$"),
-        ("not_a_model", r"factory .*nets\.py:not_a_model returned dict .*, not a torch\.nn\.Module"),
+        ("not_a_model", r"nets\.py:not_a_model returned dict .*, not a torch\.nn\.Module"),
         ("SmallNet.nope", r"nets\.py:SmallNet has no attribute 'nope'"),
     ],
 )
