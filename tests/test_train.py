@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from convscope.cli import main as cli_main
 from convscope.errors import ConvscopeError
 from convscope.models import build_model, load_checkpoint, save_checkpoint
 from convscope.train import (
@@ -30,7 +31,6 @@ from convscope.train import (
     build_scheduler,
     evaluate,
     fit,
-    main,
     parameter_digest,
     predict,
     resolve_device,
@@ -39,6 +39,15 @@ from convscope.train import (
 )
 
 FAST = TrainConfig(epochs=1, batch_size=32, lr=1e-3, device="cpu")
+
+
+def main(args: list[str]) -> int:
+    """``convscope train ARGS``, the one training command line: the exit status."""
+    try:
+        cli_main(["train", *args])
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
 
 
 def _gfnn(first_layer: str = "fixed", seed: int = 0, **kw: Any) -> nn.Module:
@@ -382,7 +391,7 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run(
-        [*cmd, "-m", "convscope.train", *args, f"--out={ddp_dir}"],
+        [*cmd, "-m", "convscope", "train", *args, f"--out={ddp_dir}"],
         env=env,
         capture_output=True,
         text=True,
@@ -390,6 +399,7 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert proc.stdout.count("wrote") == 1  # only rank 0 reports
+    assert proc.stdout.count("test accuracy") == 1
 
     m = json.loads((ddp_dir / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["finished"] and m["train_size"] == 128
@@ -413,5 +423,6 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
 
 
 def test_main_reports_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--dataset=toy", "--epochs=0", f"--out={tmp_path}"]) == 2
+    # (--epochs 0 keeps the preset's value in `convscope train`; a negative one is refused)
+    assert main(["--dataset=toy", "--epochs=-1", f"--out={tmp_path}"]) == 2
     assert "epochs must be at least 1" in capsys.readouterr().err

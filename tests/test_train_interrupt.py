@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import convscope.train.loop as loop
+from convscope.cli import main as cli_main
 from convscope.io import atomic_path
 from convscope.models import build_model, load_checkpoint
 from convscope.train import (
@@ -25,7 +26,6 @@ from convscope.train import (
     TrainConfig,
     TrainingInterrupted,
     fit,
-    main,
     parameter_digest,
     seed_everything,
     toy_dataset,
@@ -224,6 +224,15 @@ def test_interrupt_without_out_dir_and_before_any_epoch(
 TOY_ARGS = ["--dataset=toy", "--limit=64", "--batch-size=32", "--device=cpu", "--no-progress"]
 
 
+def main(args: list[str]) -> int:
+    """``convscope train ARGS`` (what ``python -m convscope.train ARGS`` runs): the status."""
+    try:
+        cli_main(["train", *args])
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
 def test_command_prints_one_line_and_exits_130(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -259,12 +268,16 @@ def test_command_prints_one_line_and_exits_130(
     assert capsys.readouterr().err == "interrupted before training started\n"
 
 
-def test_real_ctrl_c_on_python_m_convscope_train(tmp_path: Path) -> None:
-    """SIGINT to the process, as a terminal's Ctrl-C sends it: status 130, one line."""
+@pytest.mark.parametrize("command", [["convscope", "train"], ["convscope.train"]])
+def test_real_ctrl_c_on_python_m(tmp_path: Path, command: list[str]) -> None:
+    """SIGINT to the process, as a terminal's Ctrl-C sends it: status 130, one line.
+
+    Both ``python -m convscope train`` and its alias ``python -m convscope.train``.
+    """
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "convscope.train", *TOY_ARGS, "--epochs=100000", "--save-last",
+        [sys.executable, "-m", *command, *TOY_ARGS, "--epochs=100000", "--save-last",
          f"--out={out}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

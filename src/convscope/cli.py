@@ -200,43 +200,99 @@ def demo(
     _done(out / "report.html", "the report")
 
 
-@app.command()
+def _train_optimizer(value: str | None) -> str | None:
+    """``convscope train --optimizer``: one of :data:`convscope.train.config.OPTIMIZERS`."""
+    if value is None:
+        return None
+    from convscope.train.config import OPTIMIZERS  # torch: only once --optimizer is given
+
+    if value not in OPTIMIZERS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(OPTIMIZERS)}")
+    return value
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def train(
     out: OutDir = Path("runs/train"),
     arch: Annotated[str, typer.Option(help="Architecture: gfnn, gf_resnet50, lenet ...")] = "gfnn",
     dataset: Annotated[
-        str, typer.Option(help="mnist-subset, digits, mnist (needs --data-dir) or folder.")
+        str,
+        typer.Option(
+            help="mnist-subset, digits, mnist (needs --data-dir), folder, or toy (256 synthetic "
+            "16x16 images, for smoke runs)."
+        ),
     ] = "mnist-subset",
     data_dir: Annotated[Path | None, typer.Option(help="MNIST IDX files or image folder.")] = None,
-    first_layer: Annotated[str, typer.Option(help="fixed, init, random or learned.")] = "fixed",
+    first_layer: Annotated[
+        str, typer.Option(help="fixed, init, random or learned (gfnn, gf_resnet50).")
+    ] = "fixed",
     n_edges: Annotated[int, typer.Option(help="Edge kernels in the bank: 32/24/16/8/4.")] = 32,
     preset: Annotated[str, typer.Option(help="Training preset (see convscope.train).")] = (
         "gfnn-mnist"
     ),
-    epochs: int | None = None,
-    lr: float | None = None,
-    batch_size: int | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    progress: bool = True,
+    epochs: Annotated[int | None, typer.Option(help="Override the preset (0: keep it).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Override the preset (0: keep it).")] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="The global mini-batch, split between torchrun processes (0: preset's)."),
+    ] = None,
+    optimizer: Annotated[
+        str | None,
+        typer.Option(callback=_train_optimizer, help="adam or sgd; override the preset."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the weights, data order and GFNN's bank.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    dropout: Annotated[float | None, typer.Option(help="gfnn only (default 0.5).")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Train on the first N training images only.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars on stderr (rank 0).")] = True,
     max_gain: Annotated[
         bool, typer.Option(help="Log the impulse-image Maximum Gain (dB) every epoch.")
     ] = False,
-    resume: Annotated[bool, typer.Option(help="Continue from --out/last.pt.")] = False,
+    save_last: Annotated[
+        bool, typer.Option(help="Write --out/last.pt after every epoch (for --resume).")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from --out/last.pt (and keep writing it).")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a finished run in --out.")] = False,
 ) -> None:
-    """Train a model and write checkpoint.pt and metrics.json."""
+    """Train a model and write checkpoint.pt and metrics.json.
+
+    Several processes or GPUs: torchrun --nproc_per_node=2 -m convscope train --out DIR ...
+    (only rank 0 writes files and prints).
+
+    python -m convscope.train is this same command. Unlike its old argparse version,
+    --seed also seeds GFNN's random kernel bank (it kept seed 0) and --epochs 0 keeps the
+    preset's value (it was refused); see docs/training.md.
+    """
+    import os
+
     from convscope.runs import train as run
 
+    rank0 = int(os.environ.get("RANK", "0")) == 0
     # --seed seeds the starting weights (so a rerun gives the same model) and GFNN's kernel
     # bank; a falsy --epochs/--lr/--batch-size (0) keeps the preset's value
-    history = run.run(out=out, arch=arch, dataset=dataset, data_dir=data_dir, preset=preset,
-                        epochs=epochs or None, lr=lr or None, batch_size=batch_size or None,
-                        seed=seed, device=device, first_layer=first_layer, n_edges=n_edges,
-                        max_gain=max_gain, seed_weights=True, seed_bank=True,
-                        progress=progress, save_last=resume, resume=resume,
-                        overwrite=overwrite)  # fmt: skip
-    typer.echo(f"test accuracy: {100 * history.test_acc[-1]:.2f}%")
+    try:
+        history = run.run(out=out, arch=arch, dataset=dataset, data_dir=data_dir, preset=preset,
+                          epochs=epochs or None, lr=lr or None, batch_size=batch_size or None,
+                          optimizer=optimizer, seed=seed, device=device, first_layer=first_layer,
+                          n_edges=n_edges, dropout=dropout, limit=limit, max_gain=max_gain,
+                          seed_weights=True, seed_bank=True, progress=progress,
+                          save_last=save_last or resume, resume=resume,
+                          overwrite=overwrite)  # fmt: skip
+    except (ConvscopeError, KeyboardInterrupt) as e:
+        if not rank0:  # under torchrun every rank fails alike; rank 0 says it once
+            raise typer.Exit(130 if isinstance(e, KeyboardInterrupt) else 2) from None
+        if isinstance(e, KeyboardInterrupt) and not str(e):
+            # a TrainingInterrupted says what was kept; a bare one came before fit
+            raise KeyboardInterrupt("interrupted before training started") from None
+        raise
+    if not rank0:
+        return
+    if history.test_acc:
+        typer.echo(f"test accuracy: {100 * history.test_acc[-1]:.2f}%")
     if max_gain:
         from convscope.spectral import diagnose
 

@@ -1,8 +1,8 @@
 """One training run from plain options: data, model and config built here, then ``fit``.
 
-Both training commands call :func:`run`: ``python -m convscope.train`` (argparse,
-torchrun) and ``convscope train`` (typer). Where the two always differed, an option
-keeps each one's behaviour (see ``seed_weights`` and ``seed_bank``).
+``convscope train`` calls :func:`run` (so do ``python -m convscope.train``, its alias, and
+torchrun launching either). ``seed_weights`` and ``seed_bank`` keep the choices the old
+separate argparse command made available to Python callers.
 """
 
 from __future__ import annotations

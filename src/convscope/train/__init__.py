@@ -10,7 +10,10 @@ and becomes :class:`TrainingInterrupted`, whose message says what was kept.
 
 Several processes or GPUs go through torch.distributed, launched by torchrun::
 
-    torchrun --nproc_per_node=2 -m convscope.train --arch gfnn --out runs/gfnn
+    torchrun --nproc_per_node=2 -m convscope train --arch gfnn --out runs/gfnn
+
+(``convscope train`` is the command line, in :mod:`convscope.cli`; ``python -m
+convscope.train`` is kept as its alias.)
 
 Under torchrun, :func:`fit` joins the process group (NCCL on CUDA, Gloo on the
 CPU), wraps the model in ``DistributedDataParallel`` and shards the data with a
@@ -32,14 +35,11 @@ The package, one module per part:
 * :mod:`~convscope.train.distributed`: joining the torchrun process group;
 * :mod:`~convscope.train.datasets`: :func:`as_dataset`, :func:`toy_dataset`;
 * :mod:`~convscope.train.common`: seeding, devices, :func:`parameter_digest`;
-* :mod:`~convscope.train.command`: the ``python -m convscope.train`` command line
-  (:func:`main`, which calls :func:`convscope.runs.train.train`, one run from plain
-  options); ``__main__`` runs it.
+* ``__main__``: ``python -m convscope.train``, an alias of ``convscope train``.
 """
 
 from convscope.train.callbacks import Callback, EarlyStopping
 from convscope.train.checkpoints import LAST_FORMAT
-from convscope.train.command import main
 from convscope.train.common import parameter_digest, resolve_device, seed_everything
 from convscope.train.config import (
     OPTIMIZERS,
@@ -72,7 +72,6 @@ __all__ = [
     "fit",
     "lightning_callback",
     "log_max_gain",
-    "main",
     "parameter_digest",
     "predict",
     "resolve_device",

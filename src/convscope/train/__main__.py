@@ -1,11 +1,13 @@
-"""``python -m convscope.train`` (and ``torchrun -m convscope.train``).
+"""``python -m convscope.train``: kept for existing users, the same as ``convscope train``.
 
-The command itself lives in :mod:`convscope.train.command`, so that importing the
-package does not import this module (runpy would warn when it then runs it).
+It forwards its arguments to the one training command line, :func:`convscope.cli.main`
+(``torchrun -m convscope.train ...`` therefore works as well; the documented form is
+``torchrun --nproc_per_node=2 -m convscope train ...``). An entry point, not part of the
+lens: nothing imports this module.
 """
 
 import sys
 
-from convscope.train.command import main
+from convscope.cli import main
 
-sys.exit(main())
+main(["train", *sys.argv[1:]])

@@ -57,7 +57,7 @@ def _setup_distributed(device_spec: str) -> _Dist:
         if var not in os.environ:
             raise ConvscopeError(
                 f"WORLD_SIZE={world} but {var} is not set: launch with torchrun "
-                "(torchrun --nproc_per_node=N -m convscope.train ...)"
+                "(torchrun --nproc_per_node=N -m convscope train ...)"
             )
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return _Dist(dist.get_rank(), dist.get_world_size(), device, owns_group=True)
