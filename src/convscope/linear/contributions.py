@@ -476,17 +476,10 @@ def pixel_votes(
         batch_size: targets per pass.
 
     Returns:
-        ``(*spatial)`` integer tensor of output indices, e.g. ``(H, W)``.
+        ``(*spatial)`` integer tensor of output indices, e.g. ``(H, W)``; the ``votes``
+        of :func:`votes`.
     """
-    if targets is None:
-        if top < 1:
-            raise ConvscopeError(f"top must be >= 1; got {top}")
-        flat = li.output.reshape(-1)
-        t = flat.topk(min(top, flat.numel())).indices.cpu()
-    else:
-        t = _targets(li, targets)
-    pd = pixel_discussion(li, t, batch_size=batch_size)
-    return t.to(pd.device)[pd.argmax(0)]
+    return votes(li, targets, top=top, batch_size=batch_size).votes
 
 
 def votes(
@@ -502,12 +495,8 @@ def votes(
         li, targets, top, batch_size: as in :func:`pixel_votes`.
 
     Returns:
-        :class:`PixelVotes`; ``.votes`` equals ``pixel_votes(li, targets, top=top)``.
+        :class:`PixelVotes`; ``.votes`` is what :func:`pixel_votes` returns.
     """
-    if len(li.out_shape) != 1:
-        raise ConvscopeError(
-            f"votes need a classifier (scores out); this model's output is {li.out_shape}"
-        )
     if targets is None:
         if top < 1:
             raise ConvscopeError(f"top must be >= 1; got {top}")
