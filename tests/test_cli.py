@@ -55,9 +55,10 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cnn = save_checkpoint(
         d / "cnn.pt", build_model("gfnn", first_layer="learned"), extra={"class_names": names}
     )
+    four = save_checkpoint(d / "four.pt", build_model("gfnn", in_channels=4))
     corrupt = d / "corrupt.pt"
     corrupt.write_bytes(gfnn.read_bytes()[:1000])
-    return {"gfnn": gfnn, "cnn": cnn, "corrupt": corrupt}
+    return {"gfnn": gfnn, "cnn": cnn, "four": four, "corrupt": corrupt}
 
 
 def test_help_lists_commands() -> None:
@@ -79,8 +80,9 @@ def test_kernels_list() -> None:
 def test_kernels_apply_writes_pngs(tmp_path: Path, rgb_png: Path) -> None:
     out = tmp_path / "k"
     proc = run_cli(
-        "kernels", "apply", str(rgb_png), "--out", str(out), "--kernels", "identity,sobel_e"
-    )
+        "kernels", "apply", "--image", str(rgb_png), "--out", str(out),
+        "--kernels", "identity,sobel_e",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert {p.name for p in out.iterdir()} == {
         "kernel_identity.png",
@@ -94,27 +96,59 @@ def test_kernels_apply_writes_pngs(tmp_path: Path, rgb_png: Path) -> None:
 
 def test_kernels_apply_unknown_kernel(tmp_path: Path, rgb_png: Path) -> None:
     out = tmp_path / "k"
-    proc = run_cli("kernels", "apply", str(rgb_png), "--out", str(out), "--kernels", "sobel_e,nope")
+    proc = run_cli(
+        "kernels", "apply", "--image", str(rgb_png), "--out", str(out), "--kernels", "sobel_e,nope"
+    )  # fmt: skip
     assert_clean_error(proc, "unknown kernel 'nope'")
     assert not out.exists()  # nothing half-written
 
 
 def test_explain_writes_report(tmp_path: Path, digit_png: Path, checkpoints: dict) -> None:
     out = tmp_path / "e"
-    proc = run_cli(
-        "explain", "--checkpoint", str(checkpoints["gfnn"]), "--image", str(digit_png),
-        "--out", str(out), "--target", "7",
-    )  # fmt: skip
+    args = ["explain", "--image", str(digit_png), "--target", "7", "--device", "cpu"]
+    proc = run_cli(*args, "--checkpoint", str(checkpoints["gfnn"]), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # a checkpoint counts as trained: no warning
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["target"] == 7 and len(metrics["filter_scores"]) == 40
     assert len(metrics["top_kernels"]) == 3
+    assert metrics["model"]["spec"] == str(checkpoints["gfnn"])
+    assert metrics["model"]["source"] == "checkpoint" and metrics["model"]["device"] == "cpu"
+    assert metrics["input"] == {
+        "image": str(digit_png),
+        "original_shape": [1, 28, 28],
+        "converted": None,
+        "inverted": False,
+        "shape": [1, 28, 28],
+    }
     for f in ("report.html", "attributions.png", "top_filters.png", "filter_scores.png"):
         assert (out / f).stat().st_size > 0
+    # --checkpoint is an alias of --model: the same metrics
+    proc = run_cli(*args, "--model", str(checkpoints["gfnn"]), "--out", str(tmp_path / "m"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "m" / "metrics.json").read_text()) == metrics
     # `convscope report` renders the same folder again
     (out / "report.html").unlink()
     assert run_cli("report", str(out)).returncode == 0
     assert "convscope explain" in (out / "report.html").read_text()
+    # results already in --out are refused (one line, exit 2), kept, and replaced on request
+    proc = run_cli(*args, "--model", str(checkpoints["gfnn"]), "--out", str(out))
+    assert_clean_error(proc, "already holds metrics.json", "--overwrite")
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    proc = run_cli(*args, "--model", str(checkpoints["gfnn"]), "--out", str(out), "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+
+
+def test_explain_untrained_model_warns_once(tmp_path: Path, digit_png: Path) -> None:
+    out = tmp_path / "u"
+    proc = run_cli("explain", "--model", "gfnn", "--image", str(digit_png), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning: gfnn "), proc.stderr
+    assert "untrained" in lines[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"]["trained"] is False and metrics["model"]["source"] == "convscope"
 
 
 def test_explain_corrupt_checkpoint(tmp_path: Path, digit_png: Path, checkpoints: dict) -> None:
@@ -125,12 +159,24 @@ def test_explain_corrupt_checkpoint(tmp_path: Path, digit_png: Path, checkpoints
     assert_clean_error(proc, "cannot read checkpoint", "corrupt.pt")
 
 
-def test_explain_wrong_channel_count(tmp_path: Path, rgb_png: Path, checkpoints: dict) -> None:
+def test_explain_converts_rgb_for_a_grey_model(
+    tmp_path: Path, rgb_png: Path, checkpoints: dict
+) -> None:
     args = ["explain", "--checkpoint", str(checkpoints["gfnn"]), "--image", str(rgb_png)]
     proc = run_cli(*args, "--out", str(tmp_path / "a"))
-    assert_clean_error(proc, "rgb.png", "3 channels", "expects 1", "--channels 1")
-    # converting on request works
+    assert proc.returncode == 0, proc.stderr
+    auto = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert auto["input"]["converted"] == "RGB -> grey (ITU-R 601-2 luma)"
+    assert auto["input"]["original_shape"] == [3, 28, 28] and auto["input"]["shape"] == [1, 28, 28]
+    # converting on request is the same conversion
     assert run_cli(*args, "--out", str(tmp_path / "b"), "--channels", "1").returncode == 0
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text()) == auto
+    # asking for the wrong channels, or a model no grey <-> RGB conversion fits, is an error
+    proc = run_cli(*args, "--out", str(tmp_path / "c"), "--channels", "3")
+    assert_clean_error(proc, "rgb.png", "--channels 3", "takes 1 channels", "--channels 1")
+    four = ["explain", "--checkpoint", str(checkpoints["four"]), "--image", str(rgb_png)]
+    proc = run_cli(*four, "--out", str(tmp_path / "d"))
+    assert_clean_error(proc, "rgb.png", "3 channels", "the model takes 4")
 
 
 def test_explain_model_without_bank(tmp_path: Path, digit_png: Path, checkpoints: dict) -> None:

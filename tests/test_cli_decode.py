@@ -39,19 +39,9 @@ def test_decode_writes_gallery_metrics_and_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "dec"
-    code, stdout, err = _run(
-        capsys,
-        "--checkpoint",
-        str(CKPT),
-        "--layer",
-        "features.conv4",
-        "--out",
-        str(out),
-        "--images",
-        "40",
-        "--unpool",
-        "bicubic",
-    )
+    args = ["--layer", "features.conv4", "--images", "40", "--unpool", "bicubic", "--no-progress",
+            "--device", "cpu"]  # fmt: skip
+    code, stdout, err = _run(capsys, "--model", str(CKPT), *args, "--out", str(out))
     assert code == 0, err
     assert "bicubic   reconstruction error" in stdout
     for name in ("decoded_filters.png", "top_images.png", "responses.png", "max_activation.png"):
@@ -61,7 +51,20 @@ def test_decode_writes_gallery_metrics_and_report(
     assert m["stride"] == [4, 4] and m["n_images"] == 40
     assert set(m["reconstruction_error"]) == {"nearest", "bilinear", "bicubic", "adjoint"}
     assert 0 < m["reconstruction_error"]["bicubic"]["mean"] < 0.2
+    assert m["model"]["spec"] == str(CKPT) and m["model"]["source"] == "checkpoint"
+    assert m["model"]["trained"] is True and m["model"]["device"] == "cpu"
     assert "features.conv4" in (out / "report.html").read_text()
+    # --checkpoint is an alias of --model: the same numbers
+    code, _, err = _run(capsys, "--checkpoint", str(CKPT), *args, "--out", str(tmp_path / "alias"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "alias" / "metrics.json").read_text()) == m
+    # the same --out again is refused (one line, exit 2) and left as it was
+    code, _, err = _run(capsys, "--model", str(CKPT), *args, "--out", str(out))
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "already holds metrics.json" in lines[0]
+    assert "--overwrite" in lines[0]
+    assert json.loads((out / "metrics.json").read_text()) == m
 
 
 def test_decode_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,7 +83,7 @@ def test_decode_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
         ),
     ]
     for args, needle in cases:
-        code, _, err = _run(capsys, *args, "--out", str(tmp_path / "o"))
+        code, _, err = _run(capsys, *args, "--no-progress", "--out", str(tmp_path / "o"))
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert code == 2 and len(lines) == 1, err
         assert lines[0].startswith("error: ") and needle in lines[0], lines

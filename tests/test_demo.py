@@ -8,14 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convscope.demo import run_demo
+from convscope.errors import ConvscopeError
 from convscope.models import load_checkpoint
+from convscope.runs import demo
 
 
 def test_quick_demo_writes_a_complete_report(tmp_path: Path) -> None:
     lines: list[str] = []
-    m = run_demo(tmp_path, quick=True, log=lines.append, progress=False)
+    res = demo.run(tmp_path, quick=True, log=lines.append, progress=False)
+    m = res.metrics
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == m and res.out == tmp_path
     assert on_disk["models"].keys() == {"gfnn", "regular_cnn"}
     # two epochs on 2,000 images already learn something real
     assert on_disk["models"]["gfnn"]["test_acc"] > 0.8
@@ -29,15 +32,22 @@ def test_quick_demo_writes_a_complete_report(tmp_path: Path) -> None:
         assert needle in html
     for png in tmp_path.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the run reports every file it wrote, and they are all there
+    names = {p.relative_to(tmp_path).as_posix() for p in res.files}
+    assert set(demo.OWNED) <= names and all(p.is_file() for p in res.files)
     model, extra = load_checkpoint(tmp_path / "gfnn.pt")
     assert extra["test_acc"] == m["models"]["gfnn"]["test_acc"]
     assert any("test accuracy" in ln for ln in lines)
     assert not list(tmp_path.rglob("*.tmp*"))  # atomic writes leave nothing behind
+    # a second demo into the same folder is refused before any training
+    with pytest.raises(ConvscopeError, match="already holds metrics.json") as e:
+        demo.run(tmp_path, quick=True, log=lines.append, progress=False)
+    assert "--overwrite" in str(e.value)
 
 
 @pytest.mark.slow
 def test_full_demo_reaches_97_percent(tmp_path: Path) -> None:
     # The acceptance bar of the demo's default settings (about 90 s on 2 cores).
-    m = run_demo(tmp_path, progress=False, log=lambda s: None)
+    m = demo.run(tmp_path, progress=False, log=lambda s: None).metrics
     assert m["models"]["gfnn"]["test_acc"] >= 0.97
     assert m["models"]["regular_cnn"]["test_acc"] >= 0.95

@@ -11,7 +11,10 @@ import pytest
 from convscope import kernels as kb
 from convscope.cli import main
 from convscope.errors import ConvscopeError
+from convscope.io import to_jsonable
 from convscope.numpy_cnn import walkthrough as wt
+from convscope.runs import RunResult
+from convscope.runs import numpy_cnn_walkthrough as walkthrough_run
 
 
 def test_probe_responses_reproduce_the_chapters_printed_numbers() -> None:
@@ -59,13 +62,15 @@ def test_binary_task_labels_and_errors() -> None:
 def test_cli_walkthrough_writes_report_and_metrics(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # one run through the CLI covers run_walkthrough too (figures are the slow part)
+    # one run through the CLI covers convscope.runs.numpy_cnn_walkthrough.run too (figures
+    # are the slow part)
     argv = ["numpy-cnn", "walkthrough", "--out", str(tmp_path), "--pairs", "1:0"]
     with pytest.raises(SystemExit) as done:
         main([*argv, "--epochs", "1", "--seeds", "2"])
     assert done.value.code in (0, None)
     assert '"1" vs "0": learned kernel' in capsys.readouterr().out
-    p = json.loads((tmp_path / "metrics.json").read_text())["pairs"]["1_vs_0"]
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    p = on_disk["pairs"]["1_vs_0"]
     for key in ("learned", "hand_designed", "hand_designed_dense_retrained"):
         assert 0.5 < p[key]["test"]["accuracy"] <= 1.0
         assert p[key]["test"]["loss"] > 0
@@ -78,3 +83,45 @@ def test_cli_walkthrough_writes_report_and_metrics(
     with pytest.raises(SystemExit) as bad:
         main(["numpy-cnn", "walkthrough", "--out", str(tmp_path), "--pairs", "7-1"])
     assert bad.value.code == 2
+    # the same folder again is refused (one line, exit 2) before any training
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as again:
+        main([*argv, "--epochs", "1", "--seeds", "2"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert again.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: ") and "already holds metrics.json" in err[0]
+    assert "--overwrite" in err[0]
+
+
+def _untimed(obj: object) -> object:
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items() if k != "time"}
+    if isinstance(obj, list):
+        return [_untimed(v) for v in obj]
+    return obj
+
+
+@pytest.fixture(scope="module")
+def python_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    return walkthrough_run.run(tmp_path_factory.mktemp("wt") / "py", [(1, 0)], epochs=1, seeds=1)
+
+
+def test_run_from_python_agrees_with_the_cli(tmp_path: Path, python_run: RunResult) -> None:
+    res = python_run
+    names = {f.name for f in res.files}
+    assert {"metrics.json", "report.html", "line_probes.png", "1_vs_0_kernels.png"} <= names
+    on_disk = json.loads((res.out / "metrics.json").read_text())
+    assert on_disk == to_jsonable(res.metrics)
+    with pytest.raises(SystemExit):
+        main(["numpy-cnn", "walkthrough", "--out", str(tmp_path), "--pairs", "1:0",
+              "--epochs", "1", "--seeds", "1", "--no-progress"])  # fmt: skip
+    # the same numbers, to the last digit, but for the training histories' wall-clock times
+    assert _untimed(json.loads((tmp_path / "metrics.json").read_text())) == _untimed(on_disk)
+    with pytest.raises(ConvscopeError, match="at least one pair"):
+        walkthrough_run.run(tmp_path / "none", [])
+    assert not (tmp_path / "none").exists()
+
+
+def test_run_metrics_are_what_metrics_json_holds(python_run: RunResult) -> None:
+    on_disk = json.loads((python_run.out / "metrics.json").read_text())
+    assert python_run.metrics == on_disk

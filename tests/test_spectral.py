@@ -231,36 +231,52 @@ def test_spectrum_cli(tmp_path: Path) -> None:
 
     from PIL import Image
 
-    from convscope.models import build_model, save_checkpoint
+    from convscope.models import build_model, load_checkpoint, save_checkpoint
 
     ckpt = save_checkpoint(tmp_path / "m.pt", build_model("gfnn", input_size=16))
-    run = [sys.executable, "-m", "convscope.cli", "spectrum", "--checkpoint", str(ckpt)]
+    cli = [sys.executable, "-m", "convscope.cli", "spectrum"]
+    run = [*cli, "--checkpoint", str(ckpt), "--device", "cpu"]
     proc = subprocess.run([*run, "--out", str(tmp_path / "a")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    model = build_model("gfnn", input_size=16)
-    from convscope.models import load_checkpoint
-
+    m = json.loads((tmp_path / "a" / "spectrum.json").read_text())
     model, _ = load_checkpoint(ckpt)
     assert m["maximum_gain_db"] == pytest.approx(sp.maximum_gain(model), abs=1e-4)
+    assert m["model"]["spec"] == str(ckpt) and m["input"]["shape"] == [1, 16, 16]
     assert (tmp_path / "a" / "transfer_function.png").stat().st_size > 0
+    # --checkpoint is an alias of --model: the same metrics
+    alias = [*cli, "--model", str(ckpt), "--device", "cpu", "--out", str(tmp_path / "a2")]
+    proc = subprocess.run(alias, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "a2" / "spectrum.json").read_text()) == m
+    # an RGB operating point for a grey model is converted (luma), as the library does it
     rgb = tmp_path / "rgb.png"
     Image.new("RGB", (16, 16), (200, 10, 10)).save(rgb)
     proc = subprocess.run(
         [*run, "--image", str(rgb), "--out", str(tmp_path / "b")], capture_output=True, text=True
     )
-    assert proc.returncode == 2 and "--channels 1" in proc.stderr and "Traceback" not in proc.stderr
-    both = subprocess.run([*run, "--model", "resnet18"], capture_output=True, text=True)
-    assert both.returncode == 2 and "exactly one of --checkpoint and --model" in both.stderr
+    assert proc.returncode == 0, proc.stderr
+    mb = json.loads((tmp_path / "b" / "spectrum.json").read_text())
+    assert mb["input"]["converted"] == "RGB -> grey (ITU-R 601-2 luma)"
+    assert mb["input"]["original_shape"] == [3, 16, 16] and mb["input"]["shape"] == [1, 16, 16]
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    x = (torch.tensor([200, 10, 10]).view(1, 3, 1, 1) / 255 * luma).sum(1, keepdim=True)
+    d = sp.data_derivative(model, x.expand(1, 1, 16, 16).contiguous())[0]
+    assert mb["maximum_gain_db"] == pytest.approx([float(sp.spectrum_db(d, None).amax())], abs=1e-6)
     # a torchvision classifier by name: weights only from the local cache (empty here)
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home")}
-    tv = [sys.executable, "-m", "convscope.cli", "spectrum", "--model", "resnet18"]
-    proc = subprocess.run([*tv, "--weights", "--out", str(tmp_path / "c")],
+    tv = [*cli, "--model", "resnet18", "--device", "cpu", "--no-progress"]
+    proc = subprocess.run([*tv, "--weights", "DEFAULT", "--out", str(tmp_path / "c")],
                           capture_output=True, text=True, env=env)  # fmt: skip
-    assert proc.returncode == 2 and "not in the local cache" in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and "not in the local cache" in lines[0]
     proc = subprocess.run([*tv, "--out", str(tmp_path / "d")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert len(json.loads((tmp_path / "d" / "metrics.json").read_text())["maximum_gain_db"]) == 3
+    warned = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(warned) == 1 and warned[0].startswith("warning: resnet18 "), proc.stderr
+    assert "untrained" in warned[0]
+    md = json.loads((tmp_path / "d" / "spectrum.json").read_text())
+    assert len(md["maximum_gain_db"]) == 3 and md["model"]["trained"] is False
 
 
 def test_committed_sweep_reads_as_the_paper_says() -> None:

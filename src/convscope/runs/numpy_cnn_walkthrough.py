@@ -32,6 +32,7 @@ from convscope.numpy_cnn.walkthrough import (
     one_filter_network,
     probe_responses,
 )
+from convscope.io import to_jsonable
 from convscope.runs.outputs import open_out
 from convscope.runs.result import RunResult
 
@@ -369,7 +370,8 @@ def run(
     out = o.folder
     with o.interruptible():
         metrics = _walk(out, pairs, epochs, batch_size, lr, seed, seeds, progress)
-    return RunResult(out, o.finished(), metrics)
+    # what metrics.json holds: plain JSON values, not the NumPy arrays the analysis returned
+    return RunResult(out, o.finished(), to_jsonable(metrics))
 
 
 def _walk(

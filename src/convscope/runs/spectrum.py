@@ -27,15 +27,22 @@ __all__ = ["OWNED", "run"]
 OWNED = ("spectrum.json", "transfer_function.png")
 
 
-def _impulse_shape(s: Started, shape: str | Sequence[int] | None) -> tuple[int, int, int]:
+def _parse_shape(shape: str | Sequence[int] | None) -> tuple[int, int, int] | None:
+    """``--shape C,H,W`` checked before any work."""
+    if not shape:
+        return None
+    try:
+        vals = tuple(int(v) for v in (shape.split(",") if isinstance(shape, str) else shape))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3 or min(vals) < 1:
+        raise ConvscopeError(f"--shape must look like 1,28,28 (C,H,W); got {shape!r}")
+    return vals  # type: ignore[return-value]
+
+
+def _impulse_shape(s: Started, shape: tuple[int, int, int] | None) -> tuple[int, int, int]:
     if shape:
-        try:
-            vals = tuple(int(v) for v in (shape.split(",") if isinstance(shape, str) else shape))
-        except ValueError:
-            vals = ()
-        if len(vals) != 3 or min(vals) < 1:
-            raise ConvscopeError(f"--shape must look like 1,28,28 (C,H,W); got {shape!r}")
-        return vals  # type: ignore[return-value]
+        return shape
     info = s.model.info
     c = info.get("in_channels")
     hw = s.size or info.get("input_size")
@@ -82,10 +89,11 @@ def run(
     """
     if on not in ("softmax", "logit"):
         raise ConvscopeError(f"--on must be softmax or logit, got {on!r}")
+    impulse = _parse_shape(shape)
     s = start("spectrum", model, image, out, OWNED, options,
-              check=None if image is not None else lambda s: _impulse_shape(s, shape))  # fmt: skip
+              check=None if image is not None else lambda s: _impulse_shape(s, impulse))  # fmt: skip
     return s.plan.run(
-        lambda src, o: _one(s, src, o, target, on, shape),
+        lambda src, o: _one(s, src, o, target, on, impulse),
         progress=s.progress,
         row=lambda r: [", ".join(f"{g:.2f} dB" for g in r.metrics["maximum_gain_db"])],
         headers=["Maximum Gain"],
@@ -99,7 +107,7 @@ def _one(
     o: Outputs,
     target: int | None,
     on: str,
-    shape: str | Sequence[int] | None,
+    shape: tuple[int, int, int] | None,
 ) -> RunResult:
     from convscope.report.figures import plot_transfer_function
 
