@@ -16,6 +16,7 @@ import numpy as np
 
 from convscope import kernels as kb
 from convscope.errors import ConvscopeError
+from convscope.io import to_jsonable
 from convscope.numpy_cnn.model import Sequential
 from convscope.numpy_cnn.optimizers import Adam
 from convscope.numpy_cnn.walkthrough import (
@@ -32,7 +33,6 @@ from convscope.numpy_cnn.walkthrough import (
     one_filter_network,
     probe_responses,
 )
-from convscope.io import to_jsonable
 from convscope.runs.outputs import open_out
 from convscope.runs.result import RunResult
 

@@ -90,8 +90,8 @@ def run(
     if on not in ("softmax", "logit"):
         raise ConvscopeError(f"--on must be softmax or logit, got {on!r}")
     impulse = _parse_shape(shape)
-    s = start("spectrum", model, image, out, OWNED, options,
-              check=None if image is not None else lambda s: _impulse_shape(s, impulse))  # fmt: skip
+    check = None if image is not None else lambda s: _impulse_shape(s, impulse)
+    s = start("spectrum", model, image, out, OWNED, options, check=check)
     return s.plan.run(
         lambda src, o: _one(s, src, o, target, on, impulse),
         progress=s.progress,
