@@ -618,7 +618,7 @@ def test_cli_explore_writes_the_page(tmp_path: Path, capsys: pytest.CaptureFixtu
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (("--model", "no_such_net"), "is not bicubic, espcn, a checkpoint file or a torchvision"),
+        (("--model", "no_such_net"), "unknown model 'no_such_net': give a convscope checkpoint"),
         (("--model", "bicubic", "--weights", "DEFAULT"), "are for torchvision and timm"),
         (("--model", "espcn", "--weights", "DEFAULT"), "are for torchvision and timm"),
         (("--model", "missing/net.pt"), "does not exist"),
