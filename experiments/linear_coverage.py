@@ -1,0 +1,184 @@
+"""How exact the linear interpreter is on every torchvision vision model (issue 11, point 6).
+
+Every classification model ``torchvision.models.list_models(module=torchvision.models)``
+returns and every segmentation model, untrained, in float64, at the smallest input it
+accepts, batch norm calibrated on real photos (:func:`convscope.linear.verify.
+calibrate_batch_norm`), is checked by :func:`convscope.linear.verify.verify` in both modes:
+taylor against ``torch.func.jvp`` / ``vjp`` (the frozen system must be the Jacobian), freeze
+for reproducing ``f(x0)`` and conserving the contributions. Each model runs in its own
+process with a time limit; a refusal is recorded with its one-line message (an op without a
+rule is refused, never answered wrongly).
+
+    python experiments/linear_coverage.py                         # every model
+    python experiments/linear_coverage.py --models resnet18,vit_b_16 --timeout 300
+
+Writes ``experiments/results/linear/coverage.json`` and ``coverage.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results" / "linear"
+
+# name -> constructor keywords, where the default cannot take a small input or needs help
+KWARGS: dict[str, dict[str, Any]] = {
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "vit_b_16": {"image_size": 32},
+    "vit_b_32": {"image_size": 32},
+    "vit_l_16": {"image_size": 32},
+    "vit_l_32": {"image_size": 32},
+    "vit_h_14": {"image_size": 28},
+}
+SEGMENTATION_KWARGS: dict[str, Any] = {"weights_backbone": None, "aux_loss": True}
+# name -> input side; the rest take 32 x 32
+SIZES: dict[str, int] = {
+    "alexnet": 63,
+    "inception_v3": 75,
+    "vit_h_14": 28,
+    "maxvit_t": 224,
+}
+
+
+def model_names() -> list[tuple[str, str]]:
+    import torchvision.models as tvm
+
+    cls = [("classification", n) for n in tvm.list_models(module=tvm)]
+    seg = [("segmentation", n) for n in tvm.list_models(module=tvm.segmentation)]
+    return cls + seg
+
+
+def check_one(kind: str, name: str) -> dict[str, Any]:
+    """Build, calibrate and verify one model in both modes (runs in a child process)."""
+    import torch
+    import torchvision.models as tvm
+
+    from convscope.data import sample_photo
+    from convscope.errors import ConvscopeError
+    from convscope.linear.verify import calibrate_batch_norm, verify
+
+    torch.set_num_threads(int(os.environ.get("COVERAGE_THREADS", "2")))
+    size = SIZES.get(name, 32)
+    photos = []
+    for p in ("astronaut", "chelsea", "coffee", "rocket"):
+        a = torch.from_numpy(sample_photo(p)).permute(2, 0, 1).float()[None] / 255
+        photos.append(torch.nn.functional.interpolate(a, size=(size, size), mode="bilinear",
+                                                      antialias=True))  # fmt: skip
+    x = ((torch.cat(photos) - 0.45) / 0.25).double()
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    if kind == "segmentation":
+        model = tvm.get_model(name, weights=None, **SEGMENTATION_KWARGS)
+        output: Any = "out"
+    else:
+        model = tvm.get_model(name, weights=None, **KWARGS.get(name, {}))
+        output = None
+    model = calibrate_batch_norm(model.double(), x)
+    row: dict[str, Any] = {
+        "kind": kind,
+        "model": name,
+        "input": [3, size, size],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "build_seconds": round(time.perf_counter() - t0, 2),
+    }
+    for mode in ("taylor", "freeze"):
+        try:
+            row[mode] = verify(model, x[:1], x[1:3], mode=mode, output=output).to_dict()
+        except ConvscopeError as e:
+            row[mode] = {"refused": str(e).splitlines()[0]}
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", help="comma-separated names (default: every model)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--child", nargs=2, metavar=("KIND", "NAME"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(check_one(*args.child)))
+        return 0
+    names = model_names()
+    if args.models:
+        wanted = set(args.models.split(","))
+        names = [(k, n) for k, n in names if n in wanted]
+    rows = []
+    for kind, name in names:
+        t0 = time.perf_counter()
+        try:
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", kind, name],
+                capture_output=True, text=True, timeout=args.timeout,
+            )  # fmt: skip
+            if done.returncode == 0:
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+            else:
+                last = (done.stderr.strip().splitlines() or ["?"])[-1]
+                row = {"kind": kind, "model": name, "error": last[:300]}
+        except subprocess.TimeoutExpired:
+            row = {"kind": kind, "model": name, "error": f"over {args.timeout:.0f} s"}
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        rows.append(row)
+        print(_line(row), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads " + os.environ.get(
+        "COVERAGE_THREADS", "2"
+    )
+    (args.out / "coverage.json").write_text(json.dumps({"machine": machine, "models": rows},
+                                                       indent=2) + "\n")  # fmt: skip
+    (args.out / "coverage.md").write_text(_table(rows, machine))
+    return 0
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1e}"
+
+
+def _cell(r: dict[str, Any], mode: str) -> str:
+    m = r.get(mode)
+    if m is None:
+        return r.get("error", "-")
+    if "refused" in m:
+        return "refused: " + m["refused"]
+    if mode == "taylor":
+        return f"jvp {_fmt(m['jvp_error'])}, vjp {_fmt(m['vjp_error'])}, signal {m['signal']:.2g}"
+    return f"f(x0) {_fmt(m['x0_error'])}, sum {_fmt(m['conservation_error'])}"
+
+
+def _line(r: dict[str, Any]) -> str:
+    return f"{r['model']:28s} {r['seconds']:7.1f} s  {_cell(r, 'taylor')} | {_cell(r, 'freeze')}"
+
+
+def _table(rows: list[dict[str, Any]], machine: str) -> str:
+    lines = [
+        "# The linear interpreter on every torchvision model",
+        "",
+        "Written by `experiments/linear_coverage.py` (untrained models, float64, batch norm "
+        f"calibrated on photos; {machine}). Relative errors: taylor against `torch.func.jvp` "
+        "(`li.linear(x1 - x0)`) and `torch.func.vjp` (`li.transpose(y)`); freeze: `f(x0)` "
+        "reproduced and the contributions summing to it. signal = max |J dx| / max |f(x0)|.",
+        "",
+        "| model | input | taylor | freeze | seconds |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        shape = "x".join(str(v) for v in r.get("input", [])) or "-"
+        lines.append(
+            f"| {r['model']} | {shape} | {_cell(r, 'taylor')} | {_cell(r, 'freeze')} "
+            f"| {r['seconds']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
