@@ -1,7 +1,8 @@
 """How exact the linear interpreter is on every torchvision vision model (issue 11, point 6).
 
 Every classification model ``torchvision.models.list_models(module=torchvision.models)``
-returns and every segmentation model, untrained, in float64, at the smallest input it
+returns, every segmentation model and, with timm installed, a few timm families (ViT,
+DeiT, ConvNeXt, EfficientNet, RegNet), untrained, in float64, at the smallest input it
 accepts, batch norm calibrated on real photos (:func:`convscope.linear.verify.
 calibrate_batch_norm`), is checked by :func:`convscope.linear.verify.verify` in both modes:
 taylor against ``torch.func.jvp`` / ``vjp`` (the frozen system must be the Jacobian), freeze
@@ -49,12 +50,25 @@ SIZES: dict[str, int] = {
 }
 
 
+# timm families (when timm is installed): name -> constructor keywords
+TIMM: dict[str, dict[str, Any]] = {
+    "timm/vit_tiny_patch16_224": {"img_size": 32},
+    "timm/deit_tiny_patch16_224": {"img_size": 32},
+    "timm/convnext_atto": {},
+    "timm/efficientnet_b0": {},
+    "timm/regnetx_002": {},
+}
+
+
 def model_names() -> list[tuple[str, str]]:
+    import importlib.util
+
     import torchvision.models as tvm
 
     cls = [("classification", n) for n in tvm.list_models(module=tvm)]
     seg = [("segmentation", n) for n in tvm.list_models(module=tvm.segmentation)]
-    return cls + seg
+    timm = [("timm", n) for n in TIMM] if importlib.util.find_spec("timm") else []
+    return cls + seg + timm
 
 
 def check_one(kind: str, name: str) -> dict[str, Any]:
@@ -76,12 +90,16 @@ def check_one(kind: str, name: str) -> dict[str, Any]:
     x = ((torch.cat(photos) - 0.45) / 0.25).double()
     torch.manual_seed(0)
     t0 = time.perf_counter()
+    output: Any = None
     if kind == "segmentation":
         model = tvm.get_model(name, weights=None, **SEGMENTATION_KWARGS)
-        output: Any = "out"
+        output = "out"
+    elif kind == "timm":
+        import timm
+
+        model = timm.create_model(name.removeprefix("timm/"), pretrained=False, **TIMM[name])
     else:
         model = tvm.get_model(name, weights=None, **KWARGS.get(name, {}))
-        output = None
     model = calibrate_batch_norm(model.double(), x)
     row: dict[str, Any] = {
         "kind": kind,
