@@ -30,81 +30,21 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results" / "linear"
 
-# name -> constructor keywords, where the default cannot take a small input or needs help
-KWARGS: dict[str, dict[str, Any]] = {
-    "inception_v3": {"aux_logits": False, "init_weights": True},
-    "googlenet": {"aux_logits": False, "init_weights": True},
-    "vit_b_16": {"image_size": 32},
-    "vit_b_32": {"image_size": 32},
-    "vit_l_16": {"image_size": 32},
-    "vit_l_32": {"image_size": 32},
-    "vit_h_14": {"image_size": 28},
-}
-SEGMENTATION_KWARGS: dict[str, Any] = {"weights_backbone": None, "aux_loss": True}
-# name -> input side; the rest take 32 x 32
-SIZES: dict[str, int] = {
-    "alexnet": 63,
-    "inception_v3": 75,
-    "vit_h_14": 28,
-    "maxvit_t": 224,
-}
-
-
-# timm families (when timm is installed): name -> constructor keywords
-TIMM: dict[str, dict[str, Any]] = {
-    "timm/vit_tiny_patch16_224": {"img_size": 32},
-    "timm/deit_tiny_patch16_224": {"img_size": 32},
-    "timm/convnext_atto": {},
-    "timm/efficientnet_b0": {},
-    "timm/regnetx_002": {},
-}
-
-
-def model_names() -> list[tuple[str, str]]:
-    import importlib.util
-
-    import torchvision.models as tvm
-
-    cls = [("classification", n) for n in tvm.list_models(module=tvm)]
-    seg = [("segmentation", n) for n in tvm.list_models(module=tvm.segmentation)]
-    timm = [("timm", n) for n in TIMM] if importlib.util.find_spec("timm") else []
-    return cls + seg + timm
-
 
 def check_one(kind: str, name: str) -> dict[str, Any]:
     """Build, calibrate and verify one model in both modes (runs in a child process)."""
     import torch
-    import torchvision.models as tvm
 
-    from convscope.data import sample_photo
     from convscope.errors import ConvscopeError
-    from convscope.linear.verify import calibrate_batch_norm, verify
+    from convscope.linear.verify import build_zoo_model, verify
 
     torch.set_num_threads(int(os.environ.get("COVERAGE_THREADS", "2")))
-    size = SIZES.get(name, 32)
-    photos = []
-    for p in ("astronaut", "chelsea", "coffee", "rocket"):
-        a = torch.from_numpy(sample_photo(p)).permute(2, 0, 1).float()[None] / 255
-        photos.append(torch.nn.functional.interpolate(a, size=(size, size), mode="bilinear",
-                                                      antialias=True))  # fmt: skip
-    x = ((torch.cat(photos) - 0.45) / 0.25).double()
-    torch.manual_seed(0)
     t0 = time.perf_counter()
-    output: Any = None
-    if kind == "segmentation":
-        model = tvm.get_model(name, weights=None, **SEGMENTATION_KWARGS)
-        output = "out"
-    elif kind == "timm":
-        import timm
-
-        model = timm.create_model(name.removeprefix("timm/"), pretrained=False, **TIMM[name])
-    else:
-        model = tvm.get_model(name, weights=None, **KWARGS.get(name, {}))
-    model = calibrate_batch_norm(model.double(), x)
+    model, x, output = build_zoo_model(kind, name)
     row: dict[str, Any] = {
         "kind": kind,
         "model": name,
-        "input": [3, size, size],
+        "input": list(x.shape[1:]),
         "parameters": sum(p.numel() for p in model.parameters()),
         "build_seconds": round(time.perf_counter() - t0, 2),
     }
@@ -126,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(check_one(*args.child)))
         return 0
-    names = model_names()
+    from convscope.linear.verify import zoo_models
+
+    names = zoo_models()
     if args.models:
         wanted = set(args.models.split(","))
         names = [(k, n) for k, n in names if n in wanted]

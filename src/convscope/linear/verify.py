@@ -30,7 +30,16 @@ from torch import nn
 
 from convscope.errors import ConvscopeError
 
-__all__ = ["Verification", "calibrate_batch_norm", "verify"]
+__all__ = [
+    "KWARGS",
+    "SIZES",
+    "TIMM",
+    "Verification",
+    "build_zoo_model",
+    "calibrate_batch_norm",
+    "verify",
+    "zoo_models",
+]
 
 
 def calibrate_batch_norm(model: nn.Module, x: torch.Tensor, *, seed: int = 0) -> nn.Module:
@@ -143,21 +152,108 @@ def verify(
     with torch.no_grad():
         f0 = f(x0)
     x0_error = _rel(li.output, f0)
-    total = sum(v for v in li.contributions().values())
+    total = torch.stack(list(li.contributions().values())).sum(0)
     conservation = _rel(total, f0)
     dx = x1 - x0
     lin = li.linear(dx)
     jvp_error = vjp_error = None
     if mode == "taylor":
-        _, jv = torch.func.jvp(f, (x0.expand_as(x1).clone(),), (dx,))
+        jv = torch.func.jvp(f, (x0.expand_as(x1).clone(),), (dx,))[1]
         jvp_error = _rel(lin, jv)
         signal = float(jv.abs().max() / f0.abs().max())
         gen = torch.Generator().manual_seed(seed)
         y = torch.randn(li.out_shape, generator=gen, dtype=f0.dtype).to(f0.device)[None]
-        _, pullback = torch.func.vjp(f, x0)
-        (vj,) = pullback(y)
+        pullback = torch.func.vjp(f, x0)[1]
+        vj = pullback(y)[0]
         vjp_error = _rel(li.transpose(y), vj)
     else:
         signal = float(lin.abs().max() / f0.abs().max())
     return Verification(mode, x0_error, conservation, jvp_error, vjp_error, signal,
                         len(li.sources), round(time.perf_counter() - start, 3))  # fmt: skip
+
+
+# -- the model zoo the coverage table and its tests walk ------------------------------------
+
+# name -> constructor keywords, where the default cannot take a small input or needs help
+KWARGS: dict[str, dict[str, Any]] = {
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "vit_b_16": {"image_size": 32},
+    "vit_b_32": {"image_size": 32},
+    "vit_l_16": {"image_size": 32},
+    "vit_l_32": {"image_size": 32},
+    "vit_h_14": {"image_size": 28},
+}
+SEGMENTATION_KWARGS: dict[str, Any] = {"weights_backbone": None}
+# name -> input side; the rest take 32 x 32
+SIZES: dict[str, int] = {
+    "alexnet": 63,
+    "inception_v3": 75,
+    "vit_h_14": 28,
+    "maxvit_t": 224,
+}
+
+
+# timm families (when timm is installed): name -> constructor keywords
+TIMM: dict[str, dict[str, Any]] = {
+    "timm/vit_tiny_patch16_224": {"img_size": 32},
+    "timm/deit_tiny_patch16_224": {"img_size": 32},
+    "timm/convnext_atto": {},
+    "timm/efficientnet_b0": {},
+    "timm/regnetx_002": {},
+}
+
+
+def zoo_models() -> list[tuple[str, str]]:
+    """``(kind, name)`` of every model :func:`build_zoo_model` builds: torchvision's
+    classification and segmentation models, and a few timm families when timm is there."""
+    import importlib.util
+
+    import torchvision.models as tvm
+
+    cls = [("classification", n) for n in tvm.list_models(module=tvm)]
+    seg = [("segmentation", n) for n in tvm.list_models(module=tvm.segmentation)]
+    timm = [("timm", n) for n in TIMM] if importlib.util.find_spec("timm") else []
+    return cls + seg + timm
+
+
+def build_zoo_model(
+    kind: str, name: str, *, images: int = 4, seed: int = 0
+) -> tuple[nn.Module, torch.Tensor, Any]:
+    """An untrained zoo model, float64, calibrated on photos at its smallest input.
+
+    Args:
+        kind: ``"classification"``, ``"segmentation"`` or ``"timm"`` (see :func:`zoo_models`).
+        name: The model's name.
+        images: How many photos (``x[:1]`` is then the operating point, the rest probes).
+        seed: Seed of the weights and of the calibration's affine values.
+
+    Returns:
+        ``(model, x, output)``: the model in eval mode, ``(images, 3, S, S)`` standardised
+        photos, and the ``output=`` the interpreter needs (``"out"`` for segmentation).
+    """
+    import torchvision.models as tvm
+
+    from convscope.data import sample_photo
+
+    size = SIZES.get(name, 32)
+    names = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins")[:images]
+    photos = []
+    for p in names:
+        a = torch.from_numpy(sample_photo(p)).permute(2, 0, 1).float()[None] / 255
+        photos.append(
+            nn.functional.interpolate(a, size=(size, size), mode="bilinear", antialias=True)
+        )
+    x = ((torch.cat(photos) - 0.45) / 0.25).double()
+    torch.manual_seed(seed)
+    output: Any = None
+    if kind == "segmentation":
+        model = tvm.get_model(name, weights=None, **SEGMENTATION_KWARGS)
+        output = "out"
+    elif kind == "timm":
+        import timm
+
+        model = timm.create_model(name.removeprefix("timm/"), pretrained=False, **TIMM[name])
+    else:
+        model = tvm.get_model(name, weights=None, **KWARGS.get(name, {}))
+    return calibrate_batch_norm(model.double(), x, seed=seed), x, output
