@@ -127,6 +127,7 @@ class PassContext:
         self.stack: list[str] = []
         self._tracked: dict[int, weakref.ref[torch.Tensor]] = {}
         self._gates: dict[int, weakref.ref[torch.Tensor]] = {}
+        self._layouts: dict[int, Any] = {}  # where the sample index is, when not first
         self._name_counts: dict[str, int] = {}
         self.decisions: list[bool] = []
         self._replay = replay
@@ -191,10 +192,17 @@ class PassContext:
                         return True
         return False
 
-    def track(self, out: Any, func: Callable[..., Any] | None = None) -> Any:
-        """Mark every tensor in ``out`` as input dependent and check its batch size."""
+    def track(
+        self, out: Any, func: Callable[..., Any] | None = None, layout: Any = None
+    ) -> Any:
+        """Mark every tensor in ``out`` as input dependent and check its batch size.
+
+        ``layout``: where the sample index is when it is not the leading dimension, a
+        :class:`convscope.linear.batchdim.Layout` checked by whoever computed it."""
         if isinstance(out, torch.Tensor):
-            if out.ndim == 0 or out.shape[0] != self.rows:
+            if layout is not None:
+                self._layouts[id(out)] = layout
+            elif out.ndim == 0 or out.shape[0] != self.rows:
                 what = op_name(func) if func is not None else "an op"
                 size = "a scalar" if out.ndim == 0 else f"leading size {out.shape[0]}"
                 raise ConvscopeError(
@@ -202,11 +210,17 @@ class PassContext:
                     f"({size} instead of {self.rows}); the linear interpreter needs every "
                     "input-dependent tensor to keep the sample index first"
                 )
+            else:
+                self._layouts.pop(id(out), None)
             self._tracked[id(out)] = weakref.ref(out)
         elif isinstance(out, (list, tuple)):
             for o in out:
-                self.track(o, func)
+                self.track(o, func, layout)
         return out
+
+    def layout(self, t: object) -> Any:
+        """The layout ``track`` was given for ``t`` (``None``: the sample index is first)."""
+        return self._layouts.get(id(t)) if self.is_tracked(t) else None
 
     def mark_gate(self, t: torch.Tensor) -> torch.Tensor:
         """Remember ``t`` as the output of a gating unit (sigmoid-like)."""
