@@ -452,6 +452,19 @@ LinAt = Annotated[
 LinChannel = Annotated[
     int | None, typer.Option("--channel", help="One channel at each position (default: all).")
 ]
+LinOutput = Annotated[
+    str | None,
+    typer.Option(
+        "--output",
+        help="Models that return a dict or tuple: the key (out for torchvision segmentation) "
+        "or index of the tensor to interpret.",
+    ),
+]
+
+
+def _output_key(output: str | None) -> str | int | None:
+    """``--output``: a tuple index when it is a number, else a dict key."""
+    return int(output) if output is not None and output.lstrip("-").isdigit() else output
 
 
 @linear_app.command("residual")
@@ -461,6 +474,7 @@ def linear_residual(
     image: ImageSpec,
     out: OutDir = Path("linear_output"),
     mode: LinMode = "freeze",
+    output: LinOutput = None,
     target: LinTarget = None,
     top: Annotated[int, typer.Option(help="Classifiers: scores shown.")] = 5,
     options: Any = None,
@@ -468,7 +482,9 @@ def linear_residual(
     """The residual r(x0): its share of a score, or |r| / |f(x0)| (seed 001 Table 3)."""
     from convscope.runs import linear_residual as run
 
-    res = run.run(model, image, out, mode=mode, target=target, top=top, **options)
+    res = run.run(
+        model, image, out, mode=mode, output=_output_key(output), target=target, top=top, **options
+    )
     if not _say_images(res):
         m = res.metrics
         if "target" in m:
@@ -487,13 +503,16 @@ def linear_contributions(
     image: ImageSpec,
     out: OutDir = Path("linear_output"),
     mode: LinMode = "freeze",
+    output: LinOutput = None,
     target: LinTarget = None,
     options: Any = None,
 ) -> None:
     """Split f(x0) into the input's part F x0 and every bias source's (seed 001 Fig. 4)."""
     from convscope.runs import linear_contributions as run
 
-    res = run.run(model, image, out, mode=mode, target=target, **options)
+    res = run.run(
+        model, image, out, mode=mode, output=_output_key(output), target=target, **options
+    )
     if not _say_images(res):
         m = res.metrics
         n = len(m["contributions"]) - 1
@@ -514,6 +533,7 @@ def linear_votes(
     image: ImageSpec,
     out: OutDir = Path("linear_output"),
     mode: LinMode = "freeze",
+    output: LinOutput = None,
     top: Annotated[int, typer.Option(help="Classes that take part in the vote (top scores).")] = (
         10
     ),
@@ -522,7 +542,7 @@ def linear_votes(
     """Pixel discussions and votes of a classifier, with the masked images (seed 001 Fig. 3)."""
     from convscope.runs import linear_votes as run
 
-    res = run.run(model, image, out, mode=mode, top=top, **options)
+    res = run.run(model, image, out, mode=mode, output=_output_key(output), top=top, **options)
     if not _say_images(res):
         m = res.metrics
         name = dict(zip(m["targets"], m["target_names"], strict=True))
@@ -539,6 +559,7 @@ def linear_svd(
     image: ImageSpec,
     out: OutDir = Path("linear_output"),
     mode: LinMode = "freeze",
+    output: LinOutput = None,
     k: Annotated[int, typer.Option(help="Singular triplets.")] = 4,
     steps: Annotated[int, typer.Option(help="power: at most this many steps per pair.")] = 100,
     method: Annotated[str, typer.Option(help="power (the paper) or randomized.")] = "power",
@@ -547,7 +568,17 @@ def linear_svd(
     """Top-k singular values, eigen-inputs and eigen-outputs of F (seed 001 Fig. 5, 12)."""
     from convscope.runs import linear_svd as run
 
-    res = run.run(model, image, out, mode=mode, k=k, steps=steps, method=method, **options)
+    res = run.run(
+        model,
+        image,
+        out,
+        mode=mode,
+        output=_output_key(output),
+        k=k,
+        steps=steps,
+        method=method,
+        **options,
+    )
     if not _say_images(res):
         values = res.metrics["singular_values"]
         typer.echo("singular values: " + ", ".join(f"{s:.4g}" for s in values))
@@ -572,6 +603,7 @@ def linear_rows(
     image: ImageSpec,
     out: OutDir = Path("linear_output"),
     mode: LinMode = "freeze",
+    output: LinOutput = None,
     at: LinAt = None,
     channel: LinChannel = None,
     target: LinTarget = None,
@@ -580,7 +612,17 @@ def linear_rows(
     """Rows of F (receptive filters) at output positions, or of a class (seed 001 Fig. 11)."""
     from convscope.runs import linear_rows as run
 
-    res = run.run(model, image, out, mode=mode, at=at, channel=channel, target=target, **options)
+    res = run.run(
+        model,
+        image,
+        out,
+        mode=mode,
+        output=_output_key(output),
+        at=at,
+        channel=channel,
+        target=target,
+        **options,
+    )
     _echo_filters("row", res)
     _done(out)
 
@@ -592,6 +634,7 @@ def linear_columns(
     image: ImageSpec,
     out: OutDir = Path("linear_output"),
     mode: LinMode = "freeze",
+    output: LinOutput = None,
     at: LinAt = None,
     channel: LinChannel = None,
     options: Any = None,
@@ -599,7 +642,9 @@ def linear_columns(
     """Columns of F (projective filters) at input positions (seed 001 Fig. 11)."""
     from convscope.runs import linear_columns as run
 
-    res = run.run(model, image, out, mode=mode, at=at, channel=channel, **options)
+    res = run.run(
+        model, image, out, mode=mode, output=_output_key(output), at=at, channel=channel, **options
+    )
     _echo_filters("column", res)
     _done(out)
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing_extensions import Unpack
 
 from convscope.runs.linear_filters import Position, filters_run
+from convscope.runs.linear_setup import Output
 from convscope.runs.options import Options
 from convscope.runs.result import RunResult
 from convscope.runs.sources import ModelLike
@@ -23,6 +24,7 @@ def run(
     out: str | os.PathLike[str],
     *,
     mode: str = "freeze",
+    output: Output = None,
     at: Sequence[Position] | None = None,
     channel: int | None = None,
     **options: Unpack[Options],
@@ -32,7 +34,7 @@ def run(
     Writes ``columns.json`` and ``columns.png``.
 
     Args:
-        model, image, out, mode, **options: As in
+        model, image, out, mode, output, **options: As in
             :func:`convscope.runs.linear_residual.run`.
         at: Input positions (y, x) or ``"y,x"`` (default: the centre).
         channel: One input channel at each position (default: all at once).
@@ -43,4 +45,4 @@ def run(
         its column), and ``maps`` (:func:`map_stats` per column) for an image-to-image
         model or ``columns`` (one score vector per position) for a classifier.
     """
-    return filters_run("column", model, image, out, mode, at, channel, None, options)
+    return filters_run("column", model, image, out, mode, output, at, channel, None, options)

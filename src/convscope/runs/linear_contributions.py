@@ -9,7 +9,7 @@ from typing_extensions import Unpack
 
 from convscope.report import linear_figures as lf
 from convscope.runs.inputs import ImageSource
-from convscope.runs.linear_setup import check_mode, flat_target, freeze, picture
+from convscope.runs.linear_setup import Output, check_mode, flat_target, freeze, picture
 from convscope.runs.options import Options, Started, start
 from convscope.runs.outputs import Outputs
 from convscope.runs.result import RunResult
@@ -26,6 +26,7 @@ def run(
     out: str | os.PathLike[str],
     *,
     mode: str = "freeze",
+    output: Output = None,
     target: int | None = None,
     **options: Unpack[Options],
 ) -> RunResult:
@@ -38,6 +39,8 @@ def run(
             :func:`convscope.runs.linear_residual.run`.
         target: Flat output index / class (default: the largest score for a classifier;
             an image-to-image model without a target is split as a whole).
+        output: Models whose output is a dict, tuple or dataclass: the key, index or
+            callable that picks the tensor to interpret (``"out"`` for segmentation).
 
     Returns:
         The :class:`~convscope.runs.RunResult`; ``result`` is the
@@ -53,7 +56,7 @@ def run(
     check_mode(mode)
     s = start("contributions", model, image, out, OWNED, options, dtype=torch.float64)
     return s.plan.run(
-        lambda src, o: _one(s, src, o, mode, target),
+        lambda src, o: _one(s, src, o, mode, output, target),
         progress=s.progress,
         row=lambda r: [r.metrics.get("class_name", ""), f"{r.metrics.get('score', 0):.4g}",
                        f"{100 * r.metrics.get('residual_share', float('nan')):.2f}%"],
@@ -62,8 +65,10 @@ def run(
     )  # fmt: skip
 
 
-def _one(s: Started, src: ImageSource, o: Outputs, mode: str, target: int | None) -> RunResult:
-    fr = freeze(s, src, mode)
+def _one(
+    s: Started, src: ImageSource, o: Outputs, mode: str, output: Output, target: int | None
+) -> RunResult:
+    fr = freeze(s, src, mode, output)
     li, m = fr.li, fr.metrics
     m["sources"] = [{"name": x.name, "module": x.module, "op": x.op} for x in li.sources]
     if len(li.out_shape) == 1 or target is not None:

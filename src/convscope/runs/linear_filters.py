@@ -20,7 +20,7 @@ from convscope.errors import ConvscopeError
 from convscope.linear import LinearInterpreter
 from convscope.report import linear_figures as lf
 from convscope.runs.inputs import ImageSource
-from convscope.runs.linear_setup import check_mode, flat_target, freeze, picture
+from convscope.runs.linear_setup import Output, check_mode, flat_target, freeze, picture
 from convscope.runs.options import Options, Started, start
 from convscope.runs.outputs import Outputs
 from convscope.runs.result import RunResult
@@ -128,11 +128,12 @@ def _rows_or_columns(
     src: ImageSource,
     o: Outputs,
     mode: str,
+    output: Output,
     at: Sequence[Position] | None,
     channel: int | None,
     target: int | None,
 ) -> RunResult:
-    fr = freeze(s, src, mode)
+    fr = freeze(s, src, mode, output)
     li, m, name = fr.li, fr.metrics, s.model.class_name
     classifier = len(li.out_shape) == 1
     pic = picture(fr.x0)
@@ -197,6 +198,7 @@ def filters_run(
     image: str | os.PathLike[str],
     out: str | os.PathLike[str],
     mode: str,
+    output: Output,
     at: Sequence[Position] | None,
     channel: int | None,
     target: int | None,
@@ -207,7 +209,7 @@ def filters_run(
     owned = (f"{kind}s.json", f"{kind}s.png")
     s = start(f"{kind}s", model, image, out, owned, options, dtype=torch.float64)
     return s.plan.run(
-        lambda src, o: _rows_or_columns(kind, s, src, o, mode, at, channel, target),
+        lambda src, o: _rows_or_columns(kind, s, src, o, mode, output, at, channel, target),
         progress=s.progress,
         title=f"{s.model.name}: {kind}s of F",
     )

@@ -8,7 +8,7 @@ from typing_extensions import Unpack
 
 from convscope.report import linear_figures as lf
 from convscope.runs.inputs import ImageSource
-from convscope.runs.linear_setup import check_mode, flat_target, freeze, picture, share
+from convscope.runs.linear_setup import Output, check_mode, flat_target, freeze, picture, share
 from convscope.runs.options import Options, Started, start
 from convscope.runs.outputs import Outputs
 from convscope.runs.result import RunResult
@@ -25,6 +25,7 @@ def run(
     out: str | os.PathLike[str],
     *,
     mode: str = "freeze",
+    output: Output = None,
     target: int | None = None,
     top: int = 5,
     **options: Unpack[Options],
@@ -40,6 +41,8 @@ def run(
         image: A file, ``sample:NAME``, a folder or a glob (several: one folder each).
         out: The folder to write into.
         mode: ``"freeze"`` (the paper's frozen decisions) or ``"taylor"``.
+        output: Models whose output is a dict, tuple or dataclass: the key, index or
+            callable that picks the tensor to interpret (``"out"`` for segmentation).
         target: Flat output index / class (default: the largest score).
         top: Classifiers: scores shown.
         **options: The shared :class:`~convscope.runs.Options`.
@@ -55,7 +58,7 @@ def run(
     check_mode(mode)
     s = start("residual", model, image, out, OWNED, options, dtype=torch.float64)
     return s.plan.run(
-        lambda src, o: _one(s, src, o, mode, target, top),
+        lambda src, o: _one(s, src, o, mode, output, target, top),
         progress=s.progress,
         row=lambda r: [f"{100 * r.metrics.get('residual_share', float('nan')):.2f}%"],
         headers=["residual share"],
@@ -64,9 +67,15 @@ def run(
 
 
 def _one(
-    s: Started, src: ImageSource, o: Outputs, mode: str, target: int | None, top: int
+    s: Started,
+    src: ImageSource,
+    o: Outputs,
+    mode: str,
+    output: Output,
+    target: int | None,
+    top: int,
 ) -> RunResult:
-    fr = freeze(s, src, mode)
+    fr = freeze(s, src, mode, output)
     li, m, name = fr.li, fr.metrics, s.model.class_name
     y = li.output.reshape(-1).cpu()
     r = li.residual.reshape(-1).cpu()

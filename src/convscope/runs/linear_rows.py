@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing_extensions import Unpack
 
 from convscope.runs.linear_filters import Position, filters_run
+from convscope.runs.linear_setup import Output
 from convscope.runs.options import Options
 from convscope.runs.result import RunResult
 from convscope.runs.sources import ModelLike
@@ -23,6 +24,7 @@ def run(
     out: str | os.PathLike[str],
     *,
     mode: str = "freeze",
+    output: Output = None,
     at: Sequence[Position] | None = None,
     channel: int | None = None,
     target: int | None = None,
@@ -33,7 +35,7 @@ def run(
     Writes ``rows.json`` and ``rows.png``.
 
     Args:
-        model, image, out, mode, **options: As in
+        model, image, out, mode, output, **options: As in
             :func:`convscope.runs.linear_residual.run`.
         at: Image-to-image models: output positions (y, x) or ``"y,x"`` (default: the
             centre).
@@ -46,4 +48,4 @@ def run(
         :func:`map_stats` entry); otherwise ``at``, ``channel``, ``flat_indices`` (per
         position, the flat output indices summed into its row) and ``maps``.
     """
-    return filters_run("row", model, image, out, mode, at, channel, target, options)
+    return filters_run("row", model, image, out, mode, output, at, channel, target, options)

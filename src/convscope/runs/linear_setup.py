@@ -8,6 +8,7 @@ is frozen with :class:`convscope.linear.LinearInterpreter`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from convscope.linear import LinearInterpreter
 from convscope.runs.inputs import ImageSource
 from convscope.runs.options import Started
 
-__all__ = ["MODES", "Frozen", "flat_target", "freeze", "picture"]
+__all__ = ["MODES", "Frozen", "Output", "flat_target", "freeze", "picture"]
 
 MODES = ("freeze", "taylor")
 
@@ -49,15 +50,21 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
-def freeze(s: Started, src: ImageSource, mode: str) -> Frozen:
+Output = str | int | Callable[[Any], torch.Tensor] | None
+"""``--output``: which tensor of a dict, tuple or dataclass output is the model's output
+(``"out"`` for torchvision's segmentation models), or a callable picking it."""
+
+
+def freeze(s: Started, src: ImageSource, mode: str, output: Output = None) -> Frozen:
     """Read ``src`` for the model and freeze the model there.
 
     Raises:
         ConvscopeError: An image the model cannot take (with a hint to try ``--size``).
     """
     x0, notes = s.read(src, dtype=torch.float64)
+    kwargs: dict[str, Any] = {} if output is None else {"output": output}
     try:
-        li = LinearInterpreter(s.model.module, x0, mode=mode)  # type: ignore[arg-type]
+        li = LinearInterpreter(s.model.module, x0, mode=mode, **kwargs)  # type: ignore[arg-type]
     except RuntimeError as e:
         raise ConvscopeError(
             f"{s.model.name} cannot run on {src.label} of shape {tuple(x0.shape)}: "
@@ -70,6 +77,7 @@ def freeze(s: Started, src: ImageSource, mode: str) -> Frozen:
         "input_shape": list(li.in_shape),
         "output_shape": list(li.out_shape),
         "bias_sources": len(li.sources),
+        "output": output if output is None or isinstance(output, (str, int)) else repr(output),
     }
     return Frozen(li, x0, metrics)
 

@@ -10,7 +10,7 @@ from typing_extensions import Unpack
 from convscope.errors import ConvscopeError
 from convscope.report import linear_figures as lf
 from convscope.runs.inputs import ImageSource
-from convscope.runs.linear_setup import check_mode, freeze, picture
+from convscope.runs.linear_setup import Output, check_mode, freeze, picture
 from convscope.runs.options import Options, Started, start
 from convscope.runs.outputs import Outputs
 from convscope.runs.result import RunResult
@@ -28,6 +28,7 @@ def run(
     out: str | os.PathLike[str],
     *,
     mode: str = "freeze",
+    output: Output = None,
     k: int = 4,
     steps: int = 100,
     method: str = "power",
@@ -43,6 +44,8 @@ def run(
         k: Singular triplets, 1 to min(inputs, outputs).
         steps: ``"power"``: at most this many steps per pair.
         method: ``"power"`` (the paper's Algorithm 1) or ``"randomized"``.
+        output: Models whose output is a dict, tuple or dataclass: the key, index or
+            callable that picks the tensor to interpret (``"out"`` for segmentation).
 
     Returns:
         The :class:`~convscope.runs.RunResult`; ``result`` is the
@@ -59,7 +62,7 @@ def run(
         raise ConvscopeError(f"--k must be >= 1; got {k}")
     s = start("svd", model, image, out, OWNED, options, dtype=torch.float64)
     return s.plan.run(
-        lambda src, o: _one(s, src, o, mode, k, steps, method),
+        lambda src, o: _one(s, src, o, mode, output, k, steps, method),
         progress=s.progress,
         row=lambda r: [", ".join(f"{v:.4g}" for v in r.metrics["singular_values"])],
         headers=["singular values"],
@@ -68,9 +71,16 @@ def run(
 
 
 def _one(
-    s: Started, src: ImageSource, o: Outputs, mode: str, k: int, steps: int, method: str
+    s: Started,
+    src: ImageSource,
+    o: Outputs,
+    mode: str,
+    output: Output,
+    k: int,
+    steps: int,
+    method: str,
 ) -> RunResult:
-    fr = freeze(s, src, mode)
+    fr = freeze(s, src, mode, output)
     li, m = fr.li, fr.metrics
     limit = min(math.prod(li.in_shape), math.prod(li.out_shape))
     if not 1 <= k <= limit:

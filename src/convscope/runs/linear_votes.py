@@ -9,7 +9,7 @@ from typing_extensions import Unpack
 from convscope.errors import ConvscopeError
 from convscope.report import linear_figures as lf
 from convscope.runs.inputs import ImageSource
-from convscope.runs.linear_setup import check_mode, freeze, picture
+from convscope.runs.linear_setup import Output, check_mode, freeze, picture
 from convscope.runs.options import Options, Started, start
 from convscope.runs.outputs import Outputs
 from convscope.runs.result import RunResult
@@ -26,6 +26,7 @@ def run(
     out: str | os.PathLike[str],
     *,
     mode: str = "freeze",
+    output: Output = None,
     top: int = 10,
     **options: Unpack[Options],
 ) -> RunResult:
@@ -37,6 +38,8 @@ def run(
         model, image, out, mode, **options: As in
             :func:`convscope.runs.linear_residual.run`.
         top: Classes that take part in the vote (the largest scores).
+        output: Models whose output is a dict, tuple or dataclass: the key, index or
+            callable that picks the tensor to interpret (``"out"`` for segmentation).
 
     Returns:
         The :class:`~convscope.runs.RunResult`; ``result`` is the
@@ -52,7 +55,7 @@ def run(
         raise ConvscopeError(f"--top must be >= 1; got {top}")
     s = start("votes", model, image, out, OWNED, options, dtype=torch.float64)
     return s.plan.run(
-        lambda src, o: _one(s, src, o, mode, top),
+        lambda src, o: _one(s, src, o, mode, output, top),
         progress=s.progress,
         row=lambda r: [r.metrics["target_names"][0],
                        f"{100 * r.metrics['vote_share'][r.metrics['target_names'][0]]:.1f}%",
@@ -62,8 +65,10 @@ def run(
     )  # fmt: skip
 
 
-def _one(s: Started, src: ImageSource, o: Outputs, mode: str, top: int) -> RunResult:
-    fr = freeze(s, src, mode)
+def _one(
+    s: Started, src: ImageSource, o: Outputs, mode: str, output: Output, top: int
+) -> RunResult:
+    fr = freeze(s, src, mode, output)
     li, m, name = fr.li, fr.metrics, s.model.class_name
     if len(li.out_shape) != 1 or len(li.in_shape) != 3:
         raise ConvscopeError(
