@@ -485,15 +485,15 @@ UNSUPPORTED: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str]] = {
     "abs": (lambda x: x * x.abs(), "abs"),
     "exp": (lambda x: x.exp(), "exp"),
     "pow": (lambda x: x.pow(2), "pow"),
-    "softmax": (lambda x: F.softmax(x, dim=1), "softmax"),
+    "softmax": (lambda x: F.softmax(x, dim=0), "softmax"),
     "compare": (lambda x: x * (x > 0), "gt"),
     "batch_sum": (lambda x: x - x.sum(), "sum"),
     "batch_mean": (lambda x: x - x.mean(0, keepdim=True), "mean"),
     "item": (lambda x: x * x.max().item(), "max"),
-    "matmul": (lambda x: x @ x.transpose(2, 3), "matmul"),
+    "matmul": (lambda x: x.flatten(1).T @ x.flatten(1), "matmul"),
     "reciprocal": (lambda x: 1.0 / x, "__rtruediv__"),
     "flip_batch": (lambda x: x.flip(0), "flip"),
-    "permute_batch": (lambda x: x.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3), "permute"),
+    "batch_not_first": (lambda x: x.transpose(0, 1).contiguous().view(x.shape[0], -1), "output"),
     "set_constant": (lambda x: _set_constant(x), "__setitem__"),
 }
 

@@ -308,6 +308,12 @@ class LinearInterpreter:
             )
         if not ctx.is_tracked(out):
             raise ConvscopeError("the model's output does not depend on its input")
+        if ctx.layout(out) is not None:  # an op moved the samples and nothing moved them back
+            raise ConvscopeError(
+                f"the model's output {tuple(out.shape)} does not have the batch dimension "
+                f"first (the samples are in {ctx.layout(out).describe()}); the linear "
+                "interpreter needs outputs shaped (N, ...)"
+            )
         if self._sources is not None and tuple(ctx.sources) != self._sources:
             raise ConvscopeError(
                 f"this pass met {len(ctx.sources)} bias sources where the first met "

@@ -37,7 +37,15 @@ import torch
 import torch.nn.functional as F
 
 from convscope.errors import ConvscopeError
-from convscope.linear.affine import Handler, linear_joint, pop_arg, refuse_tracked, torch_funcs
+from convscope.linear import batchdim as bd
+from convscope.linear.affine import (
+    Handler,
+    elementwise_layout,
+    pop_arg,
+    refuse_tracked,
+    torch_funcs,
+)
+from convscope.linear.attention import ATTENTION
 from convscope.linear.context import PassContext, op_name
 
 __all__ = ["RULES"]
@@ -109,13 +117,17 @@ def _unit_rule(unit: _Unit, inplace_spec: bool | None) -> Handler:
         x, params, kw, inplace = _split_call(func, inplace_spec, args, kwargs)
         if ctx.any_tracked(params, kw):
             refuse_tracked(ctx, func, (x, *params), kw)
-        x0 = x[:1].detach()
+        layout = bd.layout_of(ctx, x)
+        if layout != bd.FIRST and (unit.name == "prelu" or _has_tensor(params, kw)):
+            layout = bd.require_first(ctx, func, x)  # parameters broadcast along dim 1
+        xc = bd.canon(x, layout, ctx.rows)  # x itself unless the samples were moved
+        x0 = xc[:1].detach()
         out: T
         if unit.kind == "relu":
             mask = (x0 > 0).to(x.dtype)
-            if inplace:
+            if inplace and xc is x:
                 return ctx.track(x.mul_(mask), func)
-            out = x * mask
+            out = xc * mask
         else:
 
             def h(t: T) -> T:
@@ -123,20 +135,25 @@ def _unit_rule(unit: _Unit, inplace_spec: bool | None) -> Handler:
 
             if unit.kind == "piecewise" or ctx.mode == "taylor":
                 y0, a = _slope(h, x0)
-                out = x * a
+                out = xc * a
                 if unit.kind == "smooth" or unit.constant:
                     out = ctx.add_constant(out, y0 - a * x0, f"{unit.name} c(x0)")
             else:
-                out = _ratio(ctx, unit, h, x, x0)
+                out = _ratio(ctx, unit, h, xc, x0)
+        out = bd.uncanon(out, layout, x.shape, ctx.rows)
         if inplace:
             x.copy_(out)
             out = x
-        ctx.track(out, func)
+        bd.track(ctx, out, func, layout)
         if unit.gate:
             ctx.mark_gate(out)
         return out
 
     return rule
+
+
+def _has_tensor(params: tuple[Any, ...], kw: dict[str, Any]) -> bool:
+    return any(isinstance(p, torch.Tensor) and p.ndim > 0 for p in (*params, *kw.values()))
 
 
 def _ratio(ctx: PassContext, unit: _Unit, h: Callable[[T], T], x: T, x0: T) -> T:
@@ -264,6 +281,7 @@ def _pool_rule(nd: int, adaptive: bool) -> Handler:
     ) -> Any:
         refuse_tracked(ctx, func, args, kwargs)
         x = args[0]
+        bd.require_first(ctx, func, x)
         params = args[1 : 1 + n_params]
         kw = {k: v for k, v in kwargs.items() if k != "return_indices"}
         x0 = x[:1].detach()
@@ -364,6 +382,7 @@ def _batch_norm(
     refuse_tracked(ctx, func, args, kwargs)
     a = _bind(F.batch_norm, args, kwargs)
     x: T = a["input"]
+    bd.require_first(ctx, func, x)
     if not a["training"]:
         scale, shift = _running_affine(a, x)
         return _affine_norm(ctx, func, x, scale, shift, "batch_norm", lambda: func(*args, **kwargs))
@@ -381,6 +400,7 @@ def _instance_norm(
     refuse_tracked(ctx, func, args, kwargs)
     a = _bind(F.instance_norm, args, kwargs)
     x: T = a["input"]
+    bd.require_first(ctx, func, x)
     if not a["use_input_stats"]:
         scale, shift = _running_affine(a, x)
         return _affine_norm(
@@ -399,6 +419,7 @@ def _group_norm(
     refuse_tracked(ctx, func, args, kwargs)
     a = _bind(F.group_norm, args, kwargs)
     x: T = a["input"]
+    bd.require_first(ctx, func, x)
     groups = a["num_groups"]
     y0 = F.group_norm(x[:1].detach(), groups, a["weight"], a["bias"], a["eps"])
     w, b = _channel_view(a["weight"], x.ndim), _channel_view(a["bias"], x.ndim)
@@ -423,13 +444,25 @@ def _layer_norm(
     a = _bind(F.layer_norm, args, kwargs)
     x: T = a["input"]
     shape = tuple(a["normalized_shape"])
-    dims = tuple(range(x.ndim - len(shape), x.ndim))
-    if 0 in dims:
-        raise ConvscopeError(f"layer_norm in {ctx.where()} normalizes over the batch dimension")
-    y0 = F.layer_norm(x[:1].detach(), shape, a["weight"], a["bias"], a["eps"])
-    return _normalize(
-        ctx, func, "layer_norm", x, y0, lambda t: t, dims, a["eps"], a["weight"], a["bias"]
+    layout = _trailing_layout(ctx, func, x, len(shape))
+    xc = bd.canon(x, layout, ctx.rows)
+    dims = tuple(range(xc.ndim - len(shape), xc.ndim))
+    y0 = F.layer_norm(xc[:1].detach(), shape, a["weight"], a["bias"], a["eps"])
+    out = _normalize(
+        ctx, func, "layer_norm", xc, y0, lambda t: t, dims, a["eps"], a["weight"], a["bias"]
     )
+    return bd.track(ctx, bd.uncanon(out, layout, x.shape, ctx.rows), func, layout)
+
+
+def _trailing_layout(ctx: PassContext, func: Callable[..., Any], x: T, k: int) -> bd.Layout:
+    """The layout of the input of an op over its last ``k`` dimensions (not the samples')."""
+    layout = bd.layout_of(ctx, x)
+    if layout.dim >= x.ndim - k:
+        raise ConvscopeError(
+            f"{op_name(func)} in {ctx.where()} normalizes over the batch dimension; the "
+            "linear interpreter needs the samples of a batch to stay independent"
+        )
+    return layout
 
 
 def _rms_norm(
@@ -437,8 +470,10 @@ def _rms_norm(
 ) -> Any:
     refuse_tracked(ctx, func, args, kwargs)
     a = _bind(F.rms_norm, args, kwargs)
-    x: T = a["input"]
+    x_in: T = a["input"]
     shape = tuple(a["normalized_shape"])
+    layout = _trailing_layout(ctx, func, x_in, len(shape))
+    x = bd.canon(x_in, layout, ctx.rows)
     eps = a["eps"] if a["eps"] is not None else torch.finfo(x.dtype).eps
     dims = tuple(range(x.ndim - len(shape), x.ndim))
     x0 = x[:1].detach()
@@ -446,13 +481,14 @@ def _rms_norm(
     weight = a["weight"]
     if ctx.mode == "freeze":
         out = x * r0 if weight is None else x * r0 * weight
-        return ctx.track(out, func)
-    xh0 = x0 * r0
-    lin = (x - xh0 * (xh0 * x).mean(dims, keepdim=True)) * r0
-    if weight is not None:
-        lin = lin * weight
-    y0 = F.rms_norm(x0, shape, weight, a["eps"])
-    return ctx.track(ctx.add_constant(lin, y0 - lin[:1].detach(), "rms_norm c(x0)"), func)
+    else:
+        xh0 = x0 * r0
+        lin = (x - xh0 * (xh0 * x).mean(dims, keepdim=True)) * r0
+        if weight is not None:
+            lin = lin * weight
+        y0 = F.rms_norm(x0, shape, weight, a["eps"])
+        out = ctx.add_constant(lin, y0 - lin[:1].detach(), "rms_norm c(x0)")
+    return bd.track(ctx, bd.uncanon(out, layout, x_in.shape, ctx.rows), func, layout)
 
 
 # -- dropout: the same random mask on every row --------------------------------------------
@@ -472,22 +508,34 @@ def _dropout_rule(multiplicative: bool) -> Handler:
         else:  # torch.dropout(input, p, train) and friends
             x, p, training = args[0], args[1], args[2] if len(args) > 2 else kwargs["train"]
             inplace = func in _DROPOUT_INPLACE
+        layout = bd.layout_of(ctx, x)
         if not training or p == 0:
-            return ctx.track(func(*args, **kwargs), func)
+            out = func(*args, **kwargs)
+            if ctx.is_gate(x):  # attention weights after an (inactive) dropout
+                ctx.mark_gate(out)
+            return bd.track(ctx, out, func, layout)
         if not multiplicative:
             raise ConvscopeError(
                 f"{op_name(func)} in {ctx.where()} is random and affine in training mode; "
                 "put the model in eval mode"
             )
-        mask = func(torch.ones_like(x[:1]), p, True)
-        if inplace:
+        if func not in _ELEMENTWISE_DROPOUT:  # channel dropout: one draw per (sample, channel)
+            layout = bd.require_first(ctx, func, x)
+        xc = bd.canon(x, layout, ctx.rows)
+        mask = func(torch.ones_like(xc[:1]), p, True)
+        if inplace and xc is x:
             return ctx.track(x.mul_(mask), func)
-        return ctx.track(x * mask, func)
+        out = bd.uncanon(xc * mask, layout, x.shape, ctx.rows)
+        if inplace:
+            x.copy_(out)
+            out = x
+        return bd.track(ctx, out, func, layout)
 
     return rule
 
 
 _DROPOUT_INPLACE = torch_funcs(torch, "dropout_ feature_dropout_")
+_ELEMENTWISE_DROPOUT = torch_funcs(F, "dropout") | torch_funcs(torch, "dropout dropout_")
 
 
 # -- products and quotients of two input-dependent tensors -------------------------------------
@@ -503,7 +551,7 @@ _RDIV = torch_funcs(T, "__rtruediv__ __rdiv__")
 
 def _gate_first(ctx: PassContext, a: T, b: T) -> bool:
     """Whether ``a`` (not ``b``) is the gate of the product ``a * b``."""
-    na, nb = a[0].numel(), b[0].numel()
+    na, nb = a.numel() // ctx.rows, b.numel() // ctx.rows  # values per sample
     if na != nb:
         return na < nb
     return ctx.is_gate(a) and not ctx.is_gate(b)
@@ -528,47 +576,268 @@ def _mul_div(
             "a constant is supported"
         )
     inplace = func in _MUL_INPLACE or func in _DIV_INPLACE
+    layout = elementwise_layout(ctx, func, a, b, "divides" if divide else "multiplies")
     if not (ta and tb):
         result = func(*args, **kwargs)
-        return ctx.track(a if inplace else result, func)
-    a0, b0 = a[:1].detach(), b[:1].detach()
+        return bd.track(ctx, a if inplace else result, func, layout)
+    rows = ctx.rows
+    a0 = bd.row0_full(a, bd.layout_of(ctx, a), rows)
+    b0 = bd.row0_full(b, bd.layout_of(ctx, b), rows)
     out: T
     if divide:
         if ctx.mode == "freeze":
             out = a / b0
         else:
             lin = a / b0 - (a0 / b0.square()) * b
-            out = ctx.add_constant(lin, a0 / b0, "div c(x0)")
+            out = bd.add_constant(ctx, lin, layout, a0 / b0, "div c(x0)")
     elif ctx.mode == "freeze":
         out = b * a0 if _gate_first(ctx, a, b) else a * b0
     else:
-        out = ctx.add_constant(a * b0 + a0 * b, -(a0 * b0), "mul c(x0)")
+        out = bd.add_constant(ctx, a * b0 + a0 * b, layout, -(a0 * b0), "mul c(x0)")
     if inplace:
         a.copy_(out)
         out = a
-    return ctx.track(out, func)
+    return bd.track(ctx, out, func, layout)
 
+
+# -- contractions: matmul, einsum, tensordot ... -------------------------------------------------
 
 _BILINEAR = torch_funcs(torch, "matmul mm bmm einsum tensordot inner outer dot") | torch_funcs(
     T, "matmul mm bmm __matmul__ __rmatmul__ inner outer dot"
 )
+_RMATMUL = torch_funcs(T, "__rmatmul__")
+
+Labels = list[str]
+
+
+def _matmul_labels(na: int, nb: int) -> tuple[Labels, Labels, Labels]:
+    """Dimension labels of ``a @ b`` (NumPy's matmul: broadcast batch, vectors promoted)."""
+    batch = max(na - 2, nb - 2, 0)
+    la = ["k"] if na == 1 else [f"b{j}" for j in range(batch - (na - 2), batch)] + ["n", "k"]
+    lb = ["k"] if nb == 1 else [f"b{j}" for j in range(batch - (nb - 2), batch)] + ["k", "m"]
+    out = [f"b{j}" for j in range(batch)] + (["n"] if na > 1 else []) + (["m"] if nb > 1 else [])
+    return la, lb, out
+
+
+def _einsum_labels(equation: str, operands: list[T]) -> tuple[list[Labels], Labels]:
+    eq = equation.replace(" ", "")
+    lhs, _, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(operands):
+        raise ValueError("einsum: operands and subscripts differ in number")
+    ell = max(
+        (
+            op.ndim - len(term.replace("...", ""))
+            for term, op in zip(terms, operands, strict=True)
+            if "..." in term
+        ),
+        default=0,
+    )
+
+    def expand(term: str, ndim: int | None) -> Labels:
+        if "..." not in term:
+            return list(term)
+        before, after = term.split("...")
+        n = (ndim - len(before) - len(after)) if ndim is not None else ell
+        return [*before, *(f".{j}" for j in range(ell - n, ell)), *after]
+
+    labels = [expand(t, op.ndim) for t, op in zip(terms, operands, strict=True)]
+    if "->" in eq:
+        out = expand(rhs, None)
+    else:
+        letters = [c for t in terms for c in t.replace("...", "")]
+        out = [f".{j}" for j in range(ell)] + sorted(
+            c for c in set(letters) if letters.count(c) == 1
+        )
+    return labels, out
+
+
+def _contraction(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[list[tuple[T, Labels]], Labels]:
+    """``[(operand, its dimension labels) ...]`` and the output's labels: a label missing
+    from the output is summed over."""
+    name = op_name(func).rsplit(".", 1)[-1]
+    if name == "einsum":
+        equation = args[0]
+        ops = (
+            list(args[1])
+            if len(args) == 2 and isinstance(args[1], (list, tuple))
+            else list(args[1:])
+        )
+        if not isinstance(equation, str):
+            raise ValueError("einsum in the sublist format")
+        labels, out = _einsum_labels(equation, ops)
+        return list(zip(ops, labels, strict=True)), out
+    a: Any = args[0]
+    b: Any = args[1] if len(args) > 1 else kwargs.get("other", kwargs.get("mat2"))
+    if func in _RMATMUL:
+        a, b = b, a
+    if name == "tensordot":
+        dims = args[2] if len(args) > 2 else kwargs.get("dims", 2)
+        if isinstance(dims, int):
+            ca, cb = list(range(a.ndim - dims, a.ndim)), list(range(dims))
+        else:
+            ca, cb = ([int(d) for d in ds] for ds in dims)
+        la = [f"a{j}" for j in range(a.ndim)]
+        lb = [f"c{j}" for j in range(b.ndim)]
+        for q, (i, j) in enumerate(zip(ca, cb, strict=True)):
+            la[i % a.ndim] = lb[j % b.ndim] = f"k{q}"
+        return [(a, la), (b, lb)], [x for x in la if x[0] == "a"] + [x for x in lb if x[0] == "c"]
+    if name == "inner":
+        la = [f"a{j}" for j in range(a.ndim - 1)] + ["k"] if a.ndim else []
+        lb = [f"c{j}" for j in range(b.ndim - 1)] + ["k"] if b.ndim else []
+        return [(a, la), (b, lb)], [x for x in la + lb if x != "k"]
+    if name == "outer":
+        return [(a, ["n"]), (b, ["m"])], ["n", "m"]
+    if name == "dot":
+        return [(a, ["k"]), (b, ["k"])], []
+    la, lb, out = _matmul_labels(a.ndim, b.ndim)
+    return [(a, la), (b, lb)], out
+
+
+def _contraction_layout(
+    ctx: PassContext, func: Callable[..., Any], operands: list[tuple[T, Labels]], out: Labels
+) -> bd.Layout:
+    """The output layout of a contraction: the samples of every tracked operand must sit
+    on one label that survives into the output, and a constant with that label must be
+    the same for every sample."""
+    label: str | None = None
+    ref: bd.Layout | None = None
+    for t, labels in operands:
+        if not ctx.is_tracked(t):
+            continue
+        layout = bd.layout_of(ctx, t)
+        lab = labels[layout.dim]
+        if lab not in out or labels.count(lab) > 1:
+            raise bd.refuse(ctx, func, "contracts over the batch dimension")
+        if label is None:
+            label, ref = lab, layout
+        elif lab != label or (layout.outer, layout.inner) != (ref.outer, ref.inner):  # type: ignore[union-attr]
+            raise bd.refuse(
+                ctx,
+                func,
+                "multiplies input-dependent tensors whose samples are on different "
+                "dimensions (an outer product across the samples)",
+            )
+    assert label is not None and ref is not None
+    for t, labels in operands:
+        if isinstance(t, T) and not ctx.is_tracked(t) and label in labels:
+            pos = labels.index(label)
+            bd.check_invariant(ctx, func, t, ref.moved(pos), t.ndim, "multiplies by")
+    return ref.moved(out.index(label))
+
+
+def _tensor_leaves(value: Any) -> list[T]:
+    """The tensors in ``value`` (nested lists and tuples), in order."""
+    if isinstance(value, T):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensor_leaves(v)]
+    return []
+
+
+def _rebuild(value: Any, new: dict[int, T], counter: list[int]) -> Any:
+    """``value`` with its ``i``-th tensor leaf replaced by ``new[i]``."""
+    if isinstance(value, T):
+        i = counter[0]
+        counter[0] += 1
+        return new.get(i, value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_rebuild(v, new, counter) for v in value)
+    return value
 
 
 def _bilinear(
     ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    tensors = [
-        t
-        for a in (*args, *kwargs.values())
-        for t in (a if isinstance(a, (list, tuple)) else (a,))
-        if isinstance(t, torch.Tensor)
-    ]
-    if sum(ctx.is_tracked(t) for t in tensors) > 1:
+    """``matmul``, ``einsum`` and the other contractions: linear in each operand.
+
+    One input-dependent operand: linear. Two (attention's ``q k^T`` and ``P v``): the
+    product rule in taylor mode, ``f(a, b0) + f(a0, b) - f(a0, b0)``; in freeze mode one
+    operand is held at its ``x0`` value, the gate (a softmax or sigmoid output) if
+    there is one, else the second operand.
+    """
+    try:
+        operands, out_labels = _contraction(func, args, kwargs)
+    except (ValueError, TypeError, IndexError) as e:
         raise ConvscopeError(
-            f"{op_name(func)} in {ctx.where()} multiplies two input-dependent tensors "
-            "(attention-like); convscope.linear supports only elementwise gates"
+            f"{op_name(func)} in {ctx.where()}: the interpreter cannot read this call ({e})"
+        ) from None
+    layout = _contraction_layout(ctx, func, operands, out_labels)
+    leaves = _tensor_leaves((args, kwargs))
+    slots = [i for i, t in enumerate(leaves) if ctx.is_tracked(t)]
+    if len(slots) == 1:
+        return bd.track(ctx, func(*args, **kwargs), func, layout)
+    if len(slots) > 2:
+        raise ConvscopeError(
+            f"{op_name(func)} in {ctx.where()} multiplies more than two input-dependent "
+            "tensors; the linear interpreter supports products of two"
         )
-    return linear_joint(ctx, func, args, kwargs)
+    if func in _RMATMUL:  # x.__rmatmul__(y) is y @ x: y is the first factor
+        slots.reverse()
+    a, b = leaves[slots[0]], leaves[slots[1]]
+    rows = ctx.rows
+    a0 = bd.row0_full(a, bd.layout_of(ctx, a), rows)
+    b0 = bd.row0_full(b, bd.layout_of(ctx, b), rows)
+
+    def f(x: T, y: T) -> T:
+        new_args, new_kwargs = _rebuild((args, kwargs), {slots[0]: x, slots[1]: y}, [0])
+        return func(*new_args, **new_kwargs)
+
+    if ctx.mode == "freeze":
+        freeze_a = ctx.is_gate(a) and not ctx.is_gate(b)
+        out = f(a0, b) if freeze_a else f(a, b0)
+    else:
+        lin = f(a, b0) + f(a0, b)
+        out = bd.add_constant(
+            ctx, lin, layout, -f(a0, b0), f"{op_name(func).rsplit('.', 1)[-1]} c(x0)"
+        )
+    return bd.track(ctx, out, func, layout)
+
+
+# -- softmax: a gate (freeze) or its Jacobian (taylor) --------------------------------------------
+
+
+def _softmax_rule(log: bool) -> Handler:
+    def rule(
+        ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        refuse_tracked(ctx, func, args, kwargs)
+        x: T = args[0] if args else kwargs["input"]
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        dtype = kwargs.get("dtype")
+        if dtype is None and len(args) > 2 and isinstance(args[-1], torch.dtype):
+            dtype = args[-1]
+        if dim is None:  # the legacy implicit choice of F.softmax
+            dim = 0 if x.ndim in (0, 1, 3) else 1
+        if dtype is not None:
+            x = x.to(dtype)
+        layout = bd.layout_of(ctx, x if ctx.is_tracked(x) else args[0])
+        if int(dim) % x.ndim == layout.dim:
+            raise bd.refuse(ctx, func, "normalizes over the batch dimension")
+        xc = bd.canon(x, layout, ctx.rows)
+        dc = bd.canon_dim(int(dim), layout, x.ndim)
+        x0 = xc[:1].detach()
+        s0 = torch.softmax(x0, dc)
+        name = "log_softmax" if log else "softmax"
+        if ctx.mode == "freeze":
+            if log:  # the normalizer of x0: z - logsumexp(z0)
+                out = ctx.add_constant(xc, -torch.logsumexp(x0, dc, keepdim=True), f"{name} shift")
+            else:  # a gate decided by x0: its value, for every probe
+                out = ctx.add_constant(torch.zeros_like(xc), s0, f"{name} gate")
+        else:
+            mean = (s0 * xc).sum(dc, keepdim=True)
+            lin = xc - mean if log else s0 * (xc - mean)
+            y0 = torch.log_softmax(x0, dc) if log else s0
+            out = ctx.add_constant(lin, y0 - lin[:1].detach(), f"{name} c(x0)")
+        out = bd.uncanon(out, layout, x.shape, ctx.rows)
+        bd.track(ctx, out, func, layout)
+        if not log:
+            ctx.mark_gate(out)
+        return out
+
+    return rule
 
 
 # -- selections along a dimension: torch.max(x, dim) ------------------------------------------
@@ -579,26 +848,36 @@ def _select_rule(largest: bool) -> Handler:
         ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         args2, kwargs2, dim = pop_arg(args, kwargs, 1, "dim")
+        x_in: T = args[0]
+        layout = bd.layout_of(ctx, x_in)
         if (
             not isinstance(dim, int)
             or ctx.any_tracked(args[1:], kwargs2)
-            or dim % args[0].ndim == 0
+            or dim % x_in.ndim == layout.dim
         ):
             raise ConvscopeError(
                 f"{op_name(func)} in {ctx.where()}: only a max/min over one non-batch "
                 "dimension (torch.max(x, dim)) is supported"
             )
-        x: T = args[0]
         keepdim = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
+        x = bd.canon(x_in, layout, ctx.rows)
+        dc = bd.canon_dim(dim, layout, x_in.ndim)
         x0 = x[:1].detach()
-        idx = x0.argmax(dim, keepdim=True) if largest else x0.argmin(dim, keepdim=True)
+        idx = x0.argmax(dc, keepdim=True) if largest else x0.argmin(dc, keepdim=True)
         shape = list(x.shape)
-        shape[dim] = 1
+        shape[dc] = 1
         full_idx = idx.expand(*shape)
-        values = x.gather(dim, full_idx)
+        values = x.gather(dc, full_idx)
+        out_shape = list(x_in.shape)
+        out_shape[dim % x_in.ndim] = 1
+        values = bd.uncanon(values, layout, out_shape, ctx.rows)
+        full_idx = bd.uncanon(full_idx, layout, out_shape, ctx.rows)
+        out_layout = layout
         if not keepdim:
             values, full_idx = values.squeeze(dim), full_idx.squeeze(dim)
-        ctx.track(values, func)
+            if dim % x_in.ndim < layout.dim:
+                out_layout = layout.moved(layout.dim - 1)
+        bd.track(ctx, values, func, out_layout)
         name = getattr(func, "__name__", "")
         if name.startswith("am"):
             return values
@@ -636,6 +915,21 @@ def _build() -> dict[Callable[..., Any], Handler]:
     rules.update(dict.fromkeys(alpha, _dropout_rule(False)))
     rules.update(dict.fromkeys(_MUL | _MUL_INPLACE | _DIV | _DIV_INPLACE | _RDIV, _mul_div))
     rules.update(dict.fromkeys(_BILINEAR, _bilinear))
+    rules.update(ATTENTION)
+    rules.update(
+        dict.fromkeys(
+            torch_funcs(F, "softmax") | torch_funcs(torch, "softmax") | torch_funcs(T, "softmax"),
+            _softmax_rule(False),
+        )
+    )
+    rules.update(
+        dict.fromkeys(
+            torch_funcs(F, "log_softmax")
+            | torch_funcs(torch, "log_softmax")
+            | torch_funcs(T, "log_softmax"),
+            _softmax_rule(True),
+        )
+    )
     rules.update(
         dict.fromkeys(torch_funcs(torch, "amax") | torch_funcs(T, "amax"), _select_rule(True))
     )
