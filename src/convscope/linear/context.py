@@ -131,6 +131,9 @@ class PassContext:
         self._name_counts: dict[str, int] = {}
         self.decisions: list[bool] = []
         self._replay = replay
+        # set by the interpreter when f(x0) came out non-finite, to find where
+        self.find_nonfinite = False
+        self.nonfinite_at: tuple[str, str] | None = None  # (module path, type name)
 
     # -- decisions read from tensor values ------------------------------------------
 
@@ -192,9 +195,7 @@ class PassContext:
                         return True
         return False
 
-    def track(
-        self, out: Any, func: Callable[..., Any] | None = None, layout: Any = None
-    ) -> Any:
+    def track(self, out: Any, func: Callable[..., Any] | None = None, layout: Any = None) -> Any:
         """Mark every tensor in ``out`` as input dependent and check its batch size.
 
         ``layout``: where the sample index is when it is not the leading dimension, a

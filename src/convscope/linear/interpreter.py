@@ -10,11 +10,14 @@ The mechanism, in one place. A pass enters :class:`_Interceptor`, a
 ``torch.overrides.TorchFunctionMode`` that sees every torch function, ``Tensor``
 method and ``torch.nn.functional`` call, whether it comes from a module (``nn.ReLU``)
 or a functional call in some ``forward`` (``F.relu``, ``torch.flatten``,
-``Tensor.relu_``). Calls on input-dependent (tracked) tensors are routed to a rule
-(:mod:`convscope.linear.rules`), an affine handler or the linear whitelist
-(:mod:`convscope.linear.affine`); anything else is a :class:`ConvscopeError` naming
-the op and the module it ran in. Module forward hooks only keep track of that module
-path. Intercepting at the function level matters: module hooks alone miss the
+``Tensor.relu_``). Calls on input-dependent (tracked) tensors are routed through the
+rule registry (:mod:`convscope.linear.registry`: the rules of
+:mod:`convscope.linear.rules`, the affine handlers and the linear whitelist of
+:mod:`convscope.linear.affine`, and the users' ``register_rule`` entries); anything
+else is a :class:`ConvscopeError` naming the op and the module it ran in. Custom
+``torch.autograd.Function`` calls and registered module types never reach the mode:
+the registry routes them for the duration of a pass. Module forward hooks only keep
+track of that module path. Intercepting at the function level matters: module hooks alone miss the
 functional calls of densenet, inception, mobilenet_v3 and efficientnet, and a
 forward hook on ``nn.ReLU(inplace=True)`` sees its input already overwritten.
 
@@ -29,9 +32,10 @@ dropout are frozen at ``x0``'s statistics and one random mask).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,16 +44,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from convscope.errors import ConvscopeError
-from convscope.linear.affine import (
-    CONSTANT_OF_SHAPE,
-    FIRST_LINEAR,
-    HANDLERS,
-    JOINT_LINEAR,
-    METADATA,
-    Handler,
-    linear_first,
-    linear_joint,
-)
+from convscope.linear import registry
 from convscope.linear.aten import ATEN
 from convscope.linear.context import (
     ALL_OFF,
@@ -70,7 +65,6 @@ from convscope.linear.contributions import (
     residual_share,
     votes,
 )
-from convscope.linear.rules import RULES
 
 if TYPE_CHECKING:
     from convscope.linear.svd import SVDResult
@@ -79,12 +73,10 @@ __all__ = ["LinearInterpreter", "frozen_pass"]
 
 _MODES = ("freeze", "taylor")
 
-_DISPATCH: dict[Callable[..., Any], Handler] = {
-    **dict.fromkeys(JOINT_LINEAR, linear_joint),
-    **dict.fromkeys(FIRST_LINEAR, linear_first),
-    **HANDLERS,
-    **RULES,
-}
+_DISPATCH = registry.DISPATCH  # built-in and user rules, one table (linear/registry.py)
+
+Output = str | int | Callable[[Any], torch.Tensor] | None
+"""Which tensor of the model's output to interpret: a key, an index or a callable."""
 
 
 class _Interceptor(TorchFunctionMode):
@@ -111,8 +103,9 @@ class _Interceptor(TorchFunctionMode):
         handler = _DISPATCH.get(func)
         if handler is not None:
             return handler(ctx, func, args, kwargs)
-        if func in METADATA or func in CONSTANT_OF_SHAPE:
-            return func(*args, **kwargs)
+        handler = registry.lookup_overload(func)
+        if handler is not None:
+            return handler(ctx, func, args, kwargs)
         raise ConvscopeError(
             f"{op_name(func)} in {ctx.where()} is not linear and convscope.linear has no "
             "rule for it; supported: ReLU-like units, clamps, max-pools, norms, smooth "
@@ -126,8 +119,11 @@ def frozen_pass(model: nn.Module, ctx: PassContext) -> Iterator[None]:
 
     Registers a forward pre-hook and an always-called forward hook on every
     sub-module (to know the current module path), switches off ``requires_grad`` on
-    the parameters (the transposed system needs gradients for the probes only) and
-    snapshots the buffers; all of it is undone in ``finally``.
+    the parameters (the transposed system needs gradients for the probes only),
+    snapshots the buffers and routes registered module types and autograd.Functions to
+    their rules (:func:`convscope.linear.registry.installed`); all of it is undone in
+    ``finally``. With ``ctx.find_nonfinite`` the forward hook also records the first
+    module whose output is not finite (``ctx.nonfinite_at``).
     """
     handles: list[Any] = []
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -140,6 +136,11 @@ def frozen_pass(model: nn.Module, ctx: PassContext) -> Iterator[None]:
         return hook
 
     def leave(module: nn.Module, args: Any, output: Any) -> None:
+        if ctx.find_nonfinite and ctx.nonfinite_at is None:
+            with torch._C.DisableTorchFunction():  # hooks run under the interceptor
+                finite = _finite(output)
+            if not finite:
+                ctx.nonfinite_at = (ctx.path, type(module).__name__)
         if ctx.stack:
             ctx.stack.pop()
 
@@ -149,7 +150,7 @@ def frozen_pass(model: nn.Module, ctx: PassContext) -> Iterator[None]:
             handles.append(module.register_forward_hook(leave, always_call=True))
         for p, _ in flags:
             p.requires_grad_(False)
-        with _Interceptor(ctx):
+        with registry.installed(model, ctx), _Interceptor(ctx):
             yield
     finally:
         for h in handles:
@@ -162,6 +163,24 @@ def frozen_pass(model: nn.Module, ctx: PassContext) -> Iterator[None]:
                 # version of a buffer the backward pass of a transpose still needs
                 if b._version != version:
                     b.copy_(saved)
+
+
+def _finite(value: Any) -> bool:
+    """Whether every tensor in ``value`` (a tensor, or one level of tuple/list/dict) is finite."""
+    if isinstance(value, torch.Tensor):
+        return not value.is_floating_point() or bool(torch.isfinite(value.detach()).all())
+    if isinstance(value, (tuple, list)):
+        return all(_finite(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(_finite(v) for v in value.values())
+    return True
+
+
+def _nonfinite_count(t: torch.Tensor) -> str:
+    """``"3 of 48 values are not finite (2 NaN, 1 inf)"``."""
+    nan = int(torch.isnan(t).sum())
+    inf = int(torch.isinf(t).sum())
+    return f"{nan + inf} of {t.numel()} values are not finite ({nan} NaN, {inf} inf)"
 
 
 @contextlib.contextmanager
@@ -199,10 +218,18 @@ class LinearInterpreter:
 
     Args:
         model: a network that treats the samples of a batch independently and returns
-            one tensor ``(N, *out_shape)``; usually in eval mode.
-        x0: ``(1, *in_shape)`` the image the decisions are taken from, e.g. ``(1, C, H, W)``.
+            one tensor ``(N, *out_shape)`` (or a dict, tuple or dataclass holding it:
+            see ``output``); usually in eval mode.
+        x0: ``(1, *in_shape)`` the image the decisions are taken from, e.g. ``(1, C, H, W)``;
+            finite.
         mode: ``"freeze"`` (the paper's frozen masks, selections, statistics, ratios
             and gates) or ``"taylor"`` (first-order expansion: ``F`` is the Jacobian).
+        output: which tensor of a model output that is not one tensor to interpret: a
+            key of a dict output (``"out"`` for torchvision's segmentation models), an
+            index into a tuple or list, an attribute name of a dataclass-like output, or
+            a callable ``output(model_output) -> tensor`` (it runs inside the pass, so
+            torch ops in it are interpreted like the model's own). ``None``: the model
+            must return one tensor.
         batch_size: at most this many probes per forward pass (bounds memory).
         seed: every pass draws its random numbers (train-mode dropout masks) from
             this seed, so all passes freeze the same mask; the caller's random state
@@ -225,8 +252,12 @@ class LinearInterpreter:
         in_shape, out_shape: shapes of one input and one output, without the batch.
 
     Raises:
-        ConvscopeError: a bad ``x0`` or ``mode``, a model output that is not a batched
-            tensor, or an op the interpreter has no rule for (named with its module).
+        ConvscopeError: a bad or non-finite ``x0``, a bad ``mode``, a model output that
+            is not a batched tensor (or that ``output`` cannot pick from), an output
+            ``f(x0)`` or residual that is not finite (naming the first module whose
+            output was not), an op or a custom ``torch.autograd.Function`` the
+            interpreter has no rule for (named with its module; see
+            :func:`convscope.linear.register_rule`). The model is left as it came.
     """
 
     def __init__(
@@ -238,6 +269,7 @@ class LinearInterpreter:
         batch_size: int = 32,
         seed: int = 0,
         cuda_graphs: bool | None = None,
+        output: Output = None,
     ) -> None:
         if mode not in _MODES:
             raise ConvscopeError(f"mode must be one of {list(_MODES)}; got {mode!r}")
@@ -248,17 +280,26 @@ class LinearInterpreter:
             )
         if not x0.is_floating_point():
             raise ConvscopeError(f"x0 must be a floating-point tensor; got dtype {x0.dtype}")
+        if not bool(torch.isfinite(x0).all()):
+            raise ConvscopeError(
+                f"x0 is not finite: {_nonfinite_count(x0)}; the linear interpreter needs a "
+                "finite image to take its decisions from"
+            )
+        _check_output(output)
         check_batch_size(batch_size)
         self.model = model
         self.mode: Mode = mode
         self.batch_size = batch_size
         self.seed = seed
+        self.output_selector: Output = output
         self.x0 = x0.detach()
         self.in_shape: tuple[int, ...] = tuple(x0.shape[1:])
         self.cuda_graphs = _graphs_wanted(cuda_graphs, model, self.x0)
         self._graphs: OrderedDict[tuple[Any, ...], _Graph] = OrderedDict()
         self._sources: tuple[Source, ...] | None = None
         out, ctx = self._run(torch.zeros_like(self.x0), [ALL_ON])
+        if not bool(torch.isfinite(out).all()):
+            self._refuse_nonfinite(out)
         self._sources = tuple(ctx.sources)
         self.output = out[:1].detach()
         self.residual = out[1:2].detach()
@@ -286,26 +327,26 @@ class LinearInterpreter:
         source_hook: SourceHook | None = None,
         grad: bool = False,
         replay: list[bool] | None = None,
+        find_nonfinite: bool = False,
     ) -> tuple[torch.Tensor, PassContext]:
         """One forward pass on ``[x0, probes]``; returns the ``(1 + B, *out)`` output.
 
         ``replay``: the decisions of an earlier pass of this kind, given back while a
         CUDA graph is captured (no random state is touched then: graphs are used only
-        when no module is in training mode).
+        when no module is in training mode). ``find_nonfinite``: record the first
+        module whose output is not finite in ``ctx.nonfinite_at`` (one check per module:
+        only to explain an error).
         """
         rows = 1 + probes.shape[0]
         codes_t = torch.as_tensor(codes, dtype=torch.long)
         ctx = PassContext(rows, self.mode, codes_t, source_hook, replay)
+        ctx.find_nonfinite = find_nonfinite
         batch = torch.cat([self.x0, probes.to(self.x0)])
         ctx.track(batch)
         seeded = _seeded(self.seed) if replay is None else contextlib.nullcontext()
         with seeded, torch.set_grad_enabled(grad), frozen_pass(self.model, ctx):
-            out = self.model(batch)
-        if not isinstance(out, torch.Tensor):
-            raise ConvscopeError(
-                f"the linear interpreter needs a model that returns one tensor; got "
-                f"{type(out).__name__}"
-            )
+            # picked inside the pass: a callable's torch ops are interpreted too
+            out = _pick(self.model(batch), self.output_selector)
         if not ctx.is_tracked(out):
             raise ConvscopeError("the model's output does not depend on its input")
         if ctx.layout(out) is not None:  # an op moved the samples and nothing moved them back
@@ -322,16 +363,50 @@ class LinearInterpreter:
             )
         return out, ctx
 
-    def _probes(self, x1: torch.Tensor, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    def _refuse_nonfinite(self, out: torch.Tensor) -> None:
+        """Raise for a first pass whose output is not finite, naming where it went so."""
+        try:  # once more, watching every module's output (the error path only)
+            _, ctx = self._run(torch.zeros_like(self.x0), [ALL_ON], find_nonfinite=True)
+            at = ctx.nonfinite_at
+        except ConvscopeError:
+            at = None
+        if at is None:
+            where = ""
+        elif at[0]:
+            where = f"; the first module whose output is not finite is {at[0]!r} ({at[1]})"
+        else:
+            where = "; it turns non-finite in the model's own forward"
+        if not bool(torch.isfinite(out[:1]).all()):
+            raise ConvscopeError(
+                f"the model's output f(x0) is not finite: {_nonfinite_count(out[:1])}{where}"
+            )
+        raise ConvscopeError(
+            "the frozen system at x0 is not finite: in the residual r(x0) = li(0), "
+            f"{_nonfinite_count(out[1:])}{where}"
+        )
+
+    def _probes(
+        self, x1: torch.Tensor, name: str, shape: tuple[int, ...], check: bool = True
+    ) -> torch.Tensor:
         if not isinstance(x1, torch.Tensor) or tuple(x1.shape[1:]) != shape or x1.ndim < 1:
             got = tuple(x1.shape) if isinstance(x1, torch.Tensor) else type(x1).__name__
             raise ConvscopeError(
                 f"{name} must be a batch (B, {', '.join(map(str, shape))}); got {got}"
             )
-        return x1.detach().to(self.x0)
+        x1 = x1.detach().to(self.x0)
+        # one reduction per call, outside any CUDA graph; the interpreter's own probes
+        # (columns, rows, SVD) are finite by construction and skip it
+        if check and not bool(torch.isfinite(x1).all()):
+            raise ConvscopeError(
+                f"{name} is not finite: {_nonfinite_count(x1)}; the linear interpreter "
+                "needs finite probes"
+            )
+        return x1
 
-    def _forward(self, x1: torch.Tensor, code: int, batch_size: int | None) -> torch.Tensor:
-        x1 = self._probes(x1, "x1", self.in_shape)
+    def _forward(
+        self, x1: torch.Tensor, code: int, batch_size: int | None, check: bool = True
+    ) -> torch.Tensor:
+        x1 = self._probes(x1, "x1", self.in_shape, check)
         size = check_batch_size(self.batch_size if batch_size is None else batch_size)
         outs = []
         for sl in _chunks(x1.shape[0], size):
@@ -422,7 +497,12 @@ class LinearInterpreter:
         Returns:
             ``(B, *in_shape)``.
         """
-        y2 = self._probes(y2, "y2", self.out_shape)
+        return self._transpose(y2, batch_size)
+
+    def _transpose(
+        self, y2: torch.Tensor, batch_size: int | None, check: bool = True
+    ) -> torch.Tensor:
+        y2 = self._probes(y2, "y2", self.out_shape, check)
         size = check_batch_size(self.batch_size if batch_size is None else batch_size)
         grads = []
         for sl in _chunks(y2.shape[0], size):
@@ -452,7 +532,7 @@ class LinearInterpreter:
         """
         flat = _indices(idx, math.prod(self.in_shape), "input")
         probes = _impulses(flat, self.in_shape, self.x0)
-        return self.linear(probes, batch_size=batch_size)
+        return self._forward(probes, ALL_OFF, batch_size, check=False)
 
     def rows(
         self, idx: int | Sequence[int] | torch.Tensor, *, batch_size: int | None = None
@@ -468,7 +548,7 @@ class LinearInterpreter:
         """
         flat = _indices(idx, math.prod(self.out_shape), "output")
         e = _impulses(flat, self.out_shape, self.x0)
-        return self.transpose(e, batch_size=batch_size)
+        return self._transpose(e, batch_size, check=False)
 
     def svd(
         self,
@@ -493,10 +573,18 @@ class LinearInterpreter:
         from convscope.linear import svd as svd_module
 
         options.setdefault("device", self.x0.device)
+
+        # the SVD's own iterates: it checks what comes back for finiteness itself
+        def linear(x: torch.Tensor) -> torch.Tensor:
+            return self._forward(x, ALL_OFF, None, check=False)
+
+        def transpose(y: torch.Tensor) -> torch.Tensor:
+            return self._transpose(y, None, check=False)
+
         if method == "power":
             return svd_module.power_svd(
-                self.linear,
-                self.transpose,
+                linear,
+                transpose,
                 self.in_shape,
                 self.out_shape,
                 k,
@@ -506,7 +594,7 @@ class LinearInterpreter:
             )
         if method == "randomized":
             return svd_module.randomized_svd(
-                self.linear, self.transpose, self.in_shape, self.out_shape, k, **options
+                linear, transpose, self.in_shape, self.out_shape, k, **options
             )
         raise ConvscopeError(f"unknown SVD method {method!r}; choose 'power' or 'randomized'")
 
@@ -564,6 +652,82 @@ class LinearInterpreter:
         See :func:`convscope.linear.contributions.votes`.
         """
         return votes(self, targets, top=top, batch_size=batch_size)
+
+
+def _check_output(output: Any) -> None:
+    if output is None or callable(output) or isinstance(output, str):
+        return
+    if isinstance(output, int) and not isinstance(output, bool):
+        return
+    raise ConvscopeError(
+        "output must be a key (str), an index (int) or a callable that picks the tensor "
+        f"from the model's output; got {output!r}"
+    )
+
+
+def _a(value: Any) -> str:
+    """``"a tuple"``, ``"an OrderedDict"``: the type of ``value`` with its article."""
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+def _describe(out: Any) -> str:
+    """What a model output that is not one tensor holds, for an error message."""
+    if isinstance(out, Mapping):
+        return f"{_a(out)} with keys {list(out.keys())}"
+    if isinstance(out, (tuple, list)) and not hasattr(out, "_fields"):
+        return f"{_a(out)} of {len(out)} values"
+    if dataclasses.is_dataclass(out):
+        return f"{_a(out)} with fields {[f.name for f in dataclasses.fields(out)]}"
+    if hasattr(out, "_fields"):  # a named tuple
+        return f"{_a(out)} with fields {list(out._fields)}"
+    return _a(out)
+
+
+def _pick(out: Any, output: Output) -> torch.Tensor:
+    """The tensor ``output`` selects from the model's output ``out``."""
+    if output is None:
+        if isinstance(out, torch.Tensor):
+            return out
+        if isinstance(out, Mapping):
+            hint = f"the key of the tensor to interpret (e.g. output={next(iter(out), 'out')!r})"
+        elif isinstance(out, (tuple, list)) and not hasattr(out, "_fields"):
+            hint = f"its index (0 to {len(out) - 1})" if len(out) else "a callable"
+        else:
+            hint = "the attribute name of the tensor"
+        raise ConvscopeError(
+            f"the model returns {_describe(out)}, not one tensor; pass output= with {hint}, "
+            "or a callable that picks the tensor from the output"
+        )
+    if callable(output):
+        picked = output(out)
+        what = f"output={getattr(output, '__name__', 'callable')}"
+    elif isinstance(out, torch.Tensor):
+        raise ConvscopeError(
+            f"output={output!r} was given but the model returns one tensor; leave output "
+            "out (or pass a callable to pick part of it)"
+        )
+    elif isinstance(out, Mapping):
+        if output not in out:
+            raise ConvscopeError(
+                f"output={output!r} is not in the model's output, {_describe(out)}"
+            )
+        picked, what = out[output], f"output={output!r}"
+    elif isinstance(output, int) and isinstance(out, (tuple, list)):
+        if not -len(out) <= output < len(out):
+            raise ConvscopeError(
+                f"output={output} is out of range for the model's output, {_describe(out)}"
+            )
+        picked, what = out[output], f"output={output}"
+    elif isinstance(output, str) and hasattr(out, output):
+        picked, what = getattr(out, output), f"output={output!r}"
+    else:
+        raise ConvscopeError(
+            f"output={output!r} cannot pick a tensor from the model's output, {_describe(out)}"
+        )
+    if not isinstance(picked, torch.Tensor):
+        raise ConvscopeError(f"{what} picked {_a(picked)}, not a tensor")
+    return picked
 
 
 def _graphs_wanted(wanted: bool | None, model: nn.Module, x0: torch.Tensor) -> bool:
