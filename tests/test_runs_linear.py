@@ -239,3 +239,33 @@ def test_bad_input_raises_and_writes_nothing(
     assert needle in str(e.value)
     # refused before anything was written (the folder may have been checked and made)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+class _DictOut(nn.Module):
+    """A segmentation-style model: a dict of two dense outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.aux = nn.Conv2d(1, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": torch.relu(self.conv(x)), "aux": self.aux(x)}
+
+
+def test_output_picks_the_tensor_of_a_dict_output(files: dict[str, Path], tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = _DictOut().double().eval()
+    x0 = load_image(files["small"]).double()
+    m = linear_contributions.run(net, files["small"], tmp_path / "a", output="out").metrics
+    li = LinearInterpreter(net, x0, output="out")
+    assert m["linear"]["output"] == "out" and m["linear"]["output_shape"] == [3, 12, 12]
+    assert m["output"]["sum"] == pytest.approx(float(li.output.sum()), rel=1e-12)
+    total = sum(v["sum"] for v in m["contributions"].values())
+    with torch.no_grad():
+        want = float(net(x0)["out"].sum())
+    assert total == pytest.approx(want, rel=1e-10)
+    aux = linear_residual.run(net, files["small"], tmp_path / "b", output="aux").metrics
+    assert aux["linear"]["output_shape"] == [2, 12, 12]
+    with pytest.raises(ConvscopeError, match="output="):
+        linear_residual.run(net, files["small"], tmp_path / "c")
