@@ -189,7 +189,8 @@ def _propagate_gate(ctx: PassContext, src: Any, out: Any) -> None:
 _RESHAPES = torch_funcs(torch, "flatten unflatten reshape squeeze unsqueeze") | torch_funcs(
     T, "view view_as reshape reshape_as flatten unflatten squeeze unsqueeze squeeze_ unsqueeze_"
 )
-_SHAPE_FROM_OTHER = torch_funcs(T, "view_as reshape_as expand_as type_as")
+# the other tensor gives only a shape or a dtype
+_SHAPE_FROM_OTHER = torch_funcs(T, "view_as reshape_as expand_as type_as to")
 _CASTS = torch_funcs(T, "to type type_as")
 _REMOVES_DIM = torch_funcs(torch, "select unbind") | torch_funcs(T, "select unbind")
 # dim argument (position, default) of the ops that slice along one dimension
@@ -290,7 +291,7 @@ def linear_joint(
     """A whitelisted linear op (:data:`JOINT_LINEAR`): run it, follow the samples."""
     x: Any = args[0] if args else kwargs.get("input", kwargs.get("self"))
     if not ctx.is_tracked(x):
-        if func in _SHAPE_FROM_OTHER:  # x.view_as(tracked): only the other's shape is read
+        if func in _SHAPE_FROM_OTHER:  # constant.view_as(tracked), constant.to(tracked)
             return func(*args, **kwargs)
         return ctx.track(func(*args, **kwargs), func)
     if func in _CASTS:

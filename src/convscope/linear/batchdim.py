@@ -296,6 +296,13 @@ def _expand_index(index: Any) -> tuple[Any, ...]:
     return index if isinstance(index, tuple) else (index,)
 
 
+def _as_index(item: Any) -> Any:
+    """A list index (``x[[0, 2]]``, ``x[[True, False]]``) as the tensor it stands for."""
+    if isinstance(item, list):
+        return torch.as_tensor(item)
+    return item
+
+
 def _consumes(item: Any) -> int:
     if item is None or item is Ellipsis or isinstance(item, bool):
         return 0
@@ -313,8 +320,6 @@ def _meta_item(item: Any) -> Any:
         if item.dtype in (torch.bool, torch.uint8):
             return tuple(i.to("meta") for i in item.bool().nonzero(as_tuple=True))
         return item.to("meta")
-    if isinstance(item, (list, tuple)):
-        return torch.as_tensor(item).to("meta")
     return item
 
 
@@ -323,7 +328,7 @@ def getitem_layout(
 ) -> Layout:
     """The layout of ``x[index]``; refused when the index touches the sample dimension
     (anything but ``:`` there: an integer, a partial slice, an index tensor, a mask)."""
-    items = _expand_index(index)
+    items = tuple(_as_index(i) for i in _expand_index(index))
     n_used = sum(_consumes(i) for i in items)
     dims: list[tuple[int, int, Any]] = []  # (first input dim, count, item)
     pos = 0

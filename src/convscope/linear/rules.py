@@ -491,6 +491,34 @@ def _rms_norm(
     return bd.track(ctx, bd.uncanon(out, layout, x_in.shape, ctx.rows), func, layout)
 
 
+def _normalize_p(
+    ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``F.normalize``, ``x / max(||x||_p, eps)`` along ``dim``: freeze the norm of
+    ``x0`` (``c = 0``), or expand exactly (taylor)."""
+    refuse_tracked(ctx, func, args, kwargs)
+    a = _bind(F.normalize, args, kwargs)
+    x_in: T = a["input"]
+    p, dim, eps = float(a["p"]), int(a["dim"]), float(a["eps"])
+    layout = bd.layout_of(ctx, x_in)
+    if dim % x_in.ndim == layout.dim:
+        raise bd.refuse(ctx, func, "normalizes over the batch dimension")
+    x = bd.canon(x_in, layout, ctx.rows)
+    d = bd.canon_dim(dim, layout, x_in.ndim)
+    x0 = x[:1].detach()
+    n0 = x0.norm(p, d, keepdim=True)
+    denom = n0.clamp_min(eps)
+    if ctx.mode == "freeze":
+        out = x / denom
+    else:
+        # d||x||_p = sum(sign(x0) |x0|^(p-1) dx) / ||x0||^(p-1), where the norm exceeds eps
+        weight = x0.sign() * x0.abs().pow(p - 1) / n0.pow(p - 1).clamp_min(eps**p)
+        dn = (weight * x).sum(d, keepdim=True) * (n0 > eps).to(x.dtype)
+        lin = x / denom - x0 * dn / denom.square()
+        out = ctx.add_constant(lin, x0 / denom - lin[:1].detach(), "normalize c(x0)")
+    return bd.track(ctx, bd.uncanon(out, layout, x_in.shape, ctx.rows), func, layout)
+
+
 # -- dropout: the same random mask on every row --------------------------------------------
 
 
@@ -905,6 +933,7 @@ def _build() -> dict[Callable[..., Any], Handler]:
     rules[F.layer_norm] = _layer_norm
     if hasattr(F, "rms_norm"):
         rules[F.rms_norm] = _rms_norm
+    rules[F.normalize] = _normalize_p
     multiplicative = torch_funcs(F, "dropout dropout1d dropout2d dropout3d") | torch_funcs(
         torch, "dropout dropout_ feature_dropout feature_dropout_"
     )
