@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from convscope.io import atomic_write_bytes, write_json
+
 RESULTS = Path(__file__).resolve().parent / "results" / "linear"
 
 
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", help="comma-separated names (default: every model)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--first", help="comma-separated names to run before the others")
     p.add_argument("--child", nargs=2, metavar=("KIND", "NAME"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -72,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.models:
         wanted = set(args.models.split(","))
         names = [(k, n) for k, n in names if n in wanted]
+    if args.first:
+        first = args.first.split(",")
+        names.sort(key=lambda kn: first.index(kn[1]) if kn[1] in first else len(first))
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads " + os.environ.get(
+        "COVERAGE_THREADS", "2"
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for kind, name in names:
         t0 = time.perf_counter()
@@ -90,13 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
         print(_line(row), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads " + os.environ.get(
-        "COVERAGE_THREADS", "2"
-    )
-    (args.out / "coverage.json").write_text(json.dumps({"machine": machine, "models": rows},
-                                                       indent=2) + "\n")  # fmt: skip
-    (args.out / "coverage.md").write_text(_table(rows, machine))
+        # written after every model: an interrupted sweep keeps what it finished
+        blob = {"machine": machine, "models": rows}
+        write_json(args.out / "coverage.json", blob)
+        atomic_write_bytes(args.out / "coverage.md", _table(rows, machine).encode())
     return 0
 
 
