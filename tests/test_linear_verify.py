@@ -70,3 +70,11 @@ def test_bad_mode() -> None:
     with pytest.raises(ConvscopeError, match="mode must be freeze or taylor; got 'exact'"):
         verify(_net(), torch.zeros(1, 3, 8, 8, dtype=torch.float64),
                torch.zeros(1, 3, 8, 8, dtype=torch.float64), mode="exact")  # fmt: skip
+
+
+def test_zero_initialised_heads_get_weights() -> None:
+    net = _net()
+    with torch.no_grad():
+        net[-1].weight.zero_()
+    calibrate_batch_norm(net, torch.randn(4, 3, 12, 12, dtype=torch.float64))
+    assert float(net[-1].weight.abs().min()) > 0  # else the output would not depend on x

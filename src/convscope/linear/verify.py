@@ -45,6 +45,9 @@ __all__ = [
 def calibrate_batch_norm(model: nn.Module, x: torch.Tensor, *, seed: int = 0) -> nn.Module:
     """Random affine values and biases, batch-norm statistics from ``x``; then eval mode.
 
+    Weights that are all zero (the classification head of torchvision's ViT starts so)
+    get random values too: a zero map makes every check pass trivially.
+
     Args:
         model: An untrained network (changed in place).
         x: ``(N, C, H, W)`` real images the statistics are taken from (one pass).
@@ -62,8 +65,12 @@ def calibrate_batch_norm(model: nn.Module, x: torch.Tensor, *, seed: int = 0) ->
                 if m.affine:
                     m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
                     m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
-            elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
-                m.bias.copy_(0.05 * torch.randn(m.bias.shape, generator=gen))
+            elif isinstance(m, (nn.Conv2d, nn.Linear)):
+                if not m.weight.any():  # zero-initialised heads (torchvision's ViT) give F = 0
+                    fan_in = m.weight[0].numel()
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / fan_in**0.5)
+                if m.bias is not None:
+                    m.bias.copy_(0.05 * torch.randn(m.bias.shape, generator=gen))
         model.train()
         model(x)
     return model.eval()
@@ -102,6 +109,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | None = None) ->
     ref = (scale if scale is not None else b).detach().abs().max()
     diff = (a - b).detach().abs().max()
     return float(diff / ref) if float(ref) > 0 else float(diff)
+
+
+def _math_attention() -> Any:
+    """Scaled dot-product attention by its plain formula (differentiable in both modes)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def verify(
@@ -158,13 +172,15 @@ def verify(
     lin = li.linear(dx)
     jvp_error = vjp_error = None
     if mode == "taylor":
-        jv = torch.func.jvp(f, (x0.expand_as(x1).clone(),), (dx,))[1]
+        with _math_attention():  # the fused attention kernels have no forward-mode formula
+            jv = torch.func.jvp(f, (x0.expand_as(x1).clone(),), (dx,))[1]
         jvp_error = _rel(lin, jv)
         signal = float(jv.abs().max() / f0.abs().max())
         gen = torch.Generator().manual_seed(seed)
         y = torch.randn(li.out_shape, generator=gen, dtype=f0.dtype).to(f0.device)[None]
-        pullback = torch.func.vjp(f, x0)[1]
-        vj = pullback(y)[0]
+        with _math_attention():
+            pullback = torch.func.vjp(f, x0)[1]
+            vj = pullback(y)[0]
         vjp_error = _rel(li.transpose(y), vj)
     else:
         signal = float(lin.abs().max() / f0.abs().max())
