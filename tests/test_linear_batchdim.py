@@ -112,6 +112,9 @@ REFUSED: dict[str, tuple[Fn, str]] = {
     "round": (lambda y: y.round(), "round"),
     "view_dtype": (lambda y: y.view(torch.int64).to(y.dtype), "view"),
     "output_not_first": (lambda y: y.transpose(0, 1), "output"),
+    "conv_unbatched": (lambda y: F.conv2d(y[:, 0], torch.ones(2, y.shape[0], 3, 3)), "conv2d"),
+    "pixel_shuffle_unbatched": (lambda y: F.pixel_shuffle(y[:, 0, :2, :2], 1), "pixel_shuffle"),
+    "pool_then_sum_over_batch": (lambda y: F.avg_pool2d(y, 2).sum((0, 1)), "sum"),
 }
 
 

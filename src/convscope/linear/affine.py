@@ -17,6 +17,12 @@ Three kinds of entries, looked up by the interceptor for an op with a tracked
 :data:`CONSTANT_OF_SHAPE` (``zeros_like`` ...) and :data:`METADATA` (``size``,
 ``shape`` ...) read only the shape of a tracked tensor: they run as usual and their
 outputs are constants.
+
+Every entry also follows the sample (batch) dimension (:mod:`convscope.linear.batchdim`):
+it computes where the samples are in its output from where they are in its inputs, and
+refuses, naming the op and the module, what would mix, reorder, drop or reduce them
+(``y[perm]``, ``index_select(0, ...)``, ``roll``/``flip`` along them, ``sum(0)``, a
+reshape that splits them), and casts to integer or boolean types.
 """
 
 from __future__ import annotations
@@ -330,6 +336,14 @@ _FIRST_BATCH0 = (
     )
     | torch_funcs(torch._C._nn, "avg_pool2d avg_pool3d adaptive_avg_pool2d adaptive_avg_pool3d")
 )
+# ops that take unbatched inputs too, and then mix dimension 0 with others: the number
+# of dimensions they have when dimension 0 is the batch
+_BATCHED_NDIM: dict[str, tuple[int, ...]] = {
+    "pixel_shuffle": (4, 5, 6, 7, 8),
+    "pixel_unshuffle": (4, 5, 6, 7, 8),
+    "unfold": (4,),
+    "fold": (3,),
+}
 _GETITEM = torch_funcs(T, "__getitem__")
 _INDEX_SELECT = torch_funcs(torch, "index_select") | torch_funcs(T, "index_select")
 _GATHER = torch_funcs(torch, "gather") | torch_funcs(T, "gather")
@@ -379,6 +393,11 @@ def _first_layout(
         return bd.Layout(d, layout.outer, layout.inner * repeats)
     # pools, interpolation, pixel shuffles, grids: dimension 0 is their batch
     layout = bd.require_first(ctx, func, x, merged_ok=True)
+    need = _BATCHED_NDIM.get(_short(func))
+    if need is not None and x.ndim not in need:
+        raise bd.refuse(
+            ctx, func, "reads an input without a batch dimension (its dimension 0 is channels)"
+        )
     for a in (*args[1:], *kwargs.values()):
         if isinstance(a, torch.Tensor) and a.ndim == x.ndim:  # grids, unpool indices
             bd.check_invariant(ctx, func, a, layout, a.ndim, "reads")
@@ -414,6 +433,11 @@ def _with_bias(
             raise bd.refuse(ctx, func, "mixes the batch dimension (it is its feature dimension)")
     else:
         layout = bd.require_first(ctx, func, x, merged_ok=True)
+        spatial = int(name[-2])  # conv2d, conv_transpose3d ...
+        if x.ndim != spatial + 2:
+            raise bd.refuse(
+                ctx, func, "convolves an input without a batch dimension (it mixes dimension 0)"
+            )
     bare_args, bare_kwargs, bias = pop_arg(args, kwargs, 2, "bias")
     if bias is None:
         return bd.track(ctx, func(*args, **kwargs), func, layout)

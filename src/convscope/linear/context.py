@@ -12,13 +12,12 @@ batch itself and every output of an op that had a tracked argument. Tracking is 
 identity (a dictionary from ``id`` to a weak reference, so a freed tensor whose id is
 reused is not mistaken for a tracked one), not by shape: a parameter that happens to
 have ``rows`` entries in its first dimension is not mistaken for a batch. Ops on
-untracked tensors only (parameters, buffers, constants) run untouched. Limits: the
-sample index must stay the leading dimension of every tracked tensor (checked by
-size after each op, so a permutation that brings another dimension of the same size
-to the front goes unnoticed), and the model must treat the samples of a batch
-independently (no train-mode batch statistics over the batch, which the rules
-replace by ``x0``'s statistics, and no reductions over the batch, which are refused
-when they are explicit).
+untracked tensors only (parameters, buffers, constants) run untouched. Where the
+sample index is in each tracked tensor (first, or moved and merged by transformers'
+reshapes) is its *layout*, computed by every op (:mod:`convscope.linear.batchdim`);
+the model must treat the samples of a batch independently (no train-mode batch
+statistics over the batch, which the rules replace by ``x0``'s statistics; ops that
+mix the samples are refused).
 
 Bias sources. Every additive constant the frozen system adds to a tracked tensor is a
 *source*, numbered in the order the pass meets them: conv/linear biases, batch-norm

@@ -23,7 +23,15 @@ max-pool) are the same in both modes. Slopes of the smooth units come from
 
 Which operand of a product is the gate: the one with fewer elements per sample
 (squeeze-excitation scales ``(N, C, 1, 1)``); on a tie the output of a sigmoid-like
-unit; otherwise the second operand.
+unit or a softmax; otherwise the second operand. Products of two input-dependent
+matrices (``matmul``, ``einsum`` ...) freeze the gate if there is one, else the second
+operand; attention (:mod:`convscope.linear.attention`) freezes its weights. A softmax
+in freeze mode is a gate: its value at ``x0`` for every probe.
+
+Rules read ``x0`` from the canonical view of their input
+(:func:`convscope.linear.batchdim.canon`: the samples first), so they work wherever
+an op moved the samples; rules that need them in dimension 0 (pools, batch, instance
+and group norm) say so.
 """
 
 from __future__ import annotations
