@@ -85,6 +85,8 @@ REFUSED: dict[str, tuple[Fn, str]] = {
     "mean": (lambda y: y - y.mean(0, keepdim=True), "mean"),
     "max": (lambda y: y - y.max(0).values, "max"),
     "sort": (lambda y: y.sort(0).values, "sort"),
+    "topk": (lambda y: y.topk(1, 0).values, "topk"),
+    "cumsum_int": (lambda y: y.cumsum(1, dtype=torch.int64).to(y.dtype), "cumsum"),
     "cumsum": (lambda y: y.cumsum(0), "cumsum"),
     "narrow": (lambda y: y.narrow(0, 0, 1).expand_as(y), "narrow"),
     "chunk": (lambda y: y.chunk(2, 0)[0], "chunk"),
@@ -179,6 +181,9 @@ KEPT: dict[str, Fn] = {
     "flip": lambda y: y.flip(1, 3),
     "sum": lambda y: y.sum(1, keepdim=True) * y.mean((2, 3), keepdim=True) + y.sum(-1)[..., None],
     "max": lambda y: y.max(1, keepdim=True).values + y.amax(2, keepdim=True),
+    "sort_topk_cumsum": lambda y: (
+        y.sort(1).values[:, :3] * y.topk(2, -1).values.sum(-1, True)[:, :3] + y.cumsum(2)[:, :3]
+    ),
     "narrow_chunk_cat": lambda y: torch.cat([*y.chunk(2, 1)[::-1], y.narrow(1, 1, 2)], 1),
     "softmax": lambda y: F.softmax(y, dim=1) * y,
     "log_softmax": lambda y: F.log_softmax(y.flatten(1), dim=-1),

@@ -168,6 +168,8 @@ _add("softmax", Case(S1, _x(-1), freeze="zero"))
 _add("log_softmax", Case(S1, _x(-1), freeze="identity"))
 _add("max min", Case(S1, _x(1)))
 _add("amax amin", Case(S1, _x(1)))
+_add("sort", Case(S1, _x(1, True)))
+_add("topk", Case(S1, _x(2, 2)))
 # affine handlers: the linear part is the derivative in both modes
 _add("conv1d", Case(((2, 8),), _x(_c(3, 2, 3), _c(3), padding=1)))
 _add("conv2d", Case(IMG, _x(_c(3, 2, 3, 3), _c(3), padding=1)))

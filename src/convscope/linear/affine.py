@@ -76,7 +76,7 @@ JOINT_LINEAR: frozenset[Callable[..., Any]] = frozenset(
         torch,
         "cat concat concatenate stack hstack vstack dstack flatten unflatten reshape "
         "squeeze unsqueeze narrow split tensor_split chunk unbind select neg negative "
-        "diagonal tril triu real clone",
+        "diagonal tril triu real clone cumsum",
     )
     | torch_funcs(
         T,
@@ -84,7 +84,7 @@ JOINT_LINEAR: frozenset[Callable[..., Any]] = frozenset(
         "unsqueeze_ contiguous clone expand expand_as repeat narrow select split "
         "split_with_sizes tensor_split chunk unbind neg negative neg_ __neg__ __pos__ "
         "positive diagonal tril triu to type type_as float double half bfloat16 cpu cuda "
-        "requires_grad_ zero_",
+        "requires_grad_ zero_ cumsum",
     )
     | _getters("real")
 )
@@ -215,6 +215,7 @@ _EXPANDS = torch_funcs(T, "expand expand_as")
 _REPEAT = torch_funcs(T, "repeat")
 _DIAGONAL = torch_funcs(torch, "diagonal") | torch_funcs(T, "diagonal")
 _TRIANGLE = torch_funcs(torch, "tril triu") | torch_funcs(T, "tril triu")
+_CUMULATIVE = torch_funcs(torch, "cumsum") | torch_funcs(T, "cumsum")
 
 
 def _target_dtype(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -284,6 +285,8 @@ def _joint_layout(
         return layout.moved(d - (dim1 < d) - (dim2 < d))
     if func in _TRIANGLE and d >= len(in_shape) - 2:
         raise bd.refuse(ctx, func, "masks a triangle that spans the batch dimension")
+    if func in _CUMULATIVE and int(_arg(args, kwargs, 1, "dim", 0)) % len(in_shape) == d:
+        raise bd.refuse(ctx, func, "accumulates along the batch dimension")
     # every other whitelisted op keeps the shape: clone, contiguous, neg, casts, ...
     first = out[0] if isinstance(out, (list, tuple)) else out
     if isinstance(first, torch.Tensor) and tuple(first.shape) != in_shape:
@@ -300,7 +303,7 @@ def linear_joint(
         if func in _SHAPE_FROM_OTHER:  # constant.view_as(tracked), constant.to(tracked)
             return func(*args, **kwargs)
         return ctx.track(func(*args, **kwargs), func)
-    if func in _CASTS:
+    if func in _CASTS or "dtype" in kwargs:
         dtype = _target_dtype(func, args, kwargs)
         if dtype is not None and not (dtype.is_floating_point or dtype.is_complex):
             raise ConvscopeError(

@@ -926,6 +926,55 @@ def _select_rule(largest: bool) -> Handler:
     return rule
 
 
+def _sort_rule(top: bool) -> Handler:
+    """``sort`` / ``topk`` along a non-batch dimension: the order of ``x0`` (a selection,
+    the same in both modes, like a max-pool)."""
+
+    def rule(
+        ctx: PassContext, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        refuse_tracked(ctx, func, args, kwargs)
+        x_in: T = args[0]
+        if top:
+            names: tuple[str, ...] = ("k", "dim", "largest", "sorted")
+            a = {
+                "dim": -1,
+                "largest": True,
+                "sorted": True,
+                **dict(zip(names, args[1:], strict=False)),
+            }
+        else:
+            names = ("dim", "descending")
+            a = {"dim": -1, "descending": False, **dict(zip(names, args[1:], strict=False))}
+        a.update(kwargs)
+        layout = bd.layout_of(ctx, x_in)
+        dim = int(a.pop("dim")) % x_in.ndim
+        if dim == layout.dim:
+            raise bd.refuse(ctx, func, "sorts along the batch dimension")
+        x = bd.canon(x_in, layout, ctx.rows)
+        dc = bd.canon_dim(dim, layout, x_in.ndim)
+        x0 = x[:1].detach()
+        if top:
+            _, idx = torch.topk(x0, a["k"], dc, a["largest"], a["sorted"])
+        else:
+            _, idx = torch.sort(
+                x0, dim=dc, descending=a["descending"], stable=a.get("stable", False)
+            )
+        shape = list(x.shape)
+        shape[dc] = idx.shape[dc]
+        full_idx = idx.expand(shape)
+        values = x.gather(dc, full_idx)
+        out_shape = list(x_in.shape)
+        out_shape[dim] = idx.shape[dc]
+        values = bd.uncanon(values, layout, out_shape, ctx.rows)
+        indices = bd.uncanon(full_idx, layout, out_shape, ctx.rows)
+        bd.track(ctx, values, func, layout)
+        kind = torch.return_types.topk if top else torch.return_types.sort
+        return kind((values, indices))
+
+    return rule
+
+
 def _build() -> dict[Callable[..., Any], Handler]:
     rules: dict[Callable[..., Any], Handler] = {}
     for unit, variants in _UNITS:
@@ -969,6 +1018,12 @@ def _build() -> dict[Callable[..., Any], Handler]:
     )
     rules.update(
         dict.fromkeys(torch_funcs(torch, "amax") | torch_funcs(T, "amax"), _select_rule(True))
+    )
+    rules.update(
+        dict.fromkeys(torch_funcs(torch, "sort") | torch_funcs(T, "sort"), _sort_rule(False))
+    )
+    rules.update(
+        dict.fromkeys(torch_funcs(torch, "topk") | torch_funcs(T, "topk"), _sort_rule(True))
     )
     rules.update(
         dict.fromkeys(torch_funcs(torch, "amin") | torch_funcs(T, "amin"), _select_rule(False))
