@@ -8,8 +8,9 @@ built untrained in float64 at its smallest input and calibrated on photos
 freeze mode for reproducing ``f(x0)`` and conserving the contributions, and the model must
 come out untouched. Every model is marked slow (a few seconds to minutes each on two cores:
 ``make experiments`` runs them; the fast interpreter tests of ``make test`` cover a smaller
-set in tests/test_linear_torchvision.py and tests/test_linear_transformers.py); ``experiments/linear_coverage.py`` writes the same checks as a
-table (experiments/results/linear/coverage.md).
+set in tests/test_linear_torchvision.py and tests/test_linear_transformers.py);
+``experiments/linear_coverage.py`` writes the same checks as a table
+(experiments/results/linear/coverage.md).
 """
 
 from __future__ import annotations
