@@ -501,3 +501,15 @@ def test_the_tensors_of_a_dict_a_module_rule_returns_are_input_dependent() -> No
     torch.testing.assert_close(li.output, net(x0).detach(), rtol=1e-13, atol=1e-13)
     assert "halves" in parts  # the sign of x0 is a source, switched off in li.linear
     torch.testing.assert_close(sum(parts.values()), li.output, rtol=1e-12, atol=1e-12)
+
+
+class _SinAfterTranspose(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cos(x.transpose(0, 1)).transpose(0, 1).flatten(1)
+
+
+def test_a_user_rule_never_reads_rows_that_are_not_samples() -> None:
+    # after the transpose, x[:1] inside a rule would be the first pixel row, not x0
+    with L.use_rule(torch.cos, _identity):
+        with pytest.raises(ConvscopeError, match="needs the sample index in dimension 0"):
+            L.LinearInterpreter(_SinAfterTranspose(), torch.rand(1, 2, 3, dtype=torch.float64))

@@ -222,6 +222,11 @@ def _tracking(rule: Rule) -> Rule:
     """``rule`` with every tensor it returns (also in a tuple, list or dict) tracked."""
 
     def dispatch(ctx: PassContext, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # a user rule reads x0 as x[:1]: refuse inputs whose samples are not first
+        # (after a transpose in a transformer) instead of reading the wrong rows
+        from convscope.linear import batchdim
+
+        batchdim.require_first(ctx, func, *args, *kwargs.values())
         out = rule(ctx, func, args, kwargs)
         ctx.track(list(out.values()) if isinstance(out, Mapping) else out, func)
         return out
