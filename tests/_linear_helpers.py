@@ -27,22 +27,12 @@ def calibrate(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
     statistics from ``x`` (a train-mode pass with cumulative averaging), then eval.
 
     Untrained torchvision models keep running statistics of 0 and 1 and zero biases,
-    which make deep signals vanish and bias contributions trivial.
+    which make deep signals vanish and bias contributions trivial. The library's own
+    :func:`convscope.linear.verify.calibrate_batch_norm`.
     """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-                m.momentum = None
-                if m.affine:
-                    m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
-                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
-            elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
-                m.bias.copy_(0.05 * torch.randn(m.bias.shape, generator=gen))
-        model.train()
-        model(x)
-    return model.eval()
+    from convscope.linear.verify import calibrate_batch_norm
+
+    return calibrate_batch_norm(model, x, seed=seed)
 
 
 def jvp_reference(
