@@ -181,6 +181,68 @@ def test_a_non_finite_residual_is_refused() -> None:
     )
 
 
+def test_an_infinite_constant_in_the_linear_stream_is_refused_though_the_model_is_finite() -> None:
+    """relu(x + b) with b = -inf in one channel: the model gives 0 there, the frozen system
+    0 * (-inf) = NaN (the mask is 0 but the constant is carried): refused, naming why."""
+
+    class MaskedBias(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("b", torch.tensor([0.0, float("-inf"), 0.0]).view(1, 3, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x + self.b) * 2
+
+    net = MaskedBias().double()
+    x0 = torch.randn(1, 3, 4, dtype=torch.float64)
+    with torch.no_grad():
+        assert bool(torch.isfinite(net(x0)).all())
+    for mode in ("taylor", "freeze"):
+        with pytest.raises(ConvscopeError) as info:
+            L.LinearInterpreter(net, x0, mode=mode)
+        assert str(info.value).startswith(
+            "the frozen system's f(x0) is not finite although the model's output is: 4 of 12 "
+            "values are not finite (4 NaN, 0 inf)"
+        ), info.value
+        assert "torch.finfo(dtype).min" in str(info.value)
+    assert torch.equal(net.b, torch.tensor([0.0, float("-inf"), 0.0]).view(1, 3, 1).double())
+
+
+class _Checkpointed(nn.Module):
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.a, self.b, self.reentrant = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 3), reentrant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        h = checkpoint(lambda t: torch.relu(self.a(t)), x, use_reentrant=self.reentrant)
+        return self.b(h)  # type: ignore[no-any-return]
+
+
+def test_activation_checkpointing_is_refused_where_it_would_change_the_backward() -> None:
+    """Non-reentrant checkpointing recomputes the block in the backward pass, outside the
+    interpreter's rules: the forward (li.linear) is still right, the transpose is refused."""
+    torch.manual_seed(0)
+    net = _Checkpointed(reentrant=False).double().eval()
+    x0 = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    dx = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    li = L.LinearInterpreter(net, x0, mode="taylor")
+    jv = torch.func.jvp(net, (x0.expand_as(dx).clone(),), (dx,))[1]
+    assert torch.allclose(li.linear(dx), jv, rtol=0, atol=1e-13 * float(jv.abs().max()))
+    with pytest.raises(ConvscopeError) as info:
+        li.transpose(torch.randn(1, *li.out_shape, dtype=torch.float64))
+    assert str(info.value).startswith(
+        "saved-tensor hooks in the model's own forward (torch.utils.checkpoint with "
+        "use_reentrant=False"
+    ), info.value
+    assert "without activation checkpointing" in str(info.value)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+    # the reentrant kind is a custom autograd.Function: refused at the first pass
+    with pytest.raises(ConvscopeError, match=r"autograd\.Function .*CheckpointFunction"):
+        L.LinearInterpreter(_Checkpointed(reentrant=True).double().eval(), x0)
+
+
 # -- the model leaves every refusal as it came ------------------------------------------------
 
 

@@ -113,6 +113,9 @@ class _Interceptor(TorchFunctionMode):
         )
 
 
+_SAVED_HOOKS = "convscope.linear: saved-tensor hooks are refused during a frozen pass"
+
+
 @contextlib.contextmanager
 def frozen_pass(model: nn.Module, ctx: PassContext) -> Iterator[None]:
     """Run ``model`` under the interceptor, leaving it exactly as it was afterwards.
@@ -126,6 +129,7 @@ def frozen_pass(model: nn.Module, ctx: PassContext) -> Iterator[None]:
     module whose output is not finite (``ctx.nonfinite_at``).
     """
     handles: list[Any] = []
+    raised_in: list[str] = []  # where an exception left the forward (innermost first)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     buffers = [(b, b._version, b.detach().clone()) for b in model.buffers()]
 
@@ -136,6 +140,8 @@ def frozen_pass(model: nn.Module, ctx: PassContext) -> Iterator[None]:
         return hook
 
     def leave(module: nn.Module, args: Any, output: Any) -> None:
+        if output is None and not raised_in:  # called on the way out of an exception
+            raised_in.append(ctx.where())
         if ctx.find_nonfinite and ctx.nonfinite_at is None:
             with torch._C.DisableTorchFunction():  # hooks run under the interceptor
                 finite = _finite(output)
@@ -150,8 +156,24 @@ def frozen_pass(model: nn.Module, ctx: PassContext) -> Iterator[None]:
             handles.append(module.register_forward_hook(leave, always_call=True))
         for p, _ in flags:
             p.requires_grad_(False)
-        with registry.installed(model, ctx), _Interceptor(ctx):
-            yield
+        try:
+            with (
+                torch.autograd.graph.disable_saved_tensors_hooks(_SAVED_HOOKS),
+                registry.installed(model, ctx),
+                _Interceptor(ctx),
+            ):
+                yield
+        except RuntimeError as e:
+            if str(e) != _SAVED_HOOKS:
+                raise
+            where = raised_in[0] if raised_in else ctx.where()
+            raise ConvscopeError(
+                f"saved-tensor hooks in {where} (torch.utils.checkpoint with "
+                "use_reentrant=False, or torch.autograd.graph.saved_tensors_hooks): they "
+                "recompute or replace what the frozen system's backward pass reads, so rows, "
+                "transpose and contributions would not be the frozen system's; run the model "
+                "without activation checkpointing (timm: model.set_grad_checkpointing(False))"
+            ) from None
     finally:
         for h in handles:
             h.remove()
@@ -363,6 +385,18 @@ class LinearInterpreter:
             )
         return out, ctx
 
+    def _own_output(self) -> torch.Tensor:
+        """The model's own ``f(x0)``, leaving its buffers and the random state as they were
+        (the error path only)."""
+        buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        try:
+            with torch.no_grad(), _seeded(self.seed):
+                return _pick(self.model(self.x0), self.output_selector)
+        finally:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+
     def _refuse_nonfinite(self, out: torch.Tensor) -> None:
         """Raise for a first pass whose output is not finite, naming where it went so."""
         try:  # once more, watching every module's output (the error path only)
@@ -377,6 +411,14 @@ class LinearInterpreter:
         else:
             where = "; it turns non-finite in the model's own forward"
         if not bool(torch.isfinite(out[:1]).all()):
+            if bool(torch.isfinite(self._own_output()).all()):
+                raise ConvscopeError(
+                    "the frozen system's f(x0) is not finite although the model's output is: "
+                    f"{_nonfinite_count(out[:1])}{where}; an infinite constant (a buffer, "
+                    "or a literal such as float('-inf')) enters what the interpreter keeps "
+                    "linear, and 0 * inf is NaN there; use a large finite value instead "
+                    "(torch.finfo(dtype).min)"
+                )
             raise ConvscopeError(
                 f"the model's output f(x0) is not finite: {_nonfinite_count(out[:1])}{where}"
             )
