@@ -321,5 +321,7 @@ def calibration_crops(size: int, *, per_photo: int = 8, seed: int = 0) -> torch.
             i, j = pick(0, h - s), pick(0, w - s)
             c = a[..., i : i + s, j : j + s]
             c = c.flip(-1) if k % 2 else c
-            out.append(nn.functional.interpolate(c, size=(size, size), mode="bilinear", antialias=True))
+            out.append(
+                nn.functional.interpolate(c, size=(size, size), mode="bilinear", antialias=True)
+            )
     return _standardise(torch.cat(out))
