@@ -392,6 +392,7 @@ def pixel_discussion(
     *,
     normalize: bool = True,
     batch_size: int | None = None,
+    channels: bool = False,
 ) -> torch.Tensor:
     """Pixel-wise contributions to each target score (seed 001 eq. 18, our reading).
 
@@ -405,9 +406,12 @@ def pixel_discussion(
         normalize: scale each discussion so its pixels sum to the score ``y_c``; a
             discussion whose raw sum is 0 is left as it is.
         batch_size: targets per pass.
+        channels: keep the colour channels apart, ``(T, C, *spatial)``; summed over ``C``
+            they are the default result (the normalization is per target either way).
 
     Returns:
-        ``(T, *spatial)``, e.g. ``(T, H, W)``, summed over the colour channels.
+        ``(T, *spatial)``, e.g. ``(T, H, W)``, summed over the colour channels
+        (``(T, C, *spatial)`` with ``channels=True``).
     """
     if len(li.in_shape) < 2:
         raise ConvscopeError(f"pixel discussions need inputs (C, H, W); got {li.in_shape}")
@@ -415,7 +419,7 @@ def pixel_discussion(
     size = check_batch_size(li.batch_size if batch_size is None else batch_size)
     parts = []
     for start in range(0, t.numel(), size):
-        parts.append(_discuss(li, t[start : start + size]))
+        parts.append(_discuss(li, t[start : start + size], channels))
     pd = torch.cat(parts)
     if normalize:
         scores = li.output.reshape(-1)[t].to(pd.dtype)
@@ -425,7 +429,7 @@ def pixel_discussion(
     return pd
 
 
-def _discuss(li: FrozenSystem, t: torch.Tensor) -> torch.Tensor:
+def _discuss(li: FrozenSystem, t: torch.Tensor, channels: bool = False) -> torch.Tensor:
     b = t.numel()
     records: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -457,7 +461,8 @@ def _discuss(li: FrozenSystem, t: torch.Tensor) -> torch.Tensor:
         (g,) = torch.autograd.grad(total, x1, allow_unused=True)
         if g is not None:
             back = g
-    return (li.x0 * g_x + back).detach().sum(1)
+    pd = (li.x0 * g_x + back).detach()
+    return pd if channels else pd.sum(1)
 
 
 def pixel_votes(

@@ -662,12 +662,16 @@ class LinearInterpreter:
         *,
         normalize: bool = True,
         batch_size: int | None = None,
+        channels: bool = False,
     ) -> torch.Tensor:
-        """Pixel-wise contributions to each target score, ``(T, H, W)``.
+        """Pixel-wise contributions to each target score, ``(T, H, W)`` (``(T, C, H, W)``
+        with ``channels=True``).
 
         See :func:`convscope.linear.contributions.pixel_discussion`.
         """
-        return pixel_discussion(self, targets, normalize=normalize, batch_size=batch_size)
+        return pixel_discussion(
+            self, targets, normalize=normalize, batch_size=batch_size, channels=channels
+        )
 
     def pixel_votes(
         self,
