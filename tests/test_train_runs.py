@@ -37,7 +37,7 @@ def _snapshot(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
-def test_signature_is_train_models_plus_overwrite() -> None:
+def test_signature_is_train_models_plus_overwrite_and_tensorboard() -> None:
     params = inspect.signature(train).parameters
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
     assert params["overwrite"].default is False and params["resume"].default is False
@@ -45,7 +45,7 @@ def test_signature_is_train_models_plus_overwrite() -> None:
         "first_layer n_edges dropout limit max_gain seed_weights seed_bank callbacks progress "
         "save_last resume"
     )
-    assert set(params) == {*old.split(), "overwrite"}
+    assert set(params) == {*old.split(), "overwrite", "tensorboard", "tensorboard_figures"}
 
 
 def test_load_train_test_toy() -> None:

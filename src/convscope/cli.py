@@ -250,6 +250,15 @@ def train(
     max_gain: Annotated[
         bool, typer.Option(help="Log the impulse-image Maximum Gain (dB) every epoch.")
     ] = False,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR", help="Write TensorBoard event files (loss, accuracy ...) here."
+        ),
+    ] = None,
+    tensorboard_figures: Annotated[
+        bool, typer.Option(help="With --tensorboard: also spectrum and filter-score images.")
+    ] = False,
     save_last: Annotated[
         bool, typer.Option(help="Write --out/last.pt after every epoch (for --resume).")
     ] = False,
@@ -279,6 +288,7 @@ def train(
                           epochs=epochs or None, lr=lr or None, batch_size=batch_size or None,
                           optimizer=optimizer, seed=seed, device=device, first_layer=first_layer,
                           n_edges=n_edges, dropout=dropout, limit=limit, max_gain=max_gain,
+                          tensorboard=tensorboard, tensorboard_figures=tensorboard_figures,
                           seed_weights=True, seed_bank=True, progress=progress,
                           save_last=save_last or resume, resume=resume,
                           overwrite=overwrite)  # fmt: skip
@@ -301,6 +311,8 @@ def train(
         if len(mg) >= 4:
             d = diagnose(history)
             typer.echo(f"diagnosis: {d.pattern} ({d.advice})")
+    if tensorboard is not None:
+        typer.echo(f"TensorBoard event files in {tensorboard} (tensorboard --logdir {tensorboard})")
     _done(out)
 
 

@@ -21,6 +21,7 @@ from convscope.train import (
     Callback,
     History,
     MaxGainCallback,
+    TensorBoardCallback,
     fit,
     seed_everything,
     toy_dataset,
@@ -90,6 +91,17 @@ def _finished_run(out: Path) -> Path | None:
     return None
 
 
+def _tensorboard_callback(
+    log_dir: str | os.PathLike[str] | None, figures: bool
+) -> TensorBoardCallback | None:
+    """The TensorBoard callback of ``--tensorboard``, checked before any work (or ``None``)."""
+    if log_dir is None:
+        if figures:
+            raise ConvscopeError("--tensorboard-figures needs --tensorboard DIR")
+        return None
+    return TensorBoardCallback(log_dir, figures=figures)
+
+
 def run(
     *,
     out: str | os.PathLike[str],
@@ -108,6 +120,8 @@ def run(
     dropout: float | None = None,
     limit: int | None = None,
     max_gain: bool = False,
+    tensorboard: str | os.PathLike[str] | None = None,
+    tensorboard_figures: bool = False,
     seed_weights: bool = True,
     seed_bank: bool = True,
     callbacks: Sequence[Callback] = (),
@@ -139,12 +153,16 @@ def run(
         limit: train on the first ``limit`` training images only.
         max_gain: log the impulse-image Maximum Gain (dB) after every epoch into
             ``history.extra["max_gain"]`` (:class:`convscope.train.MaxGainCallback`).
+        tensorboard: write TensorBoard event files into this folder
+            (:class:`convscope.train.TensorBoardCallback`; ``metrics.json`` records it).
+        tensorboard_figures: with ``tensorboard``, also the spectrum and, for models with
+            a kernel bank, the filter-score map of the first test image, every epoch.
         seed_weights: seed every generator with the config's seed before the model
             is built, so the same seed gives the same initial weights.
         seed_bank: pass the config's seed to ``gfnn`` as the seed of its random kernel
             bank (``first_layer="random"``); otherwise the model's default seed (0).
         callbacks: more :class:`convscope.train.Callback` objects, called after the
-            Maximum Gain one.
+            Maximum Gain one (the TensorBoard one comes last, so it sees their numbers).
         progress: progress bars (rank 0 only).
         save_last: write ``out/last.pt`` after every epoch.
         resume: continue from ``out/last.pt`` when it exists.
@@ -158,7 +176,8 @@ def run(
     Raises:
         ConvscopeError: ``out`` holds a finished run (see ``overwrite``); unknown
             preset, dataset or architecture, bad config values, non-square images for
-            ``gfnn``, or a bad resume file.
+            ``gfnn``, a bad resume file; ``tensorboard`` is a file or TensorBoard is not
+            installed, or ``tensorboard_figures`` without ``tensorboard``.
         TrainingInterrupted: Ctrl-C; the message says which files were kept.
     """
     if not (overwrite or resume):
@@ -170,6 +189,7 @@ def run(
             )
     if preset not in PRESETS:
         raise ConvscopeError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    board = _tensorboard_callback(tensorboard, tensorboard_figures)
     overrides = {
         k: v
         for k, v in {
@@ -211,6 +231,10 @@ def run(
     if max_gain:
         all_callbacks.append(MaxGainCallback(shape=(c, h, w)))
     all_callbacks.extend(callbacks)
+    if board is not None:
+        if tensorboard_figures:
+            board.image, _ = _unpack(test_set[0])  # the same image every epoch
+        all_callbacks.append(board)
     return fit(
         model,
         train_set,

@@ -29,6 +29,8 @@ The package, one module per part:
 * :mod:`~convscope.train.callbacks`: :class:`Callback`, :class:`EarlyStopping`;
 * :mod:`~convscope.train.max_gain`: :class:`MaxGainCallback`, :func:`lightning_callback`,
   :func:`log_max_gain` (the Maximum Gain of :mod:`convscope.spectral` as a training diagnostic);
+* :mod:`~convscope.train.tensorboard`: :class:`TensorBoardCallback` (curves and figures to
+  TensorBoard, an optional extra);
 * :mod:`~convscope.train.loop`: :func:`fit`, :func:`evaluate`, :func:`predict`;
 * :mod:`~convscope.train.checkpoints`: the ``last.pt`` resume file;
 * :mod:`~convscope.train.interrupt`: :class:`TrainingInterrupted` (Ctrl-C, and what was kept);
@@ -54,6 +56,7 @@ from convscope.train.history import History
 from convscope.train.interrupt import TrainingInterrupted
 from convscope.train.loop import METRICS_FORMAT, evaluate, fit, predict
 from convscope.train.max_gain import MaxGainCallback, lightning_callback, log_max_gain
+from convscope.train.tensorboard import TensorBoardCallback
 
 __all__ = [
     "OPTIMIZERS",
@@ -63,6 +66,7 @@ __all__ = [
     "EarlyStopping",
     "History",
     "MaxGainCallback",
+    "TensorBoardCallback",
     "TrainConfig",
     "TrainingInterrupted",
     "as_dataset",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -47,6 +47,22 @@ class Callback:
 
     def on_train_end(self, model: nn.Module, history: History) -> None:
         """After the last epoch, before ``fit`` returns."""
+
+    def on_train_error(self, model: nn.Module, history: History, error: BaseException) -> None:
+        """When training raises (Ctrl-C included) after ``on_train_start`` was called.
+
+        Called instead of :meth:`on_train_end`, before the error propagates: close files,
+        flush what was written. It may come before this callback's own ``on_train_start``
+        ran (another callback's failed first). An error raised here becomes a warning.
+        """
+
+    def metrics_entries(self) -> dict[str, Any]:
+        """Entries this callback adds to the top level of ``metrics.json`` (default none).
+
+        E.g. where it wrote files. Read every time ``metrics.json`` is written; a key
+        :func:`fit` already writes (or another callback adds) is refused.
+        """
+        return {}
 
 
 class EarlyStopping(Callback):

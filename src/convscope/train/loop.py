@@ -12,11 +12,12 @@ which says what was kept. Under torchrun it joins the process group
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,43 @@ def predict(
 
 
 # --------------------------------------------------------------------------- fit
+
+
+@contextlib.contextmanager
+def _callbacks_told_of_errors(
+    callbacks: Sequence[Callback], model: nn.Module, history: History
+) -> Iterator[None]:
+    """Call every callback's ``on_train_error`` when training raises (Ctrl-C too), then re-raise.
+
+    A callback failing there is a warning, so it never hides the error that ended training.
+    """
+    try:
+        yield
+    except BaseException as error:
+        for cb in callbacks:
+            hook = getattr(cb, "on_train_error", None)  # duck-typed callbacks may lack it
+            try:
+                if hook is not None:
+                    hook(model, history, error)
+            except Exception as e:  # the training error matters more: it is re-raised
+                warnings.warn(
+                    f"{type(cb).__name__}.on_train_error failed: {e}", RuntimeWarning, stacklevel=3
+                )
+        raise
+
+
+def _callback_entries(callbacks: Sequence[Callback], taken: set[str]) -> dict[str, Any]:
+    """What the callbacks add to ``metrics.json`` (:meth:`Callback.metrics_entries`)."""
+    entries: dict[str, Any] = {}
+    for cb in callbacks:
+        more = getattr(cb, "metrics_entries", None)  # duck-typed callbacks may lack it
+        for key, value in (more() if more is not None else {}).items():
+            if key in taken or key in entries:
+                raise ConvscopeError(
+                    f"{type(cb).__name__} adds {key!r} to metrics.json, which is already there"
+                )
+            entries[key] = value
+    return entries
 
 
 def _train_epoch(
@@ -340,7 +378,7 @@ def _fit(
     )
 
     def payload(finished: bool, stopped: bool) -> dict[str, Any]:
-        return {
+        base = {
             "format": METRICS_FORMAT,
             "config": cfg.to_dict(),
             "history": history.to_dict(),
@@ -360,110 +398,116 @@ def _fit(
             "train_size": len(train_ds),  # type: ignore[arg-type]
             "test_size": n_test,
         }
+        return {**base, **_callback_entries(callbacks, set(base))}
 
     show = progress and ctx.is_main
-    stopped = False
-    model.train()
-    for cb in callbacks:
-        if hasattr(cb, "stop_training"):
-            cb.stop_training = False  # a callback reused from an earlier fit must not stop this one
-        cb.on_train_start(model, history)
-    for epoch in range(start, cfg.epochs):
-        files.phase, files.epoch = "epoch", epoch + 1
-        t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
+    with _callbacks_told_of_errors(callbacks, model, history):
+        stopped = False
         model.train()
         for cb in callbacks:
-            cb.on_epoch_start(model, epoch, history)
-        lr = float(optimizer.param_groups[0]["lr"])
-        bar = tqdm(
-            total=len(loader),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            unit="batch",
-            disable=not show,
-            dynamic_ncols=True,
-        )
-        try:
-            sums = _train_epoch(
-                net, model, loader, optimizer, cfg, ctx, epoch, callbacks, history, bar
+            if hasattr(cb, "stop_training"):
+                # a callback reused from an earlier fit must not stop this one
+                cb.stop_training = False
+            cb.on_train_start(model, history)
+        for epoch in range(start, cfg.epochs):
+            files.phase, files.epoch = "epoch", epoch + 1
+            t0 = time.perf_counter()
+            sampler.set_epoch(epoch)
+            model.train()
+            for cb in callbacks:
+                cb.on_epoch_start(model, epoch, history)
+            lr = float(optimizer.param_groups[0]["lr"])
+            bar = tqdm(
+                total=len(loader),
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                unit="batch",
+                disable=not show,
+                dynamic_ncols=True,
             )
-            tr = ctx.all_reduce(sums).cpu()
-            if scheduler is not None:
-                scheduler.step()
-            history.train_loss.append(float(tr[0] / tr[2]))
-            history.train_acc.append(float(tr[1] / tr[2]))
-            model.eval()
-            if test_shard is not None:
-                te = _evaluate_sums(model, test_shard, cfg.eval_batch_size, device)
-                te = ctx.all_reduce(te).cpu()
-                history.test_loss.append(float(te[0] / te[2]) if te[2] > 0 else math.nan)
-                history.test_acc.append(float(te[1] / te[2]) if te[2] > 0 else math.nan)
-            history.lr.append(lr)
-            history.seconds.append(time.perf_counter() - t0)
-            post = {"loss": f"{history.train_loss[-1]:.4f}", "acc": f"{history.train_acc[-1]:.4f}"}
-            if history.test_acc:
-                post["test_acc"] = f"{history.test_acc[-1]:.4f}"
-            bar.set_postfix(post)
-        finally:
-            bar.close()
-
-        for cb in callbacks:
-            cb.on_epoch_end(model, epoch, history)
-        stop = torch.tensor(
-            [float(any(getattr(cb, "stop_training", False) for cb in callbacks))], device=device
-        )
-        # one process asking to stop stops all; otherwise the others would hang in DDP
-        stopped = bool(ctx.all_reduce(stop, dist.ReduceOp.MAX if ctx.active else None).item())
-        if out is not None and ctx.is_main:
-            write_json(out / "metrics.json", to_jsonable(payload(False, stopped)))
-            files.metrics = True
-            if save_last:
-                _save_last(
-                    out / "last.pt",
-                    _last_state(epoch + 1, model, optimizer, scheduler, history, cfg, device),
+            try:
+                sums = _train_epoch(
+                    net, model, loader, optimizer, cfg, ctx, epoch, callbacks, history, bar
                 )
-                files.last_epochs = epoch + 1
-        if stopped:
-            break
+                tr = ctx.all_reduce(sums).cpu()
+                if scheduler is not None:
+                    scheduler.step()
+                history.train_loss.append(float(tr[0] / tr[2]))
+                history.train_acc.append(float(tr[1] / tr[2]))
+                model.eval()
+                if test_shard is not None:
+                    te = _evaluate_sums(model, test_shard, cfg.eval_batch_size, device)
+                    te = ctx.all_reduce(te).cpu()
+                    history.test_loss.append(float(te[0] / te[2]) if te[2] > 0 else math.nan)
+                    history.test_acc.append(float(te[1] / te[2]) if te[2] > 0 else math.nan)
+                history.lr.append(lr)
+                history.seconds.append(time.perf_counter() - t0)
+                post = {
+                    "loss": f"{history.train_loss[-1]:.4f}",
+                    "acc": f"{history.train_acc[-1]:.4f}",
+                }
+                if history.test_acc:
+                    post["test_acc"] = f"{history.test_acc[-1]:.4f}"
+                bar.set_postfix(post)
+            finally:
+                bar.close()
 
-    files.phase, files.epoch = "final", history.epochs
-    model.eval()
-    digest = parameter_digest(model)
-    digests = [digest]
-    if ctx.active:
-        gathered: list[Any] = [None] * ctx.world_size
-        dist.all_gather_object(gathered, digest)
-        digests = [str(d) for d in gathered]
-    in_sync = len(set(digests)) == 1
-    if not in_sync and ctx.is_main:
-        warnings.warn("the processes ended with different weights (DDP desync)", stacklevel=3)
-    if out is not None and ctx.is_main:
-        # the checkpoint first, then the metrics that call the run finished: an interrupt
-        # between the two leaves metrics saying "not finished", never a finished run beside
-        # old or missing weights (both writes are atomic: no half files either way)
-        if getattr(model, "convscope_arch", None) is not None:
-            from convscope.models.zoo import save_checkpoint
+            for cb in callbacks:
+                cb.on_epoch_end(model, epoch, history)
+            stop = torch.tensor(
+                [float(any(getattr(cb, "stop_training", False) for cb in callbacks))], device=device
+            )
+            # one process asking to stop stops all; otherwise the others would hang in DDP
+            stopped = bool(ctx.all_reduce(stop, dist.ReduceOp.MAX if ctx.active else None).item())
+            if out is not None and ctx.is_main:
+                write_json(out / "metrics.json", to_jsonable(payload(False, stopped)))
+                files.metrics = True
+                if save_last:
+                    _save_last(
+                        out / "last.pt",
+                        _last_state(epoch + 1, model, optimizer, scheduler, history, cfg, device),
+                    )
+                    files.last_epochs = epoch + 1
+            if stopped:
+                break
 
-            save_checkpoint(
-                out / "checkpoint.pt",
-                model,
-                extra={"config": cfg.to_dict(), "history": history.to_dict()},
-            )
-            files.checkpoint = True
-        else:
-            warnings.warn(
-                f"{type(model).__name__} was not built with convscope.models.build_model; "
-                "no checkpoint.pt written (metrics.json was)",
-                stacklevel=3,
-            )
-        final = payload(True, stopped)
-        final["parameter_digests"] = digests
-        final["ranks_in_sync"] = in_sync
-        write_json(out / "metrics.json", to_jsonable(final))
-        files.metrics = True
-    files.phase = "done"
-    for cb in callbacks:
-        cb.on_train_end(model, history)
-    if ctx.active:
-        dist.barrier()  # nobody leaves the group while rank 0 is still writing
-    return history
+        files.phase, files.epoch = "final", history.epochs
+        model.eval()
+        digest = parameter_digest(model)
+        digests = [digest]
+        if ctx.active:
+            gathered: list[Any] = [None] * ctx.world_size
+            dist.all_gather_object(gathered, digest)
+            digests = [str(d) for d in gathered]
+        in_sync = len(set(digests)) == 1
+        if not in_sync and ctx.is_main:
+            warnings.warn("the processes ended with different weights (DDP desync)", stacklevel=3)
+        if out is not None and ctx.is_main:
+            # the checkpoint first, then the metrics that call the run finished: an interrupt
+            # between the two leaves metrics saying "not finished", never a finished run beside
+            # old or missing weights (both writes are atomic: no half files either way)
+            if getattr(model, "convscope_arch", None) is not None:
+                from convscope.models.zoo import save_checkpoint
+
+                save_checkpoint(
+                    out / "checkpoint.pt",
+                    model,
+                    extra={"config": cfg.to_dict(), "history": history.to_dict()},
+                )
+                files.checkpoint = True
+            else:
+                warnings.warn(
+                    f"{type(model).__name__} was not built with convscope.models.build_model; "
+                    "no checkpoint.pt written (metrics.json was)",
+                    stacklevel=3,
+                )
+            final = payload(True, stopped)
+            final["parameter_digests"] = digests
+            final["ranks_in_sync"] = in_sync
+            write_json(out / "metrics.json", to_jsonable(final))
+            files.metrics = True
+        files.phase = "done"
+        for cb in callbacks:
+            cb.on_train_end(model, history)
+        if ctx.active:
+            dist.barrier()  # nobody leaves the group while rank 0 is still writing
+        return history

@@ -23,6 +23,26 @@ from convscope.train.callbacks import Callback
 __all__ = ["MaxGainCallback", "lightning_callback", "log_max_gain"]
 
 
+def _measure(model: nn.Module, shape: Sequence[int] | None, x: torch.Tensor | None) -> list[float]:
+    """Maximum Gain in dB per input channel, measured in eval mode; the mode is put back."""
+    was_training = model.training
+    model.eval()
+    try:
+        return maximum_gain(model, x, shape=shape)
+    finally:
+        model.train(was_training)
+
+
+def _log_gains(log: Callable[[str, float], None], gains: Sequence[float], name: str) -> float:
+    """Hand the channels' mean to ``log(name, ...)`` and, with several, each as ``name_c{i}``."""
+    value = sum(gains) / len(gains)
+    log(name, value)
+    if len(gains) > 1:
+        for i, g in enumerate(gains):
+            log(f"{name}_c{i}", g)
+    return value
+
+
 def log_max_gain(
     model: nn.Module,
     log: Callable[[str, float], None],
@@ -41,58 +61,33 @@ def log_max_gain(
     Returns:
         The logged (mean) Maximum Gain in dB.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        gains = maximum_gain(model, x, shape=shape)
-    finally:
-        model.train(was_training)
-    value = sum(gains) / len(gains)
-    log(name, value)
-    if len(gains) > 1:
-        for i, g in enumerate(gains):
-            log(f"{name}_c{i}", g)
-    return value
+    return _log_gains(log, _measure(model, shape, x), name)
 
 
 class MaxGainCallback(Callback):
     """Log the impulse-image Maximum Gain after every epoch of :func:`convscope.train.fit`.
 
-    The value lands in ``history.extra["max_gain"]`` and so in ``metrics.json``, next
-    to the losses; when ``tensorboard_dir`` is given (and TensorBoard is installed) it
-    is also written as a scalar.
+    The value lands in ``history.extra["max_gain"]`` (with several input channels, their
+    mean there and each channel in ``max_gain_c{i}``) and so in ``metrics.json``, next to
+    the losses. ``gains`` keeps each epoch's dB per channel. For TensorBoard add a
+    :class:`convscope.train.TensorBoardCallback`: it writes whatever callbacks log to
+    the history, these values included (tags ``max_gain``, ``max_gain/channel_{i}``).
     """
 
-    def __init__(
-        self,
-        shape: Sequence[int] | None = None,
-        x: torch.Tensor | None = None,
-        tensorboard_dir: str | None = None,
-    ) -> None:
+    def __init__(self, shape: Sequence[int] | None = None, x: torch.Tensor | None = None) -> None:
         self.shape = shape
         self.x = x
         self.seconds = 0.0
         self.times: list[float] = []  # seconds spent in each on_epoch_end
-        self._writer: Any = None
-        if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:  # pragma: no cover - optional
-                raise ConvscopeError("tensorboard_dir needs: pip install tensorboard") from e
-            self._writer = SummaryWriter(tensorboard_dir)
+        self.gains: list[list[float]] = []  # dB per input channel, one list per epoch
 
     def on_epoch_end(self, model: nn.Module, epoch: int, history: Any) -> None:
         t0 = time.perf_counter()
-        value = log_max_gain(model, history.log, shape=self.shape, x=self.x)
+        gains = _measure(model, self.shape, self.x)
+        _log_gains(history.log, gains, "max_gain")
+        self.gains.append(gains)
         self.times.append(time.perf_counter() - t0)
         self.seconds += self.times[-1]
-        if self._writer is not None:
-            self._writer.add_scalar("max_gain_db", value, epoch)
-            for key in ("train_loss", "test_loss"):
-                series = getattr(history, key, None)
-                if series:
-                    self._writer.add_scalar(key, series[-1], epoch)
-            self._writer.flush()
 
 
 def _find_input_shape(module: nn.Module) -> tuple[int, int, int]:
