@@ -400,6 +400,39 @@ def decode(
 
 
 @app.command()
+@_shared(MODEL, IMAGE, OUTPUT)
+def evaluate(
+    model: ModelSpec,
+    data: Annotated[
+        str,
+        typer.Option(help="mnist-subset, digits, idx:DIR, imagefolder:DIR, or a glob of images."),
+    ] = "mnist-subset",
+    out: OutDir = Path("evaluate_output"),
+    split: Annotated[str, typer.Option(help="train, test or all (named datasets).")] = "test",
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N images.")] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="Comma-separated methods (default: all that apply).")
+    ] = None,
+    metrics: Annotated[
+        str | None, typer.Option(help="Comma-separated metrics (default: all).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the metrics' random draws.")] = 0,
+    options: Any = None,
+) -> None:
+    """Whose explanations are faithful: every method x every metric, with intervals."""
+    from convscope.runs import evaluate as run
+
+    res = run.run(model, out, data=data, split=split, limit=limit, methods=methods,
+                  metrics=metrics, batch_size=batch_size, seed=seed, **options)  # fmt: skip
+    ev = res.result
+    for k in ev.metrics:
+        if any(ev.table[m][k]["n"] for m in ev.methods):
+            typer.echo(f"{k:26s} best: {ev.best(k)}")
+    _done(out / "report.html", "the report")
+
+
+@app.command()
 def report(
     folder: Annotated[Path, typer.Argument(help="A folder with report.json.")],
     name: Annotated[str, typer.Option(help="The report's name (report, votes_index ...).")] = (

@@ -1,0 +1,274 @@
+"""Every chosen method against every chosen metric on a model and a set of images.
+
+:func:`compare` explains each image with each method once (timed), hands the maps to every
+metric (the re-explaining ones call the method again through Quantus), and keeps one score
+per image, so each cell of the table is a mean with a 95 % interval (Student's t over the
+images) and its count. Targets are the model's predicted classes unless given. The random
+state is seeded before every metric call, so a rerun gives the same table.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from convscope.errors import ConvscopeError
+from convscope.evaluate.methods import get_method, list_methods
+from convscope.evaluate.metrics import get_metric, list_metrics
+
+__all__ = ["DEFAULT_METHODS", "Evaluation", "compare", "interval"]
+
+DEFAULT_METHODS = (
+    "input_contribution",
+    "pixel_discussion",
+    "filter_score_map",
+    "deconvnet",
+    "saliency",
+    "gradient_x_input",
+    "integrated_gradients",
+    "guided_backprop",
+    "occlusion",
+    "grad_cam",
+    "lrp_epsilon_plus",
+)
+
+
+def interval(values: np.ndarray) -> dict[str, float | int]:
+    """Mean, 95 % Student-t interval and count of the finite values."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    if n == 0:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
+    mean = float(v.mean())
+    if n == 1:
+        return {"mean": mean, "low": math.nan, "high": math.nan, "n": 1}
+    half = float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+
+
+@dataclass
+class Evaluation:
+    """What :func:`compare` measured.
+
+    Attributes:
+        methods, metrics: The names compared, in order (methods that do not apply to
+            the model are in ``skipped`` instead).
+        table: ``method -> metric -> {"mean", "low", "high", "n"}``.
+        scores: ``method -> metric -> (n,)`` per-image scores, in image order.
+        curves: ``method -> metric -> (steps,)`` mean curve (deletion, insertion).
+        seconds_per_image: ``method ->`` wall time of one explanation.
+        higher_is_better: ``metric ->`` direction.
+        examples: A few images, their targets and every method's maps, for a figure.
+        skipped: ``method ->`` why it was left out.
+        notes: ``method ->`` what went missing (e.g. batches of all-zero maps, not scored).
+        images: How many images were evaluated.
+        seed: The seed.
+    """
+
+    methods: list[str]
+    metrics: list[str]
+    table: dict[str, dict[str, dict[str, float | int]]]
+    scores: dict[str, dict[str, np.ndarray]]
+    curves: dict[str, dict[str, np.ndarray]]
+    seconds_per_image: dict[str, float]
+    higher_is_better: dict[str, bool]
+    examples: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    images: int = 0
+    seed: int = 0
+
+    def best(self, metric: str) -> str:
+        """The method with the best mean on ``metric``."""
+        sign = 1.0 if self.higher_is_better[metric] else -1.0
+        means = {m: float(self.table[m][metric]["mean"]) for m in self.methods}
+        finite = {m: v for m, v in means.items() if math.isfinite(v)}
+        if not finite:
+            raise ConvscopeError(f"no method has a finite score on {metric}")
+        return max(finite, key=lambda m: sign * finite[m])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: the table, directions, curves, timings, skipped methods."""
+        return {
+            "images": self.images,
+            "seed": self.seed,
+            "methods": self.methods,
+            "metrics": self.metrics,
+            "higher_is_better": self.higher_is_better,
+            "table": self.table,
+            "seconds_per_image": self.seconds_per_image,
+            "curves": {m: {k: v.tolist() for k, v in c.items()} for m, c in self.curves.items()},
+            "skipped": self.skipped,
+            "notes": self.notes,
+        }
+
+
+def _as_loader(data: Any, batch_size: int, limit: int | None) -> DataLoader[Any]:
+    to_torch = getattr(data, "to_torch", None)
+    if callable(to_torch):  # convscope.data.ArrayDataset
+        data = to_torch()
+    if isinstance(data, torch.Tensor):
+        data = TensorDataset(data)
+    if not isinstance(data, Dataset):
+        raise ConvscopeError(
+            "data must be a torch Dataset, a convscope ArrayDataset or a tensor of images; "
+            f"got {type(data).__name__}"
+        )
+    n = len(data)  # type: ignore[arg-type]
+    if limit is not None:
+        if limit < 1:
+            raise ConvscopeError(f"limit must be at least 1; got {limit}")
+        data = torch.utils.data.Subset(data, range(min(limit, n)))
+    return DataLoader(data, batch_size=batch_size, shuffle=False)
+
+
+def _images(batch: Any) -> torch.Tensor:
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ConvscopeError(f"evaluation needs batches of images (N, C, H, W); got {got}")
+    return x
+
+
+def _seed(seed: int) -> None:
+    np.random.seed(seed)  # noqa: NPY002 - Quantus draws from NumPy's global generator
+    torch.manual_seed(seed)
+
+
+def compare(
+    model: nn.Module,
+    data: Dataset[Any] | torch.Tensor,
+    methods: Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    *,
+    targets: Sequence[int] | torch.Tensor | None = None,
+    limit: int | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    examples: int = 4,
+    progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+) -> Evaluation:
+    """Score every method on every metric over ``data``.
+
+    Args:
+        model: A classifier returning logits ``(N, classes)``; it is run in eval mode and
+            given its mode back.
+        data: A dataset of ``(image, label)`` (labels unused) or of images, or a tensor
+            ``(N, C, H, W)``.
+        methods: Names of :func:`convscope.evaluate.methods.list_methods` (default:
+            :data:`DEFAULT_METHODS`, those that apply to the model).
+        metrics: Names of :func:`convscope.evaluate.metrics.list_metrics` (default: all).
+        targets: One class per image (default: the predicted class).
+        limit: Evaluate the first ``limit`` images only.
+        batch_size: Images per batch.
+        seed: Seeds NumPy and torch before every metric call.
+        examples: How many images' maps to keep for the side-by-side figure.
+        progress: Wraps the batch iterator (e.g. ``tqdm``).
+
+    Returns:
+        The :class:`Evaluation`.
+
+    Raises:
+        ConvscopeError: an unknown method or metric (before any work), data that are not
+            images, targets that do not match the images.
+    """
+    chosen = list(methods) if methods is not None else list(DEFAULT_METHODS)
+    for name in chosen:
+        get_method(name)
+    measures = list(metrics) if metrics is not None else list_metrics()
+    for name in measures:
+        get_metric(name)
+    skipped = {
+        n: "needs a fixed kernel bank" for n in chosen if not get_method(n).applies_to(model)
+    }
+    if methods is not None and skipped:
+        raise ConvscopeError(f"the method {next(iter(skipped))!r} needs a fixed kernel bank")
+    chosen = [n for n in chosen if n not in skipped]
+    if not chosen:
+        raise ConvscopeError(f"no method left to compare; registered: {', '.join(list_methods())}")
+    loader = _as_loader(data, batch_size, limit)
+    p = next(iter(model.parameters()))
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    scores: dict[str, dict[str, list[np.ndarray]]] = {m: {k: [] for k in measures} for m in chosen}
+    curves: dict[str, dict[str, list[np.ndarray]]] = {m: {} for m in chosen}
+    seconds = dict.fromkeys(chosen, 0.0)
+    kept: dict[str, Any] = {"maps": {}}
+    notes: dict[str, str] = {}
+    given = None if targets is None else torch.as_tensor(targets).long().reshape(-1)
+    done = 0
+    try:
+        batches: Iterable[Any] = loader if progress is None else progress(loader)
+        for batch in batches:
+            x = _images(batch).to(p.device, p.dtype)
+            with torch.no_grad():
+                predicted = model(x).argmax(1)
+            if given is not None:
+                if done + len(x) > given.numel():
+                    raise ConvscopeError(
+                        f"targets has {given.numel()} classes for more images than that"
+                    )
+                t = given[done : done + len(x)].to(p.device)
+            else:
+                t = predicted
+            xn, tn = x.detach().cpu().numpy(), t.cpu().numpy()
+            for name in chosen:
+                method = get_method(name)
+                start = time.perf_counter()
+                a = method.explain(model, x, t).detach()
+                seconds[name] += time.perf_counter() - start
+                an = a.to("cpu", torch.float32).numpy()
+                if not kept["maps"] or len(kept["maps"].get(name, [])) < examples:
+                    got = len(kept["maps"].get(name, []))
+                    kept["maps"][name] = list(kept["maps"].get(name, [])) + list(
+                        an[: examples - got]
+                    )
+                if not an.any():  # Quantus refuses an all-zero batch: no ordering to test
+                    notes.setdefault(name, f"all-zero maps for {len(xn)} images: no scores")
+                for metric_name in measures:
+                    metric = get_metric(metric_name)
+                    _seed(seed)
+                    if not an.any():
+                        per, curve = np.full(len(xn), np.nan), None
+                    else:
+                        per, curve = metric.score(model, xn, tn, an, {"method": name}, seed)
+                    scores[name][metric_name].append(np.asarray(per, dtype=np.float64))
+                    if curve is not None:
+                        curves[name].setdefault(metric_name, []).append(curve)
+            if len(kept.get("images", [])) < examples:
+                need = examples - len(kept.get("images", []))
+                kept["images"] = list(kept.get("images", [])) + list(xn[:need])
+                kept["targets"] = list(kept.get("targets", [])) + [int(v) for v in tn[:need]]
+            done += len(x)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    if done == 0:
+        raise ConvscopeError("the data hold no images")
+    per_image = {m: {k: np.concatenate(v) for k, v in s.items()} for m, s in scores.items()}
+    return Evaluation(
+        methods=chosen,
+        metrics=measures,
+        table={m: {k: interval(v) for k, v in s.items()} for m, s in per_image.items()},
+        scores=per_image,
+        curves={m: {k: np.concatenate(v).mean(0) for k, v in c.items()} for m, c in curves.items()},
+        seconds_per_image={m: s / done for m, s in seconds.items()},
+        higher_is_better={k: get_metric(k).higher_is_better for k in measures},
+        examples={k: np.stack(v) if k != "targets" else v for k, v in kept.items() if k != "maps"}
+        | {"maps": {m: np.stack(v) for m, v in kept["maps"].items()}},
+        skipped=skipped,
+        notes=notes,
+        images=done,
+        seed=seed,
+    )
