@@ -268,6 +268,13 @@ def test_command_prints_one_line_and_exits_130(
     assert capsys.readouterr().err == "interrupted before training started\n"
 
 
+def _as_from_a_terminal() -> None:
+    """SIGINT as a shell leaves it for a child: default and unblocked. Earlier tests in this
+    process (Lightning's trainer) may leave it ignored, which a child would inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.parametrize("command", [["convscope", "train"], ["convscope.train"]])
 def test_real_ctrl_c_on_python_m(tmp_path: Path, command: list[str]) -> None:
     """SIGINT to the process, as a terminal's Ctrl-C sends it: status 130, one line.
@@ -280,6 +287,7 @@ def test_real_ctrl_c_on_python_m(tmp_path: Path, command: list[str]) -> None:
         [sys.executable, "-m", *command, *TOY_ARGS, "--epochs=100000", "--save-last",
          f"--out={out}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_as_from_a_terminal,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
