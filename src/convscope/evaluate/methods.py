@@ -262,62 +262,43 @@ def _lrp(composite: str) -> Explain:
     return explain
 
 
+_OWN, _CAPTUM = "convscope", "captum"
+# name, explain, family, description (the built-ins go through register_method like a user's)
+_BUILTINS: tuple[tuple[str, Explain, str, str], ...] = (
+    ("input_contribution", _input_contribution("freeze"), _OWN,
+     "x * F^T e_c of the linear interpreter frozen at the image (seed 001)"),
+    ("input_contribution_taylor", _input_contribution("taylor"), _OWN,
+     "x * J^T e_c with the exact Jacobian (taylor mode)"),
+    ("pixel_discussion", _pixel_discussion, _OWN,
+     "input part plus every bias source, per pixel (seed 001 eq. 18)"),
+    ("filter_score_map", _filter_score_map, _OWN,
+     "gradient x activation at the fixed kernel layer, per pixel (seed 000)"),
+    ("deconvnet", _deconvnet, _OWN,
+     "the class score deconvolved: rectified backward signal at every ReLU"),
+    ("saliency", _saliency, _CAPTUM, "|d y_c / d x| (Captum Saliency)"),
+    ("gradient_x_input", _gradient_x_input, _CAPTUM, "x * d y_c / d x (Captum InputXGradient)"),
+    ("integrated_gradients", _integrated_gradients, _CAPTUM,
+     "Captum IntegratedGradients from a black baseline, 32 steps"),
+    ("guided_backprop", _guided_backprop, _CAPTUM, "Captum GuidedBackprop"),
+    ("occlusion", _occlusion, _CAPTUM,
+     "Captum Occlusion, a square window of a seventh of the side, half strides"),
+    ("grad_cam", _grad_cam, _CAPTUM,
+     "Captum LayerGradCam (ReLU of the weighted maps) at the last spatial convolution, "
+     "upsampled bilinearly"),
+    ("grad_cam_plus_plus", _grad_cam_plus_plus, "grad-cam",
+     "pytorch-grad-cam GradCAMPlusPlus at the last convolution"),
+    ("lrp_epsilon_plus", _lrp("epsilon_plus"), "zennit", "LRP: Zennit EpsilonPlus composite"),
+    ("lrp_epsilon_gamma_box", _lrp("epsilon_gamma_box"), "zennit",
+     "LRP: Zennit EpsilonGammaBox composite"),
+    ("lrp_epsilon_alpha2_beta1", _lrp("epsilon_alpha2_beta1"), "zennit",
+     "LRP: Zennit EpsilonAlpha2Beta1"),
+)  # fmt: skip
+
+
 def _register_builtins() -> None:
-    own = "convscope"
-    register_method(
-        "input_contribution", _input_contribution("freeze"), family=own,
-        description="x * F^T e_c of the linear interpreter frozen at the image (seed 001)",
-    )  # fmt: skip
-    register_method(
-        "input_contribution_taylor", _input_contribution("taylor"), family=own,
-        description="x * J^T e_c with the exact Jacobian (taylor mode)",
-    )  # fmt: skip
-    register_method(
-        "pixel_discussion", _pixel_discussion, family=own,
-        description="input part plus every bias source, per pixel (seed 001 eq. 18)",
-    )  # fmt: skip
-    register_method(
-        "filter_score_map", _filter_score_map, family=own, needs_kernel_bank=True,
-        description="gradient x activation at the fixed kernel layer, per pixel (seed 000)",
-    )  # fmt: skip
-    register_method(
-        "deconvnet", _deconvnet, family=own,
-        description="the class score deconvolved: rectified backward signal at every ReLU",
-    )  # fmt: skip
-    register_method(
-        "saliency", _saliency, family="captum", description="|d y_c / d x| (Captum Saliency)"
-    )
-    register_method(
-        "gradient_x_input", _gradient_x_input, family="captum",
-        description="x * d y_c / d x (Captum InputXGradient)",
-    )  # fmt: skip
-    register_method(
-        "integrated_gradients", _integrated_gradients, family="captum",
-        description="Captum IntegratedGradients from a black baseline, 32 steps",
-    )  # fmt: skip
-    register_method(
-        "guided_backprop", _guided_backprop, family="captum",
-        description="Captum GuidedBackprop",
-    )  # fmt: skip
-    register_method(
-        "occlusion", _occlusion, family="captum",
-        description="Captum Occlusion, a square window of a seventh of the side, half strides",
-    )  # fmt: skip
-    register_method(
-        "grad_cam", _grad_cam, family="captum",
-        description="Captum LayerGradCam (ReLU of the weighted maps) at the last spatial "
-        "convolution, upsampled bilinearly",
-    )  # fmt: skip
-    register_method(
-        "grad_cam_plus_plus", _grad_cam_plus_plus, family="grad-cam",
-        description="pytorch-grad-cam GradCAMPlusPlus at the last convolution",
-    )  # fmt: skip
-    for name, composite, text in (
-        ("lrp_epsilon_plus", "epsilon_plus", "Zennit EpsilonPlus composite"),
-        ("lrp_epsilon_gamma_box", "epsilon_gamma_box", "Zennit EpsilonGammaBox composite"),
-        ("lrp_epsilon_alpha2_beta1", "epsilon_alpha2_beta1", "Zennit EpsilonAlpha2Beta1"),
-    ):
-        register_method(name, _lrp(composite), family="zennit", description=f"LRP: {text}")
+    for name, explain, family, description in _BUILTINS:
+        register_method(name, explain, family=family, description=description,
+                        needs_kernel_bank=name == "filter_score_map")  # fmt: skip
 
 
 _register_builtins()

@@ -102,46 +102,36 @@ def _epsilon(
     return _composites.LayerMapComposite(layer_map=layer_map, canonizers=canonizers)
 
 
-def _epsilon_plus(
-    x: torch.Tensor,
-    canonizers: list[Any],
-    *,
-    epsilon: float = 1e-6,
-    stabilizer: float = 1e-6,
-    zero_params: list[str] | None = None,
-) -> Any:
-    """Zennit's EpsilonPlus: ZPlus on convolutions, Epsilon on linear layers."""
-    return _composites.EpsilonPlus(
-        epsilon=epsilon, stabilizer=stabilizer, zero_params=zero_params, canonizers=canonizers
-    )
+def _zennit_named(cls_name: str, doc: str) -> CompositeFactory:
+    """A factory for one of Zennit's own composites that take epsilon and a stabilizer."""
+
+    def factory(
+        x: torch.Tensor,
+        canonizers: list[Any],
+        *,
+        epsilon: float = 1e-6,
+        stabilizer: float = 1e-6,
+        zero_params: list[str] | None = None,
+    ) -> Any:
+        return getattr(_composites, cls_name)(
+            epsilon=epsilon, stabilizer=stabilizer, zero_params=zero_params, canonizers=canonizers
+        )
+
+    factory.__doc__ = doc
+    return factory
 
 
-def _epsilon_plus_flat(
-    x: torch.Tensor,
-    canonizers: list[Any],
-    *,
-    epsilon: float = 1e-6,
-    stabilizer: float = 1e-6,
-    zero_params: list[str] | None = None,
-) -> Any:
-    """Zennit's EpsilonPlusFlat: as EpsilonPlus, with the Flat rule on the first layer."""
-    return _composites.EpsilonPlusFlat(
-        epsilon=epsilon, stabilizer=stabilizer, zero_params=zero_params, canonizers=canonizers
-    )
-
-
-def _epsilon_alpha2_beta1(
-    x: torch.Tensor,
-    canonizers: list[Any],
-    *,
-    epsilon: float = 1e-6,
-    stabilizer: float = 1e-6,
-    zero_params: list[str] | None = None,
-) -> Any:
-    """Zennit's EpsilonAlpha2Beta1: alpha=2, beta=1 on convolutions, Epsilon on linear layers."""
-    return _composites.EpsilonAlpha2Beta1(
-        epsilon=epsilon, stabilizer=stabilizer, zero_params=zero_params, canonizers=canonizers
-    )
+_epsilon_plus = _zennit_named(
+    "EpsilonPlus", "Zennit's EpsilonPlus: ZPlus on convolutions, Epsilon on linear layers."
+)
+_epsilon_plus_flat = _zennit_named(
+    "EpsilonPlusFlat",
+    "Zennit's EpsilonPlusFlat: as EpsilonPlus, with the Flat rule on the first layer.",
+)
+_epsilon_alpha2_beta1 = _zennit_named(
+    "EpsilonAlpha2Beta1",
+    "Zennit's EpsilonAlpha2Beta1: alpha=2, beta=1 on convolutions, Epsilon on linear layers.",
+)
 
 
 def _epsilon_gamma_box(
