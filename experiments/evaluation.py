@@ -144,12 +144,12 @@ def _fmt(c: dict[str, Any]) -> str:
     return f"{c['mean']:.3f}"
 
 
-def summary(rows: dict[str, Any], images: int) -> str:
+def summary(rows: dict[str, Any]) -> str:
     """One table per model (best of each metric and where convscope's methods rank)."""
     lines = [
         "# Whose explanations are faithful: three MNIST models and a colour one",
         "",
-        f"Written by `experiments/evaluation.py`: the first {images} held-out test images "
+        "Written by `experiments/evaluation.py`: the first held-out test images "
         "(the embedded MNIST subset's test split; for gfnn_photos, patches from the right 30 % "
         "of eight colour photos), targets = the predicted classes, seed 0. Per model: the best "
         "method of each metric, and the rank (1 = best) of each of convscope's methods among "
@@ -159,7 +159,8 @@ def summary(rows: dict[str, Any], images: int) -> str:
     for model, ev in rows.items():
         fams = ev["families"]
         ours = [m for m in ev["methods"] if fams[m] == "convscope"]
-        lines += [f"## {model}", "", "| metric | best | " + " | ".join(ours) + " |",
+        lines += [f"## {model} ({ev['images']} images)", "",
+                  "| metric | best | " + " | ".join(ours) + " |",
                   "| --- | --- | " + " | ".join("---" for _ in ours) + " |"]  # fmt: skip
         for k in ev["metrics"]:
             sign = 1.0 if ev["higher_is_better"][k] else -1.0
@@ -175,6 +176,18 @@ def summary(rows: dict[str, Any], images: int) -> str:
     return "\n".join(lines)
 
 
+def write_summary(out: Path, work: Path, seed: int, facts: dict[str, Any]) -> None:
+    """summary.md and summary.json over every model with an evaluation.json in ``out``."""
+    rows = {m: json.loads((out / m / "evaluation.json").read_text())
+            for m in MODELS if (out / m / "evaluation.json").is_file()}  # fmt: skip
+    for m in rows:
+        if m not in facts:  # the checkpoint is there already: nothing is trained again
+            facts[m] = checkpoint(m, work, seed)[1]
+        facts[m]["images"] = rows[m]["images"]
+    write_json(out / "summary.json", {"models": {m: facts[m] for m in rows}})
+    atomic_write_bytes(out / "summary.md", summary(rows).encode())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=500)
@@ -183,7 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/convscope-evaluation"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="rebuild summary.md/json from the evaluation.json files in --out",
+    )
     args = p.parse_args(argv)
+    if args.summary_only:
+        write_summary(args.out, args.work, args.seed, {})
+        return 0
     from convscope.runs.evaluate import run
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -199,11 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         facts[name]["seconds"] = round(time.perf_counter() - t0, 1)
         facts[name]["images"] = res.metrics["images"]
         print(f"{name}: {res.metrics['images']} images in {facts[name]['seconds']} s", flush=True)
-        # the summary covers every model evaluated so far, in MODELS order
-        rows = {m: json.loads((args.out / m / "evaluation.json").read_text())
-                for m in MODELS if (args.out / m / "evaluation.json").is_file()}  # fmt: skip
-        write_json(blob, {"models": {m: facts[m] for m in MODELS if m in facts}})
-        atomic_write_bytes(args.out / "summary.md", summary(rows, args.images).encode())
+        write_summary(args.out, args.work, args.seed, facts)
     return 0
 
 
