@@ -265,3 +265,28 @@ def test_every_registered_method_explains_a_small_gfnn_shaped_like_its_input(nam
     assert bool(torch.isfinite(a).all()) and a.abs().sum() > 0, name
     assert all(not m.training for m in net.modules())
     assert not any(m._forward_hooks or m._backward_hooks for m in net.modules())
+
+
+def test_deletion_steps_divide_the_image_as_quantus_needs() -> None:
+    from convscope.evaluate.metrics import deletion_steps
+
+    assert deletion_steps((1, 28, 28)) == 28  # 28 steps on MNIST
+    assert deletion_steps((3, 32, 32)) == 32  # 36 would not divide 1024
+    assert deletion_steps((3, 8, 8)) == 2
+    for shape in ((1, 28, 28), (3, 32, 32), (3, 7, 9), (1, 5, 5)):
+        per = deletion_steps(shape)
+        assert (shape[1] * shape[2]) % per == 0 and shape[1] * shape[2] // per >= 25
+
+
+def test_spearman_rows_by_hand_and_nan_for_a_constant_row() -> None:
+    from scipy.stats import spearmanr
+
+    from convscope.evaluate.metrics import spearman_rows
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3, 10)), rng.normal(size=(3, 10))
+    b[1] = a[1] ** 3  # same order: 1
+    a[2] = 5.0  # constant: undefined, where Quantus's own helper fails for the whole batch
+    r = spearman_rows(a, b)
+    assert r[0] == pytest.approx(spearmanr(a[0], b[0])[0], abs=1e-12)
+    assert r[1] == pytest.approx(1.0, abs=1e-12) and math.isnan(r[2])

@@ -1,9 +1,9 @@
 """The explanation metrics of the comparison, each through Quantus where Quantus has it.
 
 Every metric gives one number per image (so means get confidence intervals) and says
-whether higher is better. Sizes scale with the image: the deletion curve removes
-``H * W / steps`` pixels a step, the faithfulness correlation perturbs an eighth of the
-pixels, Occlusion-like windows are a seventh of the side.
+whether higher is better. Sizes scale with the image: the deletion curve removes about
+``H * W / 28`` pixels a step (a divisor of ``H * W``), the faithfulness correlation
+perturbs an eighth of the pixels.
 
 - ``deletion``: Quantus ``PixelFlipping`` (most relevant pixels first, to the image's
   minimum): the target's softmax after each step; the score is the area under that curve
@@ -15,15 +15,17 @@ pixels, Occlusion-like windows are a seventh of the side.
   Pearson correlation between the attribution of random pixel subsets and the drop of the
   target logit when they are removed; higher is better.
 - ``road``: Quantus ``ROAD`` (Rong et al., noisy linear imputation, most relevant first):
-  the fraction of the removal levels 10 % .. 90 % at which the prediction still holds,
+  the fraction of the removal levels 10, 30, 50, 70, 90 % at which the prediction holds,
   per image; lower is better.
 - ``sparseness``: Quantus ``Sparseness`` (Gini index of |a|), higher is sparser.
 - ``complexity``: Quantus ``Complexity`` (entropy of |a|), lower is simpler.
 - ``randomisation``: Quantus ``MPRT`` (Adebayo et al.) with every layer randomised at
   once: the Spearman correlation between the map of the trained and of the randomised
-  model; lower is better (a map that ignores the weights fails this sanity check).
+  model, per image (NaN for a constant map); lower is better (a map that ignores the
+  weights fails this sanity check).
 - ``max_sensitivity``: Quantus ``MaxSensitivity`` (Yeh et al.): the largest relative
-  change of the map under small uniform noise; lower is more robust.
+  change of the map over 4 draws of uniform noise (2 % of the image's range); lower is
+  more robust.
 """
 
 from __future__ import annotations
@@ -39,15 +41,41 @@ from torch import nn
 from convscope.errors import ConvscopeError
 from convscope.interop import require
 
-__all__ = ["Metric", "get_metric", "insertion_curves", "list_metrics", "deletion_steps"]
+__all__ = [
+    "Metric",
+    "deletion_steps",
+    "get_metric",
+    "insertion_curves",
+    "list_metrics",
+    "spearman_rows",
+]
 
 STEPS = 28  # points of the deletion and insertion curves (one MNIST row of pixels a step)
 
 
 def deletion_steps(shape: tuple[int, ...]) -> int:
-    """Pixels removed per step so the curve has about :data:`STEPS` points."""
+    """Pixels removed per step: the largest divisor of ``H * W`` (Quantus's PixelFlipping
+    needs one) that gives the curve at least :data:`STEPS` steps."""
     h, w = shape[-2:]
-    return max(1, (h * w) // STEPS)
+    per = max(1, (h * w) // STEPS)
+    while (h * w) % per:
+        per -= 1
+    return per
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray, batched: bool = True, **kwargs: Any) -> np.ndarray:
+    """Spearman correlation of each row of ``a`` with the same row of ``b``; NaN where a
+    row is constant. (Quantus's own ``correlation_spearman`` fails when any row of the
+    batch is constant: scipy then returns one NaN for the whole batch.)"""
+    from scipy.stats import rankdata
+
+    a2, b2 = np.atleast_2d(a), np.atleast_2d(b)
+    ra = rankdata(a2, axis=1) - (a2.shape[1] + 1) / 2
+    rb = rankdata(b2, axis=1) - (b2.shape[1] + 1) / 2
+    den = np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1), np.nan)
+    return r if batched else r[0]
 
 
 @dataclass(frozen=True)
@@ -167,7 +195,7 @@ def _faithfulness(model: nn.Module, x: np.ndarray, y: np.ndarray, a: np.ndarray,
 def _road(model: nn.Module, x: np.ndarray, y: np.ndarray, a: np.ndarray,
           explain: dict[str, Any], seed: int) -> tuple[np.ndarray, None]:  # fmt: skip
     q = _quantus()
-    percentages = list(range(10, 100, 10))
+    percentages = list(range(10, 100, 20))
 
     class PerImageROAD(q.ROAD):  # type: ignore[misc,name-defined]
         """Quantus's ROAD, keeping each image's row instead of the batch mean."""
@@ -194,7 +222,9 @@ def _complexity(model: nn.Module, x: np.ndarray, y: np.ndarray, a: np.ndarray,
 
 def _randomisation(model: nn.Module, x: np.ndarray, y: np.ndarray, a: np.ndarray,
                    explain: dict[str, Any], seed: int) -> tuple[np.ndarray, None]:  # fmt: skip
-    metric = _quantus().MPRT(seed=seed, skip_layers=True, **_common(seed))
+    metric = _quantus().MPRT(
+        seed=seed, skip_layers=True, similarity_func=spearman_rows, **_common(seed)
+    )
     out = _call(metric, model, x, y, a, explain)
     last = list(out.values())[-1] if isinstance(out, dict) else out
     return np.asarray(last, dtype=np.float64), None
@@ -220,7 +250,7 @@ _METRICS: dict[str, Metric] = {
         Metric("complexity", False, "Quantus Complexity (entropy)", _complexity),
         Metric("randomisation", False, "Quantus MPRT, all layers at once (Spearman)",
                _randomisation, reexplains=True),
-        Metric("max_sensitivity", False, "Quantus MaxSensitivity, 8 samples",
+        Metric("max_sensitivity", False, "Quantus MaxSensitivity, 4 samples",
                _max_sensitivity, reexplains=True),
     )
 }  # fmt: skip
