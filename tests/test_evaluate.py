@@ -290,3 +290,13 @@ def test_spearman_rows_by_hand_and_nan_for_a_constant_row() -> None:
     r = spearman_rows(a, b)
     assert r[0] == pytest.approx(spearmanr(a[0], b[0])[0], abs=1e-12)
     assert r[1] == pytest.approx(1.0, abs=1e-12) and math.isnan(r[2])
+
+
+def test_road_is_not_scored_on_colour_images_and_says_why() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 64, 3)).eval()  # fmt: skip
+    ev = compare(net, torch.rand(3, 3, 8, 8), ["gradient_x_input"], ["road", "sparseness"])
+    assert ev.table["gradient_x_input"]["road"]["n"] == 0
+    assert ev.table["gradient_x_input"]["sparseness"]["n"] == 3
+    assert ev.notes["road"].startswith("road: Quantus's implementation indexes the pixels")

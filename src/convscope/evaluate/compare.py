@@ -71,7 +71,8 @@ class Evaluation:
         higher_is_better: ``metric ->`` direction.
         examples: A few images, their targets and every method's maps, for a figure.
         skipped: ``method ->`` why it was left out.
-        notes: ``method ->`` what went missing (e.g. batches of all-zero maps, not scored).
+        notes: ``method`` or ``metric ->`` what went missing (batches of all-zero maps, a
+            metric that cannot score these images), not scored.
         images: How many images were evaluated.
         seed: The seed.
     """
@@ -239,7 +240,10 @@ def compare(
                 for metric_name in measures:
                     metric = get_metric(metric_name)
                     _seed(seed)
-                    if not an.any():
+                    refused = metric.refuses(xn.shape)
+                    if refused:
+                        notes.setdefault(metric_name, refused)
+                    if not an.any() or refused:
                         per, curve = np.full(len(xn), np.nan), None
                     else:
                         per, curve = metric.score(model, xn, tn, an, {"method": name}, seed)

@@ -91,6 +91,7 @@ class Metric:
             ``explain`` Quantus's ``explain_func`` keyword arguments.
         curve: Whether the metric also gives a curve per image (deletion, insertion).
         reexplains: Whether it calls the method again (randomisation, sensitivity): slower.
+        grey_only: Quantus's implementation works on one-channel images only (ROAD).
     """
 
     name: str
@@ -99,6 +100,16 @@ class Metric:
     score: Callable[..., tuple[np.ndarray, np.ndarray | None]]
     curve: bool = False
     reexplains: bool = False
+    grey_only: bool = False
+
+    def refuses(self, shape: tuple[int, ...]) -> str | None:
+        """Why the metric cannot score images of ``shape`` (N, C, H, W), or ``None``."""
+        if self.grey_only and shape[1] != 1:
+            return (
+                f"{self.name}: Quantus's implementation indexes the pixels of one channel only "
+                "(indices of a colour map run past them); not scored on colour images"
+            )
+        return None
 
 
 def _place(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -245,7 +256,8 @@ _METRICS: dict[str, Metric] = {
         Metric("insertion", True, "area under the insertion curve", _insertion, curve=True),
         Metric("faithfulness_correlation", True, "Quantus FaithfulnessCorrelation",
                _faithfulness),
-        Metric("road", False, "Quantus ROAD, share of levels still predicted", _road),
+        Metric("road", False, "Quantus ROAD, share of levels still predicted", _road,
+               grey_only=True),
         Metric("sparseness", True, "Quantus Sparseness (Gini)", _sparseness),
         Metric("complexity", False, "Quantus Complexity (entropy)", _complexity),
         Metric("randomisation", False, "Quantus MPRT, all layers at once (Spearman)",
