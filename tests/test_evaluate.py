@@ -299,4 +299,4 @@ def test_road_is_not_scored_on_colour_images_and_says_why() -> None:
     ev = compare(net, torch.rand(3, 3, 8, 8), ["gradient_x_input"], ["road", "sparseness"])
     assert ev.table["gradient_x_input"]["road"]["n"] == 0
     assert ev.table["gradient_x_input"]["sparseness"]["n"] == 3
-    assert ev.notes["road"].startswith("road: Quantus's implementation indexes the pixels")
+    assert ev.notes["road"].startswith("Quantus's implementation indexes the pixels")

@@ -106,7 +106,7 @@ class Metric:
         """Why the metric cannot score images of ``shape`` (N, C, H, W), or ``None``."""
         if self.grey_only and shape[1] != 1:
             return (
-                f"{self.name}: Quantus's implementation indexes the pixels of one channel only "
+                "Quantus's implementation indexes the pixels of one channel only "
                 "(indices of a colour map run past them); not scored on colour images"
             )
         return None
