@@ -65,19 +65,25 @@ def photo_patches(split: str, per_class: int, seed: int) -> tuple[Any, Any]:
     return torch.cat(xs).clamp(0, 1), torch.tensor(ys)
 
 
-def _photo_folder(work: Path, x: Any, y: Any) -> Path:
-    """The held-out patches as PNG files, one folder per photo (``imagefolder:`` data)."""
+def _photo_folder(work: Path, x: Any, y: Any, per_class: int) -> Path:
+    """The first ``per_class`` held-out patches of each photo as PNG files, one folder per
+    photo (``imagefolder:`` data; a folder is read class by class, so every photo gets its
+    share of a run of ``8 * per_class`` images)."""
     from convscope.io import save_png
 
-    root = work / "photos"
+    root = work / f"photos_{per_class}"
+    seen: dict[int, int] = {}
     for k, (img, label) in enumerate(zip(x, y, strict=True)):
+        seen[int(label)] = seen.get(int(label), 0) + 1
+        if seen[int(label)] > per_class:
+            continue
         dst = root / "test" / COLOUR_PHOTOS[int(label)] / f"{k:04d}.png"
         if not dst.exists():
             save_png(dst, (img.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
     return root
 
 
-def _train_photos(work: Path, seed: int) -> tuple[Path, dict[str, Any]]:
+def _train_photos(work: Path, seed: int, images: int) -> tuple[Path, dict[str, Any]]:
     from torch.utils.data import TensorDataset
 
     from convscope import train as tr
@@ -85,7 +91,7 @@ def _train_photos(work: Path, seed: int) -> tuple[Path, dict[str, Any]]:
 
     path = work / "gfnn_photos.pt"
     xt, yt = photo_patches("test", 64, seed)
-    root = _photo_folder(work, xt, yt)
+    root = _photo_folder(work, xt, yt, min(64, -(-images // len(COLOUR_PHOTOS))))
     if not path.is_file():
         xs, ys = photo_patches("train", 400, seed)
         model = build_model("gfnn", in_channels=3, input_size=PATCH,
@@ -107,7 +113,7 @@ def _train_photos(work: Path, seed: int) -> tuple[Path, dict[str, Any]]:
     }
 
 
-def checkpoint(name: str, work: Path, seed: int) -> tuple[Path, dict[str, Any]]:
+def checkpoint(name: str, work: Path, seed: int, images: int = 512) -> tuple[Path, dict[str, Any]]:
     """The model's checkpoint: LeNet's committed one, or GFNN / the regular CNN trained."""
     from convscope import train as tr
     from convscope.data.datasets import load_dataset
@@ -117,7 +123,7 @@ def checkpoint(name: str, work: Path, seed: int) -> tuple[Path, dict[str, Any]]:
     if name == "lenet":
         return LENET, {"source": str(LENET.relative_to(HERE.parent))}
     if name == "gfnn_photos":
-        return _train_photos(work, seed)
+        return _train_photos(work, seed, images)
     path = work / f"{name}.pt"
     first = "fixed" if name == "gfnn" else "learned"
     train, test = load_dataset("mnist-subset", "train"), load_dataset("mnist-subset", "test")
@@ -182,7 +188,7 @@ def write_summary(out: Path, work: Path, seed: int, facts: dict[str, Any]) -> No
             for m in MODELS if (out / m / "evaluation.json").is_file()}  # fmt: skip
     for m in rows:
         if m not in facts:  # the checkpoint is there already: nothing is trained again
-            facts[m] = checkpoint(m, work, seed)[1]
+            facts[m] = checkpoint(m, work, seed, rows[m]["images"])[1]
         facts[m]["images"] = rows[m]["images"]
     write_json(out / "summary.json", {"models": {m: facts[m] for m in rows}})
     atomic_write_bytes(out / "summary.md", summary(rows).encode())
@@ -211,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     blob = args.out / "summary.json"
     facts: dict[str, Any] = json.loads(blob.read_text())["models"] if blob.is_file() else {}
     for name in args.models.split(","):
-        path, facts[name] = checkpoint(name, args.work, args.seed)
+        path, facts[name] = checkpoint(name, args.work, args.seed, args.images)
         t0 = time.perf_counter()
         data = facts[name].get("data", "mnist-subset")
         res = run(str(path), args.out / name, data=data, split="test",
