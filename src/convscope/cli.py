@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -133,7 +134,61 @@ OUTPUT: dict[str, tuple[Any, Any]] = {
     ),
     "progress": (Annotated[bool, typer.Option(help="Progress bars on stderr.")], True),
 }
+DATA: dict[str, tuple[Any, Any]] = {
+    "data": (
+        Annotated[
+            str | None,
+            typer.Option(
+                help="A whole dataset instead of --image: mnist-subset, digits, idx:DIR, "
+                "imagefolder:DIR or a glob of images (one row per image in per_image.parquet; "
+                "reruns resume; split across processes under torchrun)."
+            ),
+        ],
+        None,
+    ),
+    "split": (Annotated[str, typer.Option(help="--data: train, test or all.")], "test"),
+    "limit": (
+        Annotated[
+            int | None,
+            typer.Option(help="--data: the first N images (an image folder's classes in turn)."),
+        ],
+        None,
+    ),
+    "batch_size": (Annotated[int, typer.Option(help="--data: images per batch.")], 64),
+    "workers": (
+        Annotated[int, typer.Option(help="--data: DataLoader processes reading images.")],
+        0,
+    ),
+}
 ALL = {**MODEL, **IMAGE, **OUTPUT}
+
+
+def _dataset(image: str | None, options: dict[str, Any]) -> dict[str, Any] | None:
+    """Split the --data options off ``options``: ``None`` for an --image run.
+
+    Raises:
+        ConvscopeError: both --image and --data, or neither.
+    """
+    data = {k: options.pop(k) for k in DATA}
+    if data["data"] is None:
+        if image is None:
+            raise ConvscopeError("give --image (one image, a folder or a glob) or --data")
+        return None
+    if image is not None:
+        raise ConvscopeError("give --image or --data, not both")
+    return data
+
+
+def _say_dataset(res: Any) -> None:
+    """What a dataset run did, on rank 0."""
+    if res.rank != 0:
+        return
+    done = f"{res.computed} images computed"
+    if res.resumed:
+        done += f", {res.resumed} were already done"
+    if res.world_size > 1:
+        done += f" (rank 0 of {res.world_size} processes)"
+    typer.echo(done)
 
 
 def _shared(*groups: dict[str, tuple[Any, Any]]) -> Callable[[Callable[..., Any]], Any]:
@@ -541,20 +596,48 @@ def linear_residual(
     _done(out)
 
 
+ImageOrData = Annotated[
+    str | None,
+    typer.Option(
+        "--image",
+        help="A PNG/JPEG file, sample:NAME (a scikit-image photo), a folder or a glob "
+        "(or --data for a whole dataset).",
+    ),
+]
+
+
 @linear_app.command("contributions")
-@_shared(MODEL, IMAGE, OUTPUT)
+@_shared(MODEL, IMAGE, OUTPUT, DATA)
 def linear_contributions(
     model: ModelSpec,
-    image: ImageSpec,
+    image: ImageOrData = None,
     out: OutDir = Path("linear_output"),
     mode: LinMode = "freeze",
     output: LinOutput = None,
     target: LinTarget = None,
     options: Any = None,
 ) -> None:
-    """Split f(x0) into the input's part F x0 and every bias source's (seed 001 Fig. 4)."""
+    """Split f(x0) into the input's part F x0 and every bias source's (seed 001 Fig. 4).
+
+    With --data: every image of a dataset, its residual share and per-layer shares in
+    per_image.parquet, the histograms and per-class table in summary.json and report.html
+    (seed 001 Tables 3/4). torchrun --nproc_per_node=N -m convscope linear contributions
+    ... splits the images between N processes.
+    """
     from convscope.runs import linear_contributions as run
 
+    dataset = _dataset(image, options)
+    if dataset is not None:
+        dres = run.run_data(model, dataset.pop("data"), out, mode=mode, output=_output_key(output),
+                            target=target, **dataset, **options)  # fmt: skip
+        _say_dataset(dres)
+        if dres.rank == 0:
+            rs = dres.summary["residual_share"]
+            typer.echo(f"residual share over {dres.summary['images']} images: mean "
+                       f"{100 * rs['mean']:.2f}%, median {100 * rs['median']:.2f}%")  # fmt: skip
+            _done(out / "report.html", "the report")
+        return
+    assert image is not None
     res = run.run(
         model, image, out, mode=mode, output=_output_key(output), target=target, **options
     )
@@ -804,13 +887,17 @@ def main(argv: list[str] | None = None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("always", UntrainedModelWarning)
         warnings.showwarning = show
+        # under torchrun every process fails alike: the first one says it once
+        quiet = int(os.environ.get("RANK", "0")) != 0
         try:
             app(args=argv, standalone_mode=True)
         except ConvscopeError as e:
-            typer.echo(f"error: {e}", err=True)
+            if not quiet:
+                typer.echo(f"error: {e}", err=True)
             sys.exit(2)
         except (_Interrupted, KeyboardInterrupt) as e:
-            typer.echo(str(e) or "interrupted", err=True)
+            if not quiet:
+                typer.echo(str(e) or "interrupted", err=True)
             sys.exit(130)
 
 

@@ -618,3 +618,45 @@ def plot_attack(
         fig.suptitle(title, fontsize=10, y=0.995)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
+
+
+def plot_histogram(
+    edges: Sequence[float],
+    counts: Sequence[int],
+    *,
+    xlabel: str,
+    title: str = "",
+    mean: float | None = None,
+    percent: bool = True,
+) -> Figure:
+    """A histogram already counted (a dataset summary's), with its mean marked.
+
+    Args:
+        edges: ``(B + 1,)`` bin edges.
+        counts: ``(B,)`` images per bin.
+        xlabel: What is counted (with its unit).
+        title: The figure's title.
+        mean: Drawn as a red line and written in the legend.
+        percent: Label the x axis in per cent (shares).
+
+    Returns:
+        The figure.
+    """
+    if len(edges) != len(counts) + 1 or not len(counts):
+        raise ConvscopeError(f"plot_histogram: {len(edges)} edges for {len(counts)} counts")
+    e = np.asarray(edges, dtype=np.float64)
+    scale = 100.0 if percent else 1.0
+    fig, ax = plt.subplots(figsize=(5.0, 3.0))
+    ax.bar(scale * e[:-1], counts, width=scale * np.diff(e), align="edge", color="#4c72b0",
+           edgecolor="white", linewidth=0.4)  # fmt: skip
+    if mean is not None:
+        ax.axvline(scale * mean, color="red", linewidth=1.2,
+                   label=f"mean {scale * mean:.2f}{'%' if percent else ''}")  # fmt: skip
+        ax.legend(fontsize=7, frameon=False)
+    ax.set_xlabel(xlabel + (" (%)" if percent else ""), fontsize=8)
+    ax.set_ylabel("images", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -22,7 +22,7 @@ from convscope.runs.inputs import ImageSource, expand_images, load_input, parse_
 from convscope.runs.result import OutputPlan, plan_outputs
 from convscope.runs.sources import LoadedModel, ModelLike, resolve_model, warn_untrained
 
-__all__ = ["DEFAULTS", "NO_IMAGE", "Options", "Started", "start"]
+__all__ = ["DEFAULTS", "NO_IMAGE", "Options", "Started", "complete", "start"]
 
 NO_IMAGE = ImageSource("no image")
 """The one "image" of a run without ``--image`` (e.g. a spectrum at the impulse image)."""
@@ -76,6 +76,11 @@ def _complete(options: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(merged["formats"], str):
         merged["formats"] = tuple(merged["formats"].split(","))
     return merged
+
+
+def complete(options: Mapping[str, Any]) -> dict[str, Any]:
+    """:class:`Options` with the defaults filled in (unknown keys are a ``TypeError``)."""
+    return _complete(options)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from convscope.errors import ConvscopeError
 from convscope.train.common import resolve_device
 
-__all__: list[str] = []
+__all__ = ["setup_distributed"]
 
 
 @dataclass
@@ -61,3 +61,7 @@ def _setup_distributed(device_spec: str) -> _Dist:
             )
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return _Dist(dist.get_rank(), dist.get_world_size(), device, owns_group=True)
+
+
+setup_distributed = _setup_distributed
+"""Join the torchrun process group when there is one (public name, for the dataset runs)."""

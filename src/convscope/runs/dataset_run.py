@@ -1,0 +1,269 @@
+"""One analysis over a whole ``--data`` set: streamed, resumable, split across processes.
+
+:func:`run_over` drives any :class:`DatasetAnalysis` (an analysis says how to turn a batch
+of images into one row per image, and how to summarise the finished table):
+
+* the images stream through a ``DataLoader`` (``--batch-size``, ``--workers``), so memory
+  stays flat however large the dataset;
+* each batch's rows are written as a Parquet shard as soon as they are computed
+  (:class:`~convscope.runs.shards.ShardStore`): a run killed at any moment loses at most
+  the batch in flight, and the same command on the same ``--out`` resumes where it
+  stopped (``run.json`` records the command; a different one is refused);
+* under ``torchrun --nproc_per_node=N -m convscope ...`` each process takes every N-th
+  image (the assignment of ``DistributedSampler``, without its padding duplicates),
+  writes its own shards, and rank 0 merges them into ``per_image.parquet``, then writes
+  ``summary.json``, the figures and ``report.html`` from the merged table, so the results
+  equal a one-process run's;
+* the process group is torch.distributed's (gloo on the CPU, NCCL on GPUs, one GPU per
+  process), joined as training joins it (:mod:`convscope.train.distributed`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from convscope.errors import ConvscopeError
+from convscope.runs.data import StreamData
+from convscope.runs.outputs import Outputs, RunInterrupted, check_out, open_out
+from convscope.runs.shards import MERGED, SHARDS, ShardStore
+
+__all__ = ["MANIFEST", "DatasetAnalysis", "DatasetResult", "Process", "join", "run_over"]
+
+MANIFEST = "run.json"
+SUMMARY = "summary.json"
+
+
+@dataclass
+class DatasetAnalysis:
+    """What a dataset run computes, as the engine needs it.
+
+    Attributes:
+        command: The command's name (``"linear contributions"``).
+        config: Everything that decides the rows (model, data, split, limit, mode ...):
+            a rerun into the same ``--out`` must have the same, or it is refused.
+        rows: ``(indices, images (B, C, H, W), labels (B,))`` -> one dict per image.
+        summarise: The merged table (``pyarrow.Table``, sorted by index) -> the summary.
+        report: Write the figures and ``report.html`` from the summary into the outputs.
+        owned: The files the summary step writes (besides ``summary.json``).
+    """
+
+    command: str
+    config: dict[str, Any]
+    rows: Callable[[list[int], torch.Tensor, torch.Tensor], list[dict[str, Any]]]
+    summarise: Callable[[Any], dict[str, Any]]
+    report: Callable[[Outputs, dict[str, Any]], None]
+    owned: tuple[str, ...] = ()
+
+
+@dataclass
+class DatasetResult:
+    """What a dataset run did.
+
+    Attributes:
+        out: The folder.
+        summary: ``summary.json``'s content (rank 0; ``{}`` on the other ranks).
+        table: The merged per-image table (rank 0; ``None`` elsewhere).
+        computed: Images this process computed in this run.
+        resumed: Images already on disk when the run started (all processes).
+        rank, world_size: This process's place.
+    """
+
+    out: Path
+    summary: dict[str, Any]
+    table: Any
+    computed: int
+    resumed: int
+    rank: int = 0
+    world_size: int = 1
+    written: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class Process:
+    """This process in the run: its rank, the number of processes, its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def leave(self) -> None:
+        if self.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def join(device: str | None) -> Process:
+    """Join the torchrun process group when launched by torchrun; one process otherwise."""
+    from convscope.train.distributed import setup_distributed
+
+    d = setup_distributed(device or "auto")
+    return Process(d.rank, d.world_size, d.device, d.owns_group)
+
+
+def _claim(
+    folder: Path, a: DatasetAnalysis, overwrite: bool, formats: Sequence[str], p: Process
+) -> tuple[Outputs, bool]:
+    """Check ``--out`` against the run (same command resumes, another is refused)."""
+    outputs = open_out(folder, (SUMMARY, *a.owned), overwrite=True, formats=formats)
+    store = ShardStore(folder)
+    manifest = {"command": a.command, "config": a.config}
+    manifest = json.loads(json.dumps(manifest, default=str))
+    path = folder / MANIFEST
+    resume = False
+    if path.exists() and not overwrite:
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise ConvscopeError(f"{path}: unreadable; remove it or pass --overwrite") from None
+        if old != manifest:
+            diff = _difference(old, manifest)
+            raise ConvscopeError(
+                f"--out {folder} holds another run ({diff}); give another --out, or "
+                "--overwrite to replace it"
+            )
+        resume = True
+    elif not overwrite:
+        left = [n for n in (MERGED, SHARDS, *outputs.owned) if (folder / n).exists()]
+        if left:
+            raise ConvscopeError(
+                f"--out {folder} already holds {', '.join(left[:3])} from an earlier run; pass "
+                "--overwrite to replace, or choose another --out"
+            )
+    p.barrier()  # every process has checked before rank 0 changes anything
+    if p.is_main and not resume:
+        from convscope.io import write_json
+
+        store.clear()
+        write_json(path, manifest)
+    p.barrier()
+    return outputs, resume
+
+
+def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    if old.get("command") != new["command"]:
+        return f"of {old.get('command')!r}, not {new['command']!r}"
+    a, b = old.get("config", {}), new["config"]
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            return f"its {k} is {a.get(k)!r}, this run's {b.get(k)!r}"
+    return "a different run"  # pragma: no cover
+
+
+def run_over(
+    a: DatasetAnalysis,
+    data: StreamData,
+    out: str | os.PathLike[str],
+    process: Process,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    overwrite: bool = False,
+    formats: Sequence[str] = ("png",),
+    progress: bool = False,
+) -> DatasetResult:
+    """Run ``a`` over ``data`` into ``out`` (see the module docstring).
+
+    Raises:
+        ConvscopeError: a bad ``--batch-size`` / ``--workers``, an ``--out`` holding another
+            run, or rows missing after every process finished.
+        RunInterrupted: Ctrl-C; the message says how much was kept and how to resume.
+    """
+    if batch_size < 1:
+        raise ConvscopeError(f"--batch-size must be at least 1; got {batch_size}")
+    if workers < 0:
+        raise ConvscopeError(f"--workers must be 0 or more; got {workers}")
+    folder = check_out(out)
+    outputs, _ = _claim(folder, a, overwrite, formats, process)
+    store = ShardStore(folder)
+    done = store.done()
+    mine = range(process.rank, len(data), process.world_size)
+    todo = [j for j in mine if data.indices[j] not in done]
+    resumed = sum(1 for i in data.indices if i in done)
+    computed = 0
+    try:
+        computed = _compute(a, data, store, todo, process, batch_size, workers, progress)
+    except KeyboardInterrupt:
+        kept = store.done()
+        raise RunInterrupted(
+            f"interrupted: {sum(1 for i in data.indices if i in kept)} of {len(data)} images "
+            f"are kept in "
+            f"{folder / SHARDS}; run the same command again to finish the rest"
+        ) from None
+    process.barrier()
+    if not process.is_main:
+        return DatasetResult(folder, {}, None, computed, resumed, process.rank,
+                             process.world_size)  # fmt: skip
+    table = store.merge(data.indices)
+    summary = a.summarise(table)
+    outputs.json(SUMMARY, summary)
+    a.report(outputs, summary)
+    written = [folder / MERGED, *outputs.written]
+    return DatasetResult(folder, summary, table, computed, resumed, process.rank,
+                         process.world_size, written)  # fmt: skip
+
+
+def _compute(
+    a: DatasetAnalysis,
+    data: StreamData,
+    store: ShardStore,
+    todo: list[int],
+    process: Process,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+) -> int:
+    from torch.utils.data import DataLoader, Subset
+
+    if not todo:
+        return 0
+    loader = DataLoader(Subset(data, todo), batch_size=batch_size, shuffle=False,
+                        num_workers=workers)  # fmt: skip
+    bar = None
+    if progress and process.is_main:
+        from tqdm import tqdm
+
+        who = f" (process 1 of {process.world_size})" if process.world_size > 1 else ""
+        bar = tqdm(total=len(todo), desc=f"{a.command}{who}", unit="image", leave=False)
+    n = 0
+    try:
+        for idx, x, labels in loader:
+            indices = [int(i) for i in idx]
+            rows = a.rows(indices, x, labels)
+            if len(rows) != len(indices):  # an analysis's bug, named for its author
+                raise ConvscopeError(f"internal: {a.command} gave {len(rows)} rows for "
+                                     f"{len(indices)} images")  # fmt: skip
+            keyed = []
+            for i, t, r in zip(indices, labels.tolist(), rows, strict=True):
+                head: dict[str, Any] = {"index": i, "label": int(t)}
+                path = data.path(i)
+                if path is not None:
+                    head["path"] = path
+                keyed.append({**head, **r})
+            store.write(keyed)
+            n += len(rows)
+            if bar is not None:
+                bar.update(len(rows))
+    finally:
+        if bar is not None:
+            bar.close()
+    return n
