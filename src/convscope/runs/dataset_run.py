@@ -9,11 +9,15 @@ of images into one row per image, and how to summarise the finished table):
   (:class:`~convscope.runs.shards.ShardStore`): a run killed at any moment loses at most
   the batch in flight, and the same command on the same ``--out`` resumes where it
   stopped (``run.json`` records the command; a different one is refused);
-* under ``torchrun --nproc_per_node=N -m convscope ...`` each process takes every N-th
-  image (the assignment of ``DistributedSampler``, without its padding duplicates),
-  writes its own shards, and rank 0 merges them into ``per_image.parquet``, then writes
-  ``summary.json``, the figures and ``report.html`` from the merged table, so the results
-  equal a one-process run's;
+* the images are cut into batches on a fixed grid (positions ``0..B-1``, ``B..2B-1``
+  ...), and under ``torchrun --nproc_per_node=N -m convscope ...`` process ``r`` takes
+  the batches ``r, r + N, r + 2N ...`` (no image twice, none padded in as
+  ``DistributedSampler`` would), writes its own shards, and rank 0 merges them into
+  ``per_image.parquet``, then writes ``summary.json``, the figures and ``report.html``
+  from the merged table. Every image is computed in the same batch whatever the number
+  of processes, so the results equal a one-process run's bit for bit, even for
+  analyses whose float32 arithmetic depends on the batch (those record the batch size
+  in ``run.json``, so a resume cannot change it);
 * the process group is torch.distributed's (gloo on the CPU, NCCL on GPUs, one GPU per
   process), joined as training joins it (:mod:`convscope.train.distributed`).
 """
@@ -52,6 +56,8 @@ class DatasetAnalysis:
         summarise: The merged table (``pyarrow.Table``, sorted by index) -> the summary.
         report: Write the figures and ``report.html`` from the summary into the outputs.
         owned: The files the summary step writes (besides ``summary.json``).
+        batch_dependent: The rows depend on which images share a batch (float32 batched
+            passes): the batch size then belongs to the run's configuration.
     """
 
     command: str
@@ -60,6 +66,7 @@ class DatasetAnalysis:
     summarise: Callable[[Any], dict[str, Any]]
     report: Callable[[Outputs, dict[str, Any]], None]
     owned: tuple[str, ...] = ()
+    batch_dependent: bool = False
 
 
 @dataclass
@@ -193,13 +200,15 @@ def run_over(
     if workers < 0:
         raise ConvscopeError(f"--workers must be 0 or more; got {workers}")
     folder = check_out(out)
+    if a.batch_dependent:
+        a.config = {**a.config, "batch_size": batch_size}
     outputs, _ = _claim(folder, a, overwrite, formats, process)
     store = ShardStore(folder)
     done = store.done()
-    mine = range(process.rank, len(data), process.world_size)
-    todo = [j for j in mine if data.indices[j] not in done]
+    grid = range(process.rank * batch_size, len(data), process.world_size * batch_size)
+    todo = [b for b in ([j for j in range(s, min(s + batch_size, len(data)))
+                         if data.indices[j] not in done] for s in grid) if b]  # fmt: skip
     resumed = sum(1 for i in data.indices if i in done)
-    computed = 0
     try:
         computed = _compute(a, data, store, todo, process, batch_size, workers, progress)
     except KeyboardInterrupt:
@@ -226,24 +235,24 @@ def _compute(
     a: DatasetAnalysis,
     data: StreamData,
     store: ShardStore,
-    todo: list[int],
+    todo: list[list[int]],
     process: Process,
     batch_size: int,
     workers: int,
     progress: bool,
 ) -> int:
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader
 
     if not todo:
         return 0
-    loader = DataLoader(Subset(data, todo), batch_size=batch_size, shuffle=False,
-                        num_workers=workers)  # fmt: skip
+    loader = DataLoader(data, batch_sampler=todo, num_workers=workers)
     bar = None
     if progress and process.is_main:
         from tqdm import tqdm
 
         who = f" (process 1 of {process.world_size})" if process.world_size > 1 else ""
-        bar = tqdm(total=len(todo), desc=f"{a.command}{who}", unit="image", leave=False)
+        bar = tqdm(total=sum(map(len, todo)), desc=f"{a.command}{who}", unit="image",
+                   leave=False)  # fmt: skip
     n = 0
     try:
         for idx, x, labels in loader:
