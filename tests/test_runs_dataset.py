@@ -355,3 +355,80 @@ def test_statistics_by_hand() -> None:
     assert list(t) == ["zero", "one"]
     assert t["one"] == {"class": 1, "images": 2, "v": {"mean": 2.0, "std": pytest.approx(2**0.5)}}
     assert t["zero"]["v"] == {"mean": 5.0, "std": None}
+
+
+# -- explain --data: class-average filter scores ------------------------------------------------
+
+
+def test_explain_data_equals_the_library_class_averages(tmp_path: Path) -> None:
+    from convscope import attribution as attr
+    from convscope.data.mnist import load_mnist_subset
+    from convscope.models import build_model
+    from convscope.runs.explain import run_data
+
+    model = build_model("gfnn", seed=3).eval()
+    res = run_data(model, "mnist-subset", tmp_path / "e", limit=90, batch_size=32, top=2,
+                   device="cpu")  # fmt: skip
+    ds = load_mnist_subset("test")
+    x, y = torch.from_numpy(ds.images[:90].copy()), torch.from_numpy(ds.labels[:90].copy())
+    ref = attr.class_average_filter_scores(model, (x, y), batch_size=32, target="label")
+    s = res.summary
+    assert s["kernels"] == ref.kernel_names and s["explained"] == "label"
+    for name, b in s["per_class"].items():
+        c = b["class"]
+        assert name == str(c) and b["images"] == int(ref.counts[c])
+        got = np.array([b["mean_scores"][k] for k in ref.kernel_names])
+        np.testing.assert_allclose(got, ref.scores[c].double().numpy(), rtol=1e-5, atol=1e-6)
+        assert b["mean_logit"] == pytest.approx(float(ref.logits[c]), rel=1e-5)
+        assert b["top_kernels"] == [ref.kernel_names[j] for j in ref.scores[c].argsort(
+            descending=True, stable=True)[:2].tolist()]  # fmt: skip
+    fs = attr.filter_scores(model, x[:32], target=y[:32])
+    rows = res.table.slice(0, 32).to_pylist()
+    for i in (0, 31):
+        assert rows[i]["target"] == int(y[i]) and rows[i]["label"] == int(y[i])
+        assert rows[i]["logit"] == pytest.approx(float(fs.logits[i]), rel=1e-6)
+        assert rows[i]["score/kirsch_n"] == pytest.approx(
+            float(fs.scores[i, fs.kernel_names.index("kirsch_n")]), rel=1e-5, abs=1e-6
+        )
+    # the batch decides float32 rounding: a resume must keep it
+    with pytest.raises(ConvscopeError, match="its batch_size is 32, this run's 16"):
+        run_data(model, "mnist-subset", tmp_path / "e", limit=90, batch_size=16, device="cpu")
+    assert "class_filter_scores.png" in (tmp_path / "e" / "report.html").read_text()
+
+
+def test_explain_data_colour_scores_and_refusals(tmp_path: Path) -> None:
+    from convscope import attribution as attr
+    from convscope.models import build_model
+    from convscope.runs.explain import run_data
+
+    _folder(tmp_path / "photos" / "test", {"a": 4, "b": 3}, size=(16, 16))
+    model = build_model("gfnn", in_channels=3, input_size=16, num_classes=2, seed=1)
+    res = run_data(model.eval(), f"imagefolder:{tmp_path / 'photos'}", tmp_path / "c",
+                   batch_size=4, device="cpu")  # fmt: skip
+    table = res.table
+    assert table.column("path").to_pylist()[0].endswith("a/000.png")
+    x = torch.stack([open_data(f"imagefolder:{tmp_path / 'photos'}")[j][1] for j in range(7)])
+    fs = attr.filter_scores(model, x, target=torch.tensor([0, 0, 0, 0, 1, 1, 1]))
+    for c, ch in enumerate(["red", "green", "blue"]):
+        got = res.summary["per_class"]["b"]["color_scores"][ch]
+        assert got == pytest.approx(float(fs.color_scores[4:, c].mean()), rel=1e-5, abs=1e-7)
+    with pytest.raises(ConvscopeError, match="averages filter scores, which need a kernel bank"):
+        run_data("lenet", "mnist-subset", tmp_path / "l", limit=4, device="cpu")
+    assert not (tmp_path / "l" / "run.json").exists()
+
+
+def test_explain_data_from_the_command_line(tmp_path: Path) -> None:
+    base = [*CLI, "explain", "--model", "gfnn", "--data", "mnist-subset", "--limit", "20",
+            "--device", "cpu", "--no-progress"]  # fmt: skip
+    r = subprocess.run([*base, "--method", "gradients", "--out", str(tmp_path / "g")],
+                       capture_output=True, text=True, env=_env())  # fmt: skip
+    assert r.returncode == 2
+    assert (
+        r.stderr.strip() == "error: explain --data averages filter scores: drop --method gradients"
+    )
+    r = subprocess.run([*base, "--out", str(tmp_path / "ok")], capture_output=True, text=True,
+                       env=_env())  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
+    for name, b in summary["per_class"].items():
+        assert f"class {name}: {', '.join(b['top_kernels'])}" in r.stdout

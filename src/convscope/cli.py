@@ -82,6 +82,16 @@ ImageSpec = Annotated[
         "--image", help="A PNG/JPEG file, sample:NAME (a scikit-image photo), a folder or a glob."
     ),
 ]
+ImageOrData = Annotated[
+    str | None,
+    typer.Option(
+        "--image",
+        help="A PNG/JPEG file, sample:NAME (a scikit-image photo), a folder or a glob "
+        "(or --data for a whole dataset).",
+    ),
+]
+
+
 OutDir = Annotated[Path, typer.Option("--out", help="Folder to write results into.")]
 
 # name -> (annotation, default); the runs take the same names as keyword options
@@ -372,10 +382,10 @@ def train(
 
 
 @app.command()
-@_shared(MODEL, IMAGE, OUTPUT)
+@_shared(MODEL, IMAGE, OUTPUT, DATA)
 def explain(
     model: ModelSpec,
-    image: ImageSpec,
+    image: ImageOrData = None,
     out: OutDir = Path("explain_output"),
     target: Annotated[int | None, typer.Option(help="Class to explain (default: predicted).")] = (
         None
@@ -384,9 +394,27 @@ def explain(
     top: Annotated[int, typer.Option(help="Kernels shown with their filter score images.")] = 3,
     options: Any = None,
 ) -> None:
-    """Explain images: filter scores (models with a kernel bank), saliency, gradient x input."""
+    """Explain images: filter scores (models with a kernel bank), saliency, gradient x input.
+
+    With --data: the filter scores of every image of a dataset, averaged per class (seed
+    000 Fig. 4; colour scores for colour models), in per_image.parquet, summary.json and
+    report.html; torchrun splits the images between processes.
+    """
     from convscope.runs import explain as run
 
+    dataset = _dataset(image, options)
+    if dataset is not None:
+        if method == "gradients":
+            raise ConvscopeError("explain --data averages filter scores: drop --method gradients")
+        dres = run.run_data(model, dataset.pop("data"), out, target=target, top=top, **dataset,
+                            **options)  # fmt: skip
+        _say_dataset(dres)
+        if dres.rank == 0:
+            for name, b in dres.summary["per_class"].items():
+                typer.echo(f"class {name}: {', '.join(b['top_kernels'])}")
+            _done(out / "report.html", "the report")
+        return
+    assert image is not None
     res = run.run(model, image, out, target=target, method=method, top=top, **options)
     if not _say_images(res):
         m = res.metrics
@@ -594,16 +622,6 @@ def linear_residual(
             typer.echo(f"|r| / |f(x0)| = {m['relative_residual']:.4g} "
                        f"(max |r| {m['residual_max_abs']:.3g})")  # fmt: skip
     _done(out)
-
-
-ImageOrData = Annotated[
-    str | None,
-    typer.Option(
-        "--image",
-        help="A PNG/JPEG file, sample:NAME (a scikit-image photo), a folder or a glob "
-        "(or --data for a whole dataset).",
-    ),
-]
 
 
 @linear_app.command("contributions")

@@ -9,6 +9,7 @@ other classifier gets the two gradient maps.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from convscope.runs.outputs import Outputs
 from convscope.runs.result import RunResult
 from convscope.runs.sources import ModelLike
 
-__all__ = ["METHODS", "OWNED", "run"]
+__all__ = ["DATA_OWNED", "METHODS", "OWNED", "run", "run_data", "summarise_filter_scores"]
 
 METHODS = ("auto", "filter-scores", "gradients")
 OWNED = (
@@ -194,3 +195,224 @@ def _one(
     o.file("report.json")
     o.file("report.html")
     return RunResult(o.folder, list(o.written), m, result=fs)
+
+
+# -- over a dataset: --data ------------------------------------------------------------------
+
+DATA_OWNED = ("class_filter_scores.png", "report.html", "report.json")
+
+
+def run_data(
+    model: ModelLike,
+    data: str,
+    out: str | os.PathLike[str],
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    target: int | None = None,
+    top: int = 3,
+    **options: Unpack[Options],
+) -> Any:
+    """Filter scores of every image of ``data``, averaged per class (seed 000 Figs. 4, 6-8).
+
+    Each image is explained for its label where the dataset has labels (seed 000's class
+    averages; ``target`` overrides, unlabelled images take the predicted class). Writes
+    ``per_image.parquet`` (index, label, path, predicted, target, logit, probability,
+    each kernel's filter score ``score/<kernel>``, colour scores ``color/<channel>``, the
+    top kernels), ``summary.json`` (accuracy; per class: images, mean filter score and
+    mean share of the logit of every kernel, mean colour scores, top kernels),
+    ``class_filter_scores.png`` and ``report.html``. Resumes into the same ``out``; split
+    across processes under torchrun (see :mod:`convscope.runs.dataset_run`).
+
+    Args:
+        model: A model with a fixed kernel bank (GFNN, GF-ResNet).
+        data, split, limit, batch_size, workers: As in
+            :func:`convscope.runs.linear_contributions.run_data`.
+        target: Explain every image for this class.
+        top: Kernels listed per image and per class.
+        **options: The shared :class:`~convscope.runs.Options`.
+
+    Raises:
+        ConvscopeError: A model without a kernel bank, bad options or data (before any work).
+    """
+    from convscope.models import find_kernel_bank
+    from convscope.runs.data import open_data
+    from convscope.runs.dataset_run import DatasetAnalysis, join, run_over
+    from convscope.runs.inputs import parse_size
+    from convscope.runs.options import complete
+    from convscope.runs.sources import resolve_model, warn_untrained
+
+    if top < 1:
+        raise ConvscopeError(f"--top must be >= 1; got {top}")
+    opts = complete(options)
+    if opts["channels"] not in (None, 1, 3):
+        raise ConvscopeError(f"--channels must be 1 or 3; got {opts['channels']}")
+    size = parse_size(opts["size"])
+    process = join(opts["device"])
+    try:
+        loaded = resolve_model(model, weights=opts["weights"], state_dict=opts["state_dict"],
+                               device=process.device, warn=False)  # fmt: skip
+        try:
+            find_kernel_bank(loaded.module)
+        except ConvscopeError as e:
+            raise ConvscopeError(
+                f"{e}; explain --data averages filter scores, which need a kernel bank "
+                "(for other models compare explanations with convscope evaluate --data)"
+            ) from None
+        stream = open_data(data, split=split, limit=limit, info=loaded.info,
+                           channels=opts["channels"], invert=opts["invert"],
+                           size=size)  # fmt: skip
+        if process.is_main:
+            warn_untrained(loaded)
+        names = stream.class_names or loaded.class_names
+        net = loaded.module
+
+        def rows(indices: list[int], x: torch.Tensor, labels: torch.Tensor) -> list[dict[str, Any]]:
+            return _rows(net, x.to(process.device), labels, target, top)
+
+        config = {
+            "model": loaded.name, "weights": opts["weights"],
+            "state_dict": None if opts["state_dict"] is None else str(opts["state_dict"]),
+            "data": data, "split": split, "limit": limit, "target": target, "top": top,
+            "channels": opts["channels"], "invert": opts["invert"], "size": size,
+        }  # fmt: skip
+        head = {"model": loaded.metadata(), "data": stream.describe()}
+        analysis = DatasetAnalysis(
+            command="explain",
+            config=config,
+            rows=rows,
+            summarise=lambda table: {**head, **summarise_filter_scores(table, names, top)},
+            report=lambda o, summary: _data_report(o, summary, loaded.name, data, split),
+            owned=DATA_OWNED,
+            batch_dependent=True,  # one float32 pass per batch
+        )
+        return run_over(analysis, stream, out, process, batch_size=batch_size, workers=workers,
+                        overwrite=opts["overwrite"], formats=opts["formats"],
+                        progress=opts["progress"])  # fmt: skip
+    finally:
+        process.leave()
+
+
+def _rows(
+    net: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, target: int | None, top: int
+) -> list[dict[str, Any]]:
+    """One batch's rows: the prediction and the filter scores of the explained class."""
+    with torch.no_grad():
+        logits = net(x)
+    n = logits.shape[1]
+    pred = logits.argmax(1)
+    if target is not None:
+        if not 0 <= target < n:
+            raise ConvscopeError(f"--target {target} is out of range: the model has {n} classes")
+        t = torch.full_like(pred, target)
+    else:
+        lab = labels.to(pred.device)
+        known = (lab >= 0) & (lab < n)
+        t = torch.where(known, lab, pred)
+    fs = attr.filter_scores(net, x, target=t)
+    probs = torch.softmax(logits.double(), 1).gather(1, t[:, None])[:, 0]
+    k = min(top, len(fs.kernel_names))
+    _, order = fs.top_k(k)
+    scores = _np(fs.scores)
+    colors = None if fs.color_scores is None else _np(fs.color_scores)
+    channels = _CHANNEL_NAMES.get(colors.shape[1], []) if colors is not None else []
+    out = []
+    for i in range(len(x)):
+        row: dict[str, Any] = {
+            "predicted": int(pred[i]),
+            "target": int(t[i]),
+            "logit": float(fs.logits[i]),
+            "probability": float(probs[i]),
+            "top_kernels": [fs.kernel_names[j] for j in order[i].tolist()],
+        }
+        for name, v in zip(fs.kernel_names, scores[i].tolist(), strict=True):
+            row[f"score/{name}"] = v
+        if colors is not None:
+            for c, name in enumerate(channels or [f"channel {c}" for c in range(colors.shape[1])]):
+                row[f"color/{name}"] = float(colors[i, c])
+        out.append(row)
+    return out
+
+
+def summarise_filter_scores(table: Any, names: list[str] | None, top: int) -> dict[str, Any]:
+    """``summary.json`` of an explain run from its per-image table."""
+    from convscope.runs.summaries import column
+
+    kernels = [c[len("score/") :] for c in table.column_names if c.startswith("score/")]
+    colors = [c[len("color/") :] for c in table.column_names if c.startswith("color/")]
+    scores = np.stack([column(table, f"score/{k}") for k in kernels], 1)
+    logit = column(table, "logit")
+    target = column(table, "target").astype(np.int64)
+    label = column(table, "label").astype(np.int64)
+    predicted = column(table, "predicted").astype(np.int64)
+    known = label >= 0
+    k = min(top, len(kernels))
+
+    def block(sel: np.ndarray) -> dict[str, Any]:
+        mean = scores[sel].mean(0)
+        share = (scores[sel] / logit[sel, None]).mean(0)
+        b: dict[str, Any] = {
+            "images": int(sel.sum()),
+            "mean_logit": float(logit[sel].mean()),
+            "mean_scores": dict(zip(kernels, mean.tolist(), strict=True)),
+            "mean_shares": dict(zip(kernels, share.tolist(), strict=True)),
+            "top_kernels": [kernels[j] for j in np.argsort(-mean, kind="stable")[:k]],
+        }
+        if colors:
+            b["color_scores"] = {c: float(column(table, f"color/{c}")[sel].mean()) for c in colors}
+        return b
+
+    per_class = {}
+    for c in np.unique(target):
+        name = names[c] if names is not None and 0 <= c < len(names) else str(int(c))
+        per_class[name] = {"class": int(c), **block(target == c)}
+    return {
+        "images": int(table.num_rows),
+        "accuracy": float((predicted[known] == label[known]).mean()) if known.any() else None,
+        "explained": "label" if known.all() else "label where known, else the prediction",
+        "kernels": kernels,
+        "all": block(np.ones(len(target), dtype=bool)),
+        "per_class": per_class,
+    }
+
+
+def _data_report(o: Outputs, s: dict[str, Any], model: str, data: str, split: str) -> None:
+    from convscope.report import figures as figs
+    from convscope.report.html import Figure, Section, Table, write_report
+
+    name = os.path.basename(model)
+    kernels = s["kernels"]
+    classes = list(s["per_class"])
+    shares = np.array([[s["per_class"][c]["mean_shares"][k] for k in kernels] for c in classes])
+    try:
+        cats = [kb.get(k).category for k in kernels]
+    except ConvscopeError:  # random kernels have no registry entry
+        cats = ["kernel"] * len(kernels)
+    o.figure("class_filter_scores.png",
+             figs.plot_class_filter_scores(shares, kernels, cats, classes))  # fmt: skip
+    fmt = "png" if "png" in o.formats else o.formats[0]
+    colors = "color_scores" in s["all"]
+    headers = ["class", "images", "mean logit", "top kernels"] + (
+        list(s["all"]["color_scores"]) if colors else []
+    )
+    rows = []
+    for c in classes:
+        b = s["per_class"][c]
+        cells = [c, str(b["images"]), f"{b['mean_logit']:.3f}", ", ".join(b["top_kernels"])]
+        rows.append(cells + ([f"{v:.4g}" for v in b["color_scores"].values()] if colors else []))
+    acc = "" if s["accuracy"] is None else f" Top-1 accuracy {100 * s['accuracy']:.2f}%."
+    sections = [
+        Section("Class-average filter scores", [
+            f"{s['images']} images of {data} ({split}), each explained for its "
+            f"{s['explained']}.{acc} Each panel: the mean share of the logit of every kernel "
+            "over the images of one class.",
+            "One row per image is in per_image.parquet; summary.json holds every number on "
+            "this page."],
+            tables=[Table(headers, rows)],
+            figures=[Figure(f"class_filter_scores.{fmt}")]),
+    ]  # fmt: skip
+    write_report(o.folder, f"convscope explain: {name} on {data}", sections)
+    o.file("report.html")
+    o.file("report.json")
