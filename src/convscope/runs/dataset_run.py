@@ -38,7 +38,16 @@ from convscope.runs.data import StreamData
 from convscope.runs.outputs import Outputs, RunInterrupted, check_out, open_out
 from convscope.runs.shards import MERGED, SHARDS, ShardStore
 
-__all__ = ["MANIFEST", "DatasetAnalysis", "DatasetResult", "Process", "join", "run_over"]
+__all__ = [
+    "MANIFEST",
+    "DatasetAnalysis",
+    "DatasetResult",
+    "Prepared",
+    "Process",
+    "join",
+    "prepare",
+    "run_over",
+]
 
 MANIFEST = "run.json"
 SUMMARY = "summary.json"
@@ -125,6 +134,77 @@ def join(device: str | None) -> Process:
 
     d = setup_distributed(device or "auto")
     return Process(d.rank, d.world_size, d.device, d.owns_group)
+
+
+@dataclass
+class Prepared:
+    """What every dataset run starts from, checked before any work.
+
+    Attributes:
+        process: This process (rank, world size, device).
+        model: The model, on the process's device.
+        data: The stream (its first image checked against the model).
+        options: The shared options, defaults filled in.
+        config: The part of ``run.json`` every dataset run shares (model, data, split,
+            limit, image conversions).
+    """
+
+    process: Process
+    model: Any
+    data: StreamData
+    options: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.data.class_names or self.model.class_names
+
+
+def prepare(
+    model: Any,
+    data: str,
+    *,
+    split: str,
+    limit: int | None,
+    options: dict[str, Any],
+    dtype: torch.dtype | None = None,
+    check: Callable[[Any], object] | None = None,
+) -> Prepared:
+    """Parse the options, join the process group, load the model, open the data.
+
+    ``check`` (a run's own test of the loaded model) runs before the data is opened and
+    the untrained warning printed. On any error the process group is left again.
+    """
+    from convscope.runs.data import open_data
+    from convscope.runs.inputs import parse_size
+    from convscope.runs.options import complete
+    from convscope.runs.sources import resolve_model, warn_untrained
+
+    opts = complete(options)
+    if opts["channels"] not in (None, 1, 3):
+        raise ConvscopeError(f"--channels must be 1 or 3; got {opts['channels']}")
+    size = parse_size(opts["size"])
+    process = join(opts["device"])
+    try:
+        loaded = resolve_model(model, weights=opts["weights"], state_dict=opts["state_dict"],
+                               device=process.device, dtype=dtype, warn=False)  # fmt: skip
+        if check is not None:
+            check(loaded)
+        stream = open_data(data, split=split, limit=limit, info=loaded.info,
+                           channels=opts["channels"], invert=opts["invert"],
+                           size=size)  # fmt: skip
+        if process.is_main:
+            warn_untrained(loaded)
+    except BaseException:
+        process.leave()
+        raise
+    config = {
+        "model": loaded.name, "weights": opts["weights"],
+        "state_dict": None if opts["state_dict"] is None else str(opts["state_dict"]),
+        "data": data, "split": split, "limit": limit,
+        "channels": opts["channels"], "invert": opts["invert"], "size": size,
+    }  # fmt: skip
+    return Prepared(process, loaded, stream, opts, config)
 
 
 def _claim(

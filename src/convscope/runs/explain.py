@@ -238,22 +238,12 @@ def run_data(
         ConvscopeError: A model without a kernel bank, bad options or data (before any work).
     """
     from convscope.models import find_kernel_bank
-    from convscope.runs.data import open_data
-    from convscope.runs.dataset_run import DatasetAnalysis, join, run_over
-    from convscope.runs.inputs import parse_size
-    from convscope.runs.options import complete
-    from convscope.runs.sources import resolve_model, warn_untrained
+    from convscope.runs.dataset_run import DatasetAnalysis, prepare, run_over
 
     if top < 1:
         raise ConvscopeError(f"--top must be >= 1; got {top}")
-    opts = complete(options)
-    if opts["channels"] not in (None, 1, 3):
-        raise ConvscopeError(f"--channels must be 1 or 3; got {opts['channels']}")
-    size = parse_size(opts["size"])
-    process = join(opts["device"])
-    try:
-        loaded = resolve_model(model, weights=opts["weights"], state_dict=opts["state_dict"],
-                               device=process.device, warn=False)  # fmt: skip
+
+    def check(loaded: Any) -> None:
         try:
             find_kernel_bank(loaded.module)
         except ConvscopeError as e:
@@ -261,38 +251,29 @@ def run_data(
                 f"{e}; explain --data averages filter scores, which need a kernel bank "
                 "(for other models compare explanations with convscope evaluate --data)"
             ) from None
-        stream = open_data(data, split=split, limit=limit, info=loaded.info,
-                           channels=opts["channels"], invert=opts["invert"],
-                           size=size)  # fmt: skip
-        if process.is_main:
-            warn_untrained(loaded)
-        names = stream.class_names or loaded.class_names
-        net = loaded.module
+
+    p = prepare(model, data, split=split, limit=limit, options=dict(options), check=check)
+    try:
+        names, device, net = p.class_names, p.process.device, p.model.module
 
         def rows(indices: list[int], x: torch.Tensor, labels: torch.Tensor) -> list[dict[str, Any]]:
-            return _rows(net, x.to(process.device), labels, target, top)
+            return _rows(net, x.to(device), labels, target, top)
 
-        config = {
-            "model": loaded.name, "weights": opts["weights"],
-            "state_dict": None if opts["state_dict"] is None else str(opts["state_dict"]),
-            "data": data, "split": split, "limit": limit, "target": target, "top": top,
-            "channels": opts["channels"], "invert": opts["invert"], "size": size,
-        }  # fmt: skip
-        head = {"model": loaded.metadata(), "data": stream.describe()}
+        head = {"model": p.model.metadata(), "data": p.data.describe()}
         analysis = DatasetAnalysis(
             command="explain",
-            config=config,
+            config={**p.config, "target": target, "top": top},
             rows=rows,
             summarise=lambda table: {**head, **summarise_filter_scores(table, names, top)},
-            report=lambda o, summary: _data_report(o, summary, loaded.name, data, split),
+            report=lambda o, summary: _data_report(o, summary, p.model.name, data, split),
             owned=DATA_OWNED,
             batch_dependent=True,  # one float32 pass per batch
         )
-        return run_over(analysis, stream, out, process, batch_size=batch_size, workers=workers,
-                        overwrite=opts["overwrite"], formats=opts["formats"],
-                        progress=opts["progress"])  # fmt: skip
+        return run_over(analysis, p.data, out, p.process, batch_size=batch_size,
+                        workers=workers, overwrite=p.options["overwrite"],
+                        formats=p.options["formats"], progress=p.options["progress"])  # fmt: skip
     finally:
-        process.leave()
+        p.process.leave()
 
 
 def _rows(

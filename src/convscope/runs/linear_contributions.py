@@ -160,56 +160,35 @@ def run_data(
     """
     import torch
 
-    from convscope.runs.data import open_data
-    from convscope.runs.dataset_run import DatasetAnalysis, join, run_over
-    from convscope.runs.inputs import parse_size
-    from convscope.runs.options import complete
-    from convscope.runs.sources import resolve_model, warn_untrained
+    from convscope.runs.dataset_run import DatasetAnalysis, prepare, run_over
 
     check_mode(mode)
-    opts = complete(options)
-    if opts["channels"] not in (None, 1, 3):
-        raise ConvscopeError(f"--channels must be 1 or 3; got {opts['channels']}")
-    size = parse_size(opts["size"])
-    process = join(opts["device"])
+    p = prepare(model, data, split=split, limit=limit, options=dict(options),
+                dtype=torch.float64)  # fmt: skip
     try:
-        loaded = resolve_model(model, weights=opts["weights"], state_dict=opts["state_dict"],
-                               device=process.device, dtype=torch.float64,
-                               warn=False)  # fmt: skip
-        stream = open_data(data, split=split, limit=limit, info=loaded.info,
-                           channels=opts["channels"], invert=opts["invert"],
-                           size=size)  # fmt: skip
-        if process.is_main:
-            warn_untrained(loaded)
-        names = stream.class_names or loaded.class_names
+        names, device, module = p.class_names, p.process.device, p.model.module
         kwargs: dict[str, Any] = {} if output is None else {"output": output}
-        module = loaded.module
 
         def rows(indices: list[int], x: Any, labels: Any) -> list[dict[str, Any]]:
-            return [_row(module, x[i : i + 1].to(process.device, torch.float64), mode, kwargs,
-                         target, names) for i in range(len(indices))]  # fmt: skip
+            return [_row(module, x[i : i + 1].to(device, torch.float64), mode, kwargs, target,
+                         names) for i in range(len(indices))]  # fmt: skip
 
-        config = {
-            "model": loaded.name, "weights": opts["weights"],
-            "state_dict": None if opts["state_dict"] is None else str(opts["state_dict"]),
-            "data": data, "split": split, "limit": limit, "mode": mode, "target": target,
-            "output": output if output is None or isinstance(output, (str, int)) else repr(output),
-            "channels": opts["channels"], "invert": opts["invert"], "size": size,
-        }  # fmt: skip
-        head = {"model": loaded.metadata(), "data": stream.describe(), "mode": mode}
+        shown = output if output is None or isinstance(output, (str, int)) else repr(output)
+        config = {**p.config, "mode": mode, "target": target, "output": shown}
+        head = {"model": p.model.metadata(), "data": p.data.describe(), "mode": mode}
         analysis = DatasetAnalysis(
             command="linear contributions",
             config=config,
             rows=rows,
             summarise=lambda table: {**head, **summarise_contributions(table, names)},
-            report=lambda o, summary: _data_report(o, summary, loaded.name, data, split),
+            report=lambda o, summary: _data_report(o, summary, p.model.name, data, split),
             owned=DATA_OWNED,
         )
-        return run_over(analysis, stream, out, process, batch_size=batch_size, workers=workers,
-                        overwrite=opts["overwrite"], formats=opts["formats"],
-                        progress=opts["progress"])  # fmt: skip
+        return run_over(analysis, p.data, out, p.process, batch_size=batch_size,
+                        workers=workers, overwrite=p.options["overwrite"],
+                        formats=p.options["formats"], progress=p.options["progress"])  # fmt: skip
     finally:
-        process.leave()
+        p.process.leave()
 
 
 def _row(
