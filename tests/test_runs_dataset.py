@@ -432,3 +432,37 @@ def test_explain_data_from_the_command_line(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
     for name, b in summary["per_class"].items():
         assert f"class {name}: {', '.join(b['top_kernels'])}" in r.stdout
+
+
+# -- linear votes --data ------------------------------------------------------------------------
+
+
+def test_votes_data_rows_and_frequency_map(tmp_path: Path) -> None:
+    from convscope.data.mnist import load_mnist_subset
+    from convscope.linear import LinearInterpreter
+    from convscope.runs.sources import resolve_model
+
+    out = tmp_path / "v"
+    r = subprocess.run([*CLI, "linear", "votes", "--model", str(LENET), "--data", "mnist-subset",
+                        "--limit", "12", "--top", "3", "--batch-size", "5", "--out", str(out),
+                        "--device", "cpu", "--no-progress"], capture_output=True, text=True,
+                       env=_env())  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    table = pq.read_table(out / "per_image.parquet")
+    summary = json.loads((out / "summary.json").read_text())
+    ds = load_mnist_subset("test")
+    model = resolve_model(str(LENET), dtype=torch.float64, warn=False).module
+    masks = []
+    for i, row in enumerate(table.to_pylist()):
+        x0 = torch.from_numpy(ds.images[i : i + 1].copy()).double()
+        pv = LinearInterpreter(model, x0).votes(top=3)
+        top1 = int(pv.targets[0])
+        assert row["top1"] == top1 and row["most_voted"] == pv.most_voted
+        assert row["top1_vote_share"] == pytest.approx(pv.share(top1), abs=0)
+        mask = np.unpackbits(np.frombuffer(row["top1_mask"], np.uint8), count=784)
+        assert np.array_equal(mask.reshape(28, 28), (pv.votes == top1).numpy())
+        masks.append(mask.reshape(28, 28))
+    np.testing.assert_allclose(summary["vote_frequency"], np.mean(masks, 0), atol=1e-15)
+    assert summary["top1_wins"] == pytest.approx(np.mean(table.column("top1_wins").to_pylist()))
+    assert f"the top-1 class wins the vote in {100 * summary['top1_wins']:.1f}%" in r.stdout
+    assert "vote_frequency.png" in (out / "report.html").read_text()

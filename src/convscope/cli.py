@@ -673,10 +673,10 @@ def linear_contributions(
 
 
 @linear_app.command("votes")
-@_shared(MODEL, IMAGE, OUTPUT)
+@_shared(MODEL, IMAGE, OUTPUT, DATA)
 def linear_votes(
     model: ModelSpec,
-    image: ImageSpec,
+    image: ImageOrData = None,
     out: OutDir = Path("linear_output"),
     mode: LinMode = "freeze",
     output: LinOutput = None,
@@ -685,9 +685,27 @@ def linear_votes(
     ),
     options: Any = None,
 ) -> None:
-    """Pixel discussions and votes of a classifier, with the masked images (seed 001 Fig. 3)."""
+    """Pixel discussions and votes of a classifier, with the masked images (seed 001 Fig. 3).
+
+    With --data: how often the pixels of every image of a dataset vote for its top-1
+    class (a per-pixel frequency map, a histogram, a per-class table); torchrun splits the
+    images between processes.
+    """
     from convscope.runs import linear_votes as run
 
+    dataset = _dataset(image, options)
+    if dataset is not None:
+        dres = run.run_data(model, dataset.pop("data"), out, mode=mode, output=_output_key(output),
+                            top=top, **dataset, **options)  # fmt: skip
+        _say_dataset(dres)
+        if dres.rank == 0:
+            s = dres.summary
+            typer.echo(f"top-1 vote share over {s['images']} images: mean "
+                       f"{100 * s['top1_vote_share']['mean']:.1f}%; the top-1 class wins the "
+                       f"vote in {100 * s['top1_wins']:.1f}% of them")  # fmt: skip
+            _done(out / "report.html", "the report")
+        return
+    assert image is not None
     res = run.run(model, image, out, mode=mode, output=_output_key(output), top=top, **options)
     if not _say_images(res):
         m = res.metrics

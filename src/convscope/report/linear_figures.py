@@ -660,3 +660,29 @@ def plot_histogram(
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_vote_frequency(frequency: np.ndarray, *, title: str = "") -> Figure:
+    """The fraction of images in which each pixel votes for the image's top-1 class.
+
+    Args:
+        frequency: ``(H, W)`` values in [0, 1].
+        title: The figure's title.
+
+    Returns:
+        The map with its colour bar (0 to 100 %).
+    """
+    f = np.asarray(frequency, dtype=np.float64)
+    if f.ndim != 2:
+        raise ConvscopeError(f"plot_vote_frequency takes an (H, W) map; got shape {f.shape}")
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    im = ax.imshow(100 * f, cmap="viridis", vmin=0, vmax=100, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("images voting for the top-1 class (%)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
