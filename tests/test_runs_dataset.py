@@ -466,3 +466,41 @@ def test_votes_data_rows_and_frequency_map(tmp_path: Path) -> None:
     assert summary["top1_wins"] == pytest.approx(np.mean(table.column("top1_wins").to_pylist()))
     assert f"the top-1 class wins the vote in {100 * summary['top1_wins']:.1f}%" in r.stdout
     assert "vote_frequency.png" in (out / "report.html").read_text()
+
+
+# -- spectrum --data ------------------------------------------------------------------------------
+
+
+def test_spectrum_data_equals_the_spectral_calls(tmp_path: Path) -> None:
+    from convscope import spectral as sp
+    from convscope.data.mnist import load_mnist_subset
+    from convscope.models import build_model
+    from convscope.runs.spectrum import run_data
+
+    model = build_model("gfnn", seed=5).eval()
+    res = run_data(model, "mnist-subset", tmp_path / "s", limit=24, batch_size=8, on="logit",
+                   device="cpu")  # fmt: skip
+    x = torch.from_numpy(load_mnist_subset("test").images[:24].copy())
+    pred = model(x).argmax(1)
+    d = sp.data_derivative(model, x[:8], pred[:8], on="logit")
+    spec = sp.spectrum_db(d, None)
+    rows = res.table.to_pylist()
+    for i in (0, 5):
+        assert rows[i]["class"] == int(pred[i])
+        assert rows[i]["max_gain_db/grey"] == pytest.approx(float(spec[i].max()), abs=1e-9)
+        np.testing.assert_allclose(
+            np.frombuffer(rows[i]["spectrum_db"], np.float32).reshape(1, 28, 28),
+            spec[i].numpy(), rtol=1e-6, atol=1e-4,
+        )  # fmt: skip
+    gains = np.array([r["max_gain_db/grey"] for r in rows])
+    s = res.summary
+    assert s["maximum_gain_db"]["grey"]["mean"] == pytest.approx(gains.mean(), rel=1e-12)
+    for name, v in s["per_class"].items():
+        sel = [r["max_gain_db/grey"] for r in rows if str(r["class"]) == name]
+        assert v["images"] == len(sel)
+        assert v["maximum_gain_db/grey"]["mean"] == pytest.approx(np.mean(sel), rel=1e-12)
+    r = subprocess.run([*CLI, "spectrum", "--model", "gfnn", "--data", "mnist-subset", "--shape",
+                        "1,28,28", "--out", str(tmp_path / "x")], capture_output=True, text=True,
+                       env=_env())  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: --shape sets the impulse image; --data takes the images' own"

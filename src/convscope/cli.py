@@ -173,15 +173,17 @@ DATA: dict[str, tuple[Any, Any]] = {
 ALL = {**MODEL, **IMAGE, **OUTPUT}
 
 
-def _dataset(image: str | None, options: dict[str, Any]) -> dict[str, Any] | None:
+def _dataset(
+    image: str | None, options: dict[str, Any], *, need_image: bool = True
+) -> dict[str, Any] | None:
     """Split the --data options off ``options``: ``None`` for an --image run.
 
     Raises:
-        ConvscopeError: both --image and --data, or neither.
+        ConvscopeError: both --image and --data, or neither (where an image is needed).
     """
     data = {k: options.pop(k) for k in DATA}
     if data["data"] is None:
-        if image is None:
+        if image is None and need_image:
             raise ConvscopeError("give --image (one image, a folder or a glob) or --data")
         return None
     if image is not None:
@@ -429,7 +431,7 @@ def explain(
 
 
 @app.command()
-@_shared(MODEL, IMAGE, OUTPUT)
+@_shared(MODEL, IMAGE, OUTPUT, DATA)
 def spectrum(
     model: ModelSpec,
     image: Annotated[
@@ -444,9 +446,26 @@ def spectrum(
     ] = None,
     options: Any = None,
 ) -> None:
-    """Transfer function and Maximum Gain of a model (a training diagnostic, seed 004)."""
+    """Transfer function and Maximum Gain of a model (a training diagnostic, seed 004).
+
+    With --data: the Maximum Gain at every image of a dataset (no window), per class, with
+    each class's mean transfer function; torchrun splits the images between processes.
+    """
     from convscope.runs import spectrum as run
 
+    dataset = _dataset(image, options, need_image=False)
+    if dataset is not None:
+        if shape is not None:
+            raise ConvscopeError("--shape sets the impulse image; --data takes the images' own")
+        dres = run.run_data(model, dataset.pop("data"), out, target=target, on=on, **dataset,
+                            **options)  # fmt: skip
+        _say_dataset(dres)
+        if dres.rank == 0:
+            for c, st in dres.summary["maximum_gain_db"].items():
+                typer.echo(f"Maximum Gain ({c}) over {st['n']} images: mean {st['mean']:.2f} dB, "
+                           f"{st['min']:.2f} to {st['max']:.2f} dB")  # fmt: skip
+            _done(out / "report.html", "the report")
+        return
     res = run.run(model, out, image=image, target=target, on=on, shape=shape, **options)
     if not _say_images(res):
         gains = res.metrics["maximum_gain_db"]

@@ -272,3 +272,75 @@ def plot_transfer_function(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_class_gains(
+    classes: Sequence[str],
+    channels: Sequence[str],
+    mean: np.ndarray,
+    std: np.ndarray,
+    title: str = "",
+) -> Figure:
+    """Mean Maximum Gain per class (one bar per channel), one standard deviation as error bars.
+
+    Args:
+        classes: ``K`` class names.
+        channels: ``C`` channel names.
+        mean, std: ``(K, C)`` in dB.
+    """
+    k, c = mean.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * k * c + 1.5), 3.0))
+    width = 0.8 / c
+    colours = {"red": "#c44e52", "green": "#55a868", "blue": "#4c72b0"}
+    for j, ch in enumerate(channels):
+        x = np.arange(k) + (j - (c - 1) / 2) * width
+        ax.bar(x, mean[:, j], width, yerr=std[:, j], capsize=2, label=ch,
+               color=colours.get(ch, "#4c72b0"))  # fmt: skip
+    ax.set_xticks(np.arange(k), list(classes), fontsize=7, rotation=0 if k <= 12 else 60)
+    ax.set_ylabel("Maximum Gain (dB)", fontsize=8)
+    ax.set_xlabel("class", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if c > 1:
+        ax.legend(fontsize=7, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_mean_spectra(spectra: dict[str, np.ndarray], title: str = "", ncols: int = 5) -> Figure:
+    """Mean amplitude spectra (dB, DC in the centre) per class, first channel, on one scale.
+
+    Args:
+        spectra: class name -> ``(C, H, W)`` mean spectrum in dB.
+        title: The figure's title.
+        ncols: Panels per row.
+    """
+    names = list(spectra)
+    first = {k: np.asarray(v)[0] for k, v in spectra.items()}
+    hi = max(float(v.max()) for v in first.values())
+    lo = max(min(float(v.min()) for v in first.values()), hi - 80)
+    n = len(names)
+    cols = min(ncols, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols + 0.8, 2.1 * rows + 0.5),
+                             squeeze=False)  # fmt: skip
+    im = None
+    for i, ax in enumerate(axes.ravel()):
+        if i >= n:
+            ax.axis("off")
+            continue
+        im = ax.imshow(first[names[i]], cmap="viridis", vmin=lo, vmax=hi,
+                       extent=(-0.5, 0.5, 0.5, -0.5))  # fmt: skip
+        ax.set_title(names[i], fontsize=8)
+        ax.tick_params(labelsize=6)
+        if i % cols == 0:
+            ax.set_ylabel("cycles / pixel", fontsize=7)
+        if i >= n - cols:
+            ax.set_xlabel("cycles / pixel", fontsize=7)
+    if im is not None:
+        bar = fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.03)
+        bar.set_label("|H| (dB)", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

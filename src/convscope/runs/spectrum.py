@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from typing_extensions import Unpack
 
@@ -22,7 +24,7 @@ from convscope.runs.outputs import Outputs
 from convscope.runs.result import RunResult
 from convscope.runs.sources import ModelLike
 
-__all__ = ["OWNED", "run"]
+__all__ = ["DATA_OWNED", "OWNED", "run", "run_data", "summarise_gains"]
 
 OWNED = ("spectrum.json", "transfer_function.png")
 
@@ -145,3 +147,157 @@ def _one(
     o.figure("transfer_function.png", plot_transfer_function(d.numpy(), spec.numpy(), gains, title))
     o.json("spectrum.json", m)
     return RunResult(o.folder, list(o.written), m, result=spec)
+
+
+# -- over a dataset: --data ------------------------------------------------------------------
+
+DATA_OWNED = ("maximum_gain.png", "transfer_functions.png", "report.html", "report.json")
+
+
+def run_data(
+    model: ModelLike,
+    data: str,
+    out: str | os.PathLike[str],
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    target: int | None = None,
+    on: str = "softmax",
+    **options: Unpack[Options],
+) -> Any:
+    """Maximum Gain at every image of ``data``, per class (seed 004 at the data points).
+
+    At each image the data derivative of its class (``target``, else the predicted one)
+    is taken as it is (no window) and its spectrum's maximum is that image's Maximum
+    Gain, per input channel. Writes ``per_image.parquet`` (index, label, path,
+    predicted, class, Maximum Gain per channel ``max_gain_db/<channel>``),
+    ``summary.json`` (Maximum Gain statistics and histogram, per class; the mean
+    transfer function of each class, in dB), ``maximum_gain.png``,
+    ``transfer_functions.png`` and ``report.html``. Resumes and shards like every
+    dataset run (:mod:`convscope.runs.dataset_run`).
+    """
+    from convscope.runs.dataset_run import DatasetAnalysis, prepare, run_over
+
+    if on not in ("softmax", "logit"):
+        raise ConvscopeError(f"--on must be softmax or logit, got {on!r}")
+    p = prepare(model, data, split=split, limit=limit, options=dict(options))
+    try:
+        names, device, net = p.class_names, p.process.device, p.model.module
+        channels = _CHANNELS.get(p.data.shape[0]) or [
+            f"channel {c}" for c in range(p.data.shape[0])
+        ]
+
+        def rows(indices: list[int], x: torch.Tensor, labels: torch.Tensor) -> list[dict[str, Any]]:
+            return _gain_rows(net, x.to(device), target, on, channels)
+
+        head = {"model": p.model.metadata(), "data": p.data.describe(), "projection": on,
+                "window": None}  # fmt: skip
+        analysis = DatasetAnalysis(
+            command="spectrum",
+            config={**p.config, "target": target, "on": on},
+            rows=rows,
+            summarise=lambda table: {**head, **summarise_gains(table, names, channels)},
+            report=lambda o, summary: _data_report(o, summary, p.model.name, data, split),
+            owned=DATA_OWNED,
+            batch_dependent=True,  # one float32 backward pass per batch
+        )
+        return run_over(analysis, p.data, out, p.process, batch_size=batch_size,
+                        workers=workers, overwrite=p.options["overwrite"],
+                        formats=p.options["formats"], progress=p.options["progress"])  # fmt: skip
+    finally:
+        p.process.leave()
+
+
+_CHANNELS = {1: ["grey"], 3: ["red", "green", "blue"]}
+
+
+def _gain_rows(
+    net: torch.nn.Module, x: torch.Tensor, target: int | None, on: str, channels: list[str]
+) -> list[dict[str, Any]]:
+    with torch.no_grad():
+        logits = net(x)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise ConvscopeError("spectrum needs a classifier's scores (N, classes)")
+    if target is not None and not 0 <= target < logits.shape[1]:
+        raise ConvscopeError(f"--target {target} is out of range for {logits.shape[1]} classes")
+    pred = logits.argmax(1)
+    z = torch.softmax(logits, 1) if on == "softmax" else logits
+    cls = pred if target is None else torch.full_like(pred, target)
+    d = sp.data_derivative(net, x, cls, on=on).detach().cpu()  # type: ignore[arg-type]
+    spec = sp.spectrum_db(d, None)
+    gains = spec.flatten(2).amax(2)
+    out = []
+    for i in range(len(x)):
+        row: dict[str, Any] = {"predicted": int(pred[i]), "class": int(cls[i]),
+                               "score": float(z[i, cls[i]])}  # fmt: skip
+        for c, name in enumerate(channels):
+            row[f"max_gain_db/{name}"] = float(gains[i, c])
+        row["spectrum_db"] = spec[i].numpy().astype(np.float32).tobytes()
+        out.append(row)
+    return out
+
+
+def summarise_gains(table: Any, names: list[str] | None, channels: list[str]) -> dict[str, Any]:
+    """``summary.json`` of a dataset spectrum run from its per-image table."""
+    from convscope.runs.summaries import column, histogram, per_class, stats
+
+    gains = {c: column(table, f"max_gain_db/{c}") for c in channels}
+    cls = column(table, "class").astype(np.int64)
+    label = column(table, "label").astype(np.int64)
+    predicted = column(table, "predicted").astype(np.int64)
+    known = label >= 0
+    blobs = table.column("spectrum_db").to_pylist()
+    spectra = np.stack([np.frombuffer(b, dtype=np.float32) for b in blobs]).astype(np.float64)
+    mean_spectra = {}
+    for c in np.unique(cls):
+        name = names[c] if names is not None and 0 <= c < len(names) else str(int(c))
+        mean_spectra[name] = spectra[cls == c].mean(0).tolist()
+    return {
+        "images": int(table.num_rows),
+        "accuracy": float((predicted[known] == label[known]).mean()) if known.any() else None,
+        "channels": channels,
+        "maximum_gain_db": {c: stats(v) for c, v in gains.items()},
+        "maximum_gain_histogram": {c: histogram(v) for c, v in gains.items()},
+        "per_class": per_class(cls, {f"maximum_gain_db/{c}": v for c, v in gains.items()}, names),
+        "mean_spectrum_db": mean_spectra,
+    }
+
+
+def _data_report(o: Outputs, s: dict[str, Any], model: str, data: str, split: str) -> None:
+    from convscope.report.figures import plot_class_gains, plot_mean_spectra
+    from convscope.report.html import Figure, Section, Table, write_report
+
+    name = os.path.basename(model)
+    ch = s["channels"]
+    classes = list(s["per_class"])
+    mean = np.array([[s["per_class"][k][f"maximum_gain_db/{c}"]["mean"] for c in ch]
+                     for k in classes])  # fmt: skip
+    std = np.array([[s["per_class"][k][f"maximum_gain_db/{c}"]["std"] or 0.0 for c in ch]
+                    for k in classes])  # fmt: skip
+    o.figure("maximum_gain.png", plot_class_gains(classes, ch, mean, std,
+             title=f"{name}: Maximum Gain at the images, per class"))  # fmt: skip
+    shape = (len(ch), *s["data"]["shape"][1:])
+    spectra = {k: np.asarray(v).reshape(shape) for k, v in s["mean_spectrum_db"].items()}
+    o.figure("transfer_functions.png", plot_mean_spectra(spectra,
+             title=f"{name}: mean transfer function per class (dB)"))  # fmt: skip
+    fmt = "png" if "png" in o.formats else o.formats[0]
+    headers = ["class", "images", *(f"Maximum Gain {c} (dB)" for c in ch)]
+    rows = [[k, str(s["per_class"][k]["images"]),
+             *(f"{mean[i, j]:.2f} ± {std[i, j]:.2f}" for j in range(len(ch)))]
+            for i, k in enumerate(classes)]  # fmt: skip
+    overall = ", ".join(f"{c} {s['maximum_gain_db'][c]['mean']:.2f} dB" for c in ch)
+    sections = [
+        Section("Maximum Gain at the data", [
+            f"{s['images']} images of {data} ({split}). At each image, the derivative of its "
+            f"class's {s['projection']} output with respect to the image, without a window; "
+            f"its spectrum's largest value is the image's Maximum Gain. Mean: {overall}.",
+            "One row per image is in per_image.parquet (with its spectrum, float32 dB, as "
+            "spectrum_db); summary.json holds every number on this page."],
+            tables=[Table(headers, rows)],
+            figures=[Figure(f"maximum_gain.{fmt}"), Figure(f"transfer_functions.{fmt}")]),
+    ]  # fmt: skip
+    write_report(o.folder, f"convscope spectrum: {name} on {data}", sections)
+    o.file("report.html")
+    o.file("report.json")
