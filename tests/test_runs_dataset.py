@@ -504,3 +504,22 @@ def test_spectrum_data_equals_the_spectral_calls(tmp_path: Path) -> None:
                        env=_env())  # fmt: skip
     assert r.returncode == 2
     assert r.stderr.strip() == "error: --shape sets the impulse image; --data takes the images' own"
+
+
+def test_the_weights_own_resize_and_crop_and_mixed_sizes(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = tmp_path / "mixed" / "cls"
+    root.mkdir(parents=True)
+    for i, (h, w) in enumerate([(20, 30), (40, 24), (18, 18)]):
+        Image.fromarray(np.full((h, w, 3), 40 * i, np.uint8)).save(root / f"{i}.png")
+    prep = {"resize": 16, "crop": [12, 12], "interpolation": "bilinear"}
+    ds = open_data(f"imagefolder:{tmp_path / 'mixed'}", info={"preprocess": prep})
+    assert [tuple(ds[j][1].shape) for j in range(3)] == [(3, 12, 12)] * 3
+    assert ds.notes == ["the weights' own resize 16 and centre crop [12, 12]"]
+    assert float(ds[2][1].mean()) == pytest.approx(80 / 255, abs=1e-6)
+    ds = open_data(f"imagefolder:{tmp_path / 'mixed'}")  # no size known: the first image's
+    with pytest.raises(
+        ConvscopeError, match=r"cls/1\.png: 40x24, not 20x30 as the model or the first "
+    ):
+        ds[1]

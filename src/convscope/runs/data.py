@@ -368,6 +368,15 @@ def _converter(
         )
     if size is not None:
         notes.append(f"resized to {size[0]}x{size[1]}")
+    prep = info.get("preprocess") if size is None and want_hw is None else None
+    if prep:
+        from convscope.runs.inputs import _resize_crop
+
+        notes.append(f"the weights' own resize {prep.get('resize')} and centre crop "
+                     f"{prep.get('crop')}")  # fmt: skip
+        want_hw = tuple(_resize_crop(first[None], prep).shape[-2:])
+    elif want_hw is None:
+        want_hw = tuple(first.shape[-2:])  # one batch needs one size: the first image's
     if invert:
         notes.append("inverted")
 
@@ -382,10 +391,14 @@ def _converter(
         if size is not None and tuple(x.shape[-2:]) != tuple(size):
             x = torch.nn.functional.interpolate(x[None], size=tuple(size), mode="bilinear",
                                                 antialias=True, align_corners=False)[0]  # fmt: skip
-        elif want_hw is not None and tuple(x.shape[-2:]) != tuple(want_hw):
+        elif prep:
+            from convscope.runs.inputs import _resize_crop
+
+            x = _resize_crop(x[None], prep)[0]
+        if want_hw is not None and tuple(x.shape[-2:]) != tuple(want_hw):
             raise ConvscopeError(
-                f"{label}: {x.shape[-2]}x{x.shape[-1]}, the model takes "
-                f"{want_hw[0]}x{want_hw[1]}; give --size {want_hw[0]},{want_hw[1]}"
+                f"{label}: {x.shape[-2]}x{x.shape[-1]}, not {want_hw[0]}x{want_hw[1]} as the "
+                f"model or the first image; give --size {want_hw[0]},{want_hw[1]}"
             )
         return (1 - x if invert else x).contiguous()
 
