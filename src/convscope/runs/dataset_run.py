@@ -157,7 +157,12 @@ class Prepared:
 
     @property
     def class_names(self) -> list[str] | None:
-        return self.data.class_names or self.model.class_names
+        """The model's class names where it has one per class of the data (ImageNet's
+        words rather than an ImageFolder's WordNet ids), else the data's."""
+        own, theirs = self.model.class_names, self.data.class_names
+        if own and (theirs is None or len(own) == len(theirs)):
+            return list(own)
+        return theirs
 
 
 def prepare(
