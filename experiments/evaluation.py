@@ -224,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                   limit=args.images, batch_size=args.batch_size, seed=args.seed,
                   overwrite=True, progress=True)  # fmt: skip
         facts[name]["seconds"] = round(time.perf_counter() - t0, 1)
-        facts[name]["images"] = res.metrics["images"]
-        print(f"{name}: {res.metrics['images']} images in {facts[name]['seconds']} s", flush=True)
+        facts[name]["images"] = res.summary["images"]
+        print(f"{name}: {res.summary['images']} images in {facts[name]['seconds']} s", flush=True)
         write_summary(args.out, args.work, args.seed, facts)
     return 0
 

@@ -216,23 +216,42 @@ def test_compare_refuses_unknown_names_and_bad_data_before_work() -> None:
 
 
 def test_evaluate_run_writes_the_table_figures_and_page(tmp_path: Path) -> None:
+    from convscope.data.mnist import load_mnist_subset
     from convscope.runs.evaluate import run
+    from convscope.runs.sources import resolve_model
 
-    r = run(str(LENET), tmp_path / "ev", data="mnist-subset", limit=4,
-            methods="gradient_x_input,occlusion", metrics="deletion,sparseness")  # fmt: skip
-    names = sorted(p.name for p in r.files)
-    assert names == sorted(["evaluation.json", "evaluation.md", "curves.png", "scores.png",
-                            "examples.png", "report.html", "report.json"])  # fmt: skip
+    methods, metrics = ["gradient_x_input", "occlusion"], ["deletion", "sparseness"]
+    r = run(str(LENET), tmp_path / "ev", data="mnist-subset", limit=6, batch_size=4,
+            methods=",".join(methods), metrics=",".join(metrics))  # fmt: skip
+    names = sorted(p.name for p in r.written)
+    assert names == sorted(["per_image.parquet", "evaluation.json", "evaluation.md",
+                            "curves.png", "scores.png", "examples.png", "report.html",
+                            "report.json"])  # fmt: skip
     blob = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
-    assert blob["images"] == 4 and blob["methods"] == ["gradient_x_input", "occlusion"]
+    assert blob["images"] == 6 and blob["methods"] == methods
     cell = blob["table"]["occlusion"]["deletion"]
-    assert cell["n"] == 4 and cell["low"] <= cell["mean"] <= cell["high"]
-    assert cell["mean"] == pytest.approx(r.result.table["occlusion"]["deletion"]["mean"])
+    assert cell["n"] == 6 and cell["low"] <= cell["mean"] <= cell["high"]
+    # the per-image rows, merged, give what compare() gives on the same batches
+    net = resolve_model(str(LENET), warn=False).module
+    x = torch.from_numpy(load_mnist_subset("test").images[:6].copy())
+    ref = compare(net, x, methods, metrics, batch_size=4, examples=2)
+    for m in methods:
+        for k in metrics:
+            np.testing.assert_allclose(r.result.scores[m][k], ref.scores[m][k], rtol=1e-6)
+            assert blob["table"][m][k]["mean"] == pytest.approx(ref.table[m][k]["mean"], rel=1e-6)
+    np.testing.assert_allclose(blob["curves"]["occlusion"]["deletion"],
+                               ref.curves["occlusion"]["deletion"], rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(r.result.examples["maps"]["occlusion"][:2],
+                               ref.examples["maps"]["occlusion"], rtol=1e-5, atol=1e-7)  # fmt: skip
     md = (tmp_path / "ev" / "evaluation.md").read_text()
     assert "| gradient_x_input |" in md and "deletion ↓" in md
-    with pytest.raises(ConvscopeError, match="already holds evaluation.json"):
-        run(str(LENET), tmp_path / "ev", data="mnist-subset", limit=4, methods="saliency",
-            metrics="sparseness")  # fmt: skip
+    with pytest.raises(ConvscopeError, match=r"holds another run \(its methods is \["):
+        run(str(LENET), tmp_path / "ev", data="mnist-subset", limit=6, batch_size=4,
+            methods="saliency", metrics=",".join(metrics))  # fmt: skip
+    again = run(str(LENET), tmp_path / "ev", data="mnist-subset", limit=6, batch_size=4,
+                methods=",".join(methods), metrics=",".join(metrics))  # fmt: skip
+    assert (again.computed, again.resumed) == (0, 6)  # the same command resumes
+    assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["table"] == blob["table"]
 
 
 def test_evaluate_command_refuses_bad_input_with_one_line(

@@ -511,7 +511,9 @@ def evaluate(
     ] = "mnist-subset",
     out: OutDir = Path("evaluate_output"),
     split: Annotated[str, typer.Option(help="train, test or all (named datasets).")] = "test",
-    limit: Annotated[int | None, typer.Option(help="Evaluate the first N images.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="The first N images (an image folder's classes in turn).")
+    ] = None,
     methods: Annotated[
         str | None, typer.Option(help="Comma-separated methods (default: all that apply).")
     ] = None,
@@ -519,14 +521,24 @@ def evaluate(
         str | None, typer.Option(help="Comma-separated metrics (default: all).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    workers: Annotated[int, typer.Option(help="DataLoader processes reading images.")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the metrics' random draws.")] = 0,
     options: Any = None,
 ) -> None:
-    """Whose explanations are faithful: every method x every metric, with intervals."""
+    """Whose explanations are faithful: every method x every metric, with intervals.
+
+    One row per image in per_image.parquet; a rerun into the same --out resumes, and
+    torchrun --nproc_per_node=N -m convscope evaluate ... splits the images between N
+    processes.
+    """
     from convscope.runs import evaluate as run
 
     res = run.run(model, out, data=data, split=split, limit=limit, methods=methods,
-                  metrics=metrics, batch_size=batch_size, seed=seed, **options)  # fmt: skip
+                  metrics=metrics, batch_size=batch_size, workers=workers, seed=seed,
+                  **options)  # fmt: skip
+    _say_dataset(res)
+    if res.rank != 0:
+        return
     ev = res.result
     for k in ev.metrics:
         if any(ev.table[m][k]["n"] for m in ev.methods):

@@ -8,7 +8,16 @@ image, means with 95 % intervals. The peers are the ``interop`` extra.
 
 from __future__ import annotations
 
-from convscope.evaluate.compare import DEFAULT_METHODS, Evaluation, compare, interval
+from convscope.evaluate.compare import (
+    DEFAULT_METHODS,
+    BatchScores,
+    Evaluation,
+    choose,
+    compare,
+    interval,
+    score_batch,
+    summarise,
+)
 from convscope.evaluate.methods import (
     Method,
     get_method,
@@ -23,7 +32,11 @@ __all__ = [
     "Evaluation",
     "Method",
     "Metric",
+    "BatchScores",
+    "choose",
     "compare",
+    "score_batch",
+    "summarise",
     "get_method",
     "get_metric",
     "interval",

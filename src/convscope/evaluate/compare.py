@@ -24,7 +24,16 @@ from convscope.errors import ConvscopeError
 from convscope.evaluate.methods import get_method, list_methods
 from convscope.evaluate.metrics import get_metric, list_metrics
 
-__all__ = ["DEFAULT_METHODS", "Evaluation", "compare", "interval"]
+__all__ = [
+    "DEFAULT_METHODS",
+    "BatchScores",
+    "Evaluation",
+    "choose",
+    "compare",
+    "interval",
+    "score_batch",
+    "summarise",
+]
 
 DEFAULT_METHODS = (
     "input_contribution",
@@ -147,6 +156,133 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def choose(
+    model: nn.Module, methods: Sequence[str] | None, metrics: Sequence[str] | None
+) -> tuple[list[str], list[str], dict[str, str]]:
+    """The methods and metrics to compare, checked; and the default methods left out.
+
+    Returns:
+        ``(methods, metrics, skipped)``: ``skipped`` maps a default method that does not
+        apply to the model (it needs a kernel bank) to why.
+
+    Raises:
+        ConvscopeError: an unknown name, or a method asked for that cannot run on the model.
+    """
+    chosen = list(methods) if methods is not None else list(DEFAULT_METHODS)
+    for name in chosen:
+        get_method(name)
+    measures = list(metrics) if metrics is not None else list_metrics()
+    for name in measures:
+        get_metric(name)
+    skipped = {
+        n: "needs a fixed kernel bank" for n in chosen if not get_method(n).applies_to(model)
+    }
+    if methods is not None and skipped:
+        raise ConvscopeError(f"the method {next(iter(skipped))!r} needs a fixed kernel bank")
+    chosen = [n for n in chosen if n not in skipped]
+    if not chosen:
+        raise ConvscopeError(f"no method left to compare; registered: {', '.join(list_methods())}")
+    return chosen, measures, skipped
+
+
+@dataclass
+class BatchScores:
+    """What :func:`score_batch` measured on one batch.
+
+    Attributes:
+        scores: ``method -> metric -> (B,)`` per-image scores (NaN where not scored).
+        curves: ``method -> metric -> (B, steps)`` per-image curves (deletion, insertion).
+        seconds: ``method ->`` wall time of explaining the batch.
+        maps: ``method -> (B, C, H, W)`` float32 maps.
+        notes: What went unscored and why (first note per method or metric).
+    """
+
+    scores: dict[str, dict[str, np.ndarray]]
+    curves: dict[str, dict[str, np.ndarray]]
+    seconds: dict[str, float]
+    maps: dict[str, np.ndarray]
+    notes: dict[str, str]
+
+
+def score_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    seed: int = 0,
+) -> BatchScores:
+    """Explain one batch with every method (timed) and score every map on every metric.
+
+    The model must already be in eval mode. The random state is seeded before every
+    metric call, so the same batch always gets the same scores.
+    """
+    xn, tn = x.detach().cpu().numpy(), targets.cpu().numpy()
+    out = BatchScores({}, {}, {}, {}, {})
+    for name in methods:
+        method = get_method(name)
+        start = time.perf_counter()
+        a = method.explain(model, x, targets).detach()
+        out.seconds[name] = time.perf_counter() - start
+        an = a.to("cpu", torch.float32).numpy()
+        out.maps[name] = an
+        out.scores[name], out.curves[name] = {}, {}
+        if not an.any():  # Quantus refuses an all-zero batch: no ordering to test
+            out.notes.setdefault(name, f"all-zero maps for {len(xn)} images: no scores")
+        for metric_name in metrics:
+            metric = get_metric(metric_name)
+            _seed(seed)
+            refused = metric.refuses(xn.shape)
+            if refused:
+                out.notes.setdefault(metric_name, refused)
+            if not an.any() or refused:
+                per, curve = np.full(len(xn), np.nan), None
+            else:
+                per, curve = metric.score(model, xn, tn, an, {"method": name}, seed)
+            out.scores[name][metric_name] = np.asarray(per, dtype=np.float64)
+            if curve is not None:
+                out.curves[name][metric_name] = np.asarray(curve, dtype=np.float64)
+    return out
+
+
+def summarise(
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    scores: dict[str, dict[str, np.ndarray]],
+    curves: dict[str, dict[str, np.ndarray]],
+    seconds: dict[str, float],
+    images: int,
+    *,
+    skipped: dict[str, str] | None = None,
+    notes: dict[str, str] | None = None,
+    examples: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> Evaluation:
+    """The :class:`Evaluation` of per-image scores and curves over ``images`` images.
+
+    Args:
+        scores: ``method -> metric -> (n,)`` in image order.
+        curves: ``method -> metric -> (n, steps)``.
+        seconds: ``method ->`` total explaining time.
+    """
+    if images == 0:
+        raise ConvscopeError("the data hold no images")
+    return Evaluation(
+        methods=list(methods),
+        metrics=list(metrics),
+        table={m: {k: interval(v) for k, v in s.items()} for m, s in scores.items()},
+        scores=scores,
+        curves={m: {k: v.mean(0) for k, v in c.items()} for m, c in curves.items()},
+        seconds_per_image={m: s / images for m, s in seconds.items()},
+        higher_is_better={k: get_metric(k).higher_is_better for k in metrics},
+        examples=examples or {},
+        skipped=dict(skipped or {}),
+        notes=dict(notes or {}),
+        images=images,
+        seed=seed,
+    )
+
+
 def compare(
     model: nn.Module,
     data: Dataset[Any] | torch.Tensor,
@@ -184,28 +320,15 @@ def compare(
         ConvscopeError: an unknown method or metric (before any work), data that are not
             images, targets that do not match the images.
     """
-    chosen = list(methods) if methods is not None else list(DEFAULT_METHODS)
-    for name in chosen:
-        get_method(name)
-    measures = list(metrics) if metrics is not None else list_metrics()
-    for name in measures:
-        get_metric(name)
-    skipped = {
-        n: "needs a fixed kernel bank" for n in chosen if not get_method(n).applies_to(model)
-    }
-    if methods is not None and skipped:
-        raise ConvscopeError(f"the method {next(iter(skipped))!r} needs a fixed kernel bank")
-    chosen = [n for n in chosen if n not in skipped]
-    if not chosen:
-        raise ConvscopeError(f"no method left to compare; registered: {', '.join(list_methods())}")
+    chosen, measures, skipped = choose(model, methods, metrics)
     loader = _as_loader(data, batch_size, limit)
     p = next(iter(model.parameters()))
-    flags = [(m, m.training) for m in model.modules()]
+    flags = [(mod, mod.training) for mod in model.modules()]
     model.eval()
     scores: dict[str, dict[str, list[np.ndarray]]] = {m: {k: [] for k in measures} for m in chosen}
     curves: dict[str, dict[str, list[np.ndarray]]] = {m: {} for m in chosen}
     seconds = dict.fromkeys(chosen, 0.0)
-    kept: dict[str, Any] = {"maps": {}}
+    kept: dict[str, Any] = {"images": [], "targets": [], "maps": {m: [] for m in chosen}}
     notes: dict[str, str] = {}
     given = None if targets is None else torch.as_tensor(targets).long().reshape(-1)
     done = 0
@@ -223,56 +346,45 @@ def compare(
                 t = given[done : done + len(x)].to(p.device)
             else:
                 t = predicted
-            xn, tn = x.detach().cpu().numpy(), t.cpu().numpy()
-            for name in chosen:
-                method = get_method(name)
-                start = time.perf_counter()
-                a = method.explain(model, x, t).detach()
-                seconds[name] += time.perf_counter() - start
-                an = a.to("cpu", torch.float32).numpy()
-                if not kept["maps"] or len(kept["maps"].get(name, [])) < examples:
-                    got = len(kept["maps"].get(name, []))
-                    kept["maps"][name] = list(kept["maps"].get(name, [])) + list(
-                        an[: examples - got]
-                    )
-                if not an.any():  # Quantus refuses an all-zero batch: no ordering to test
-                    notes.setdefault(name, f"all-zero maps for {len(xn)} images: no scores")
-                for metric_name in measures:
-                    metric = get_metric(metric_name)
-                    _seed(seed)
-                    refused = metric.refuses(xn.shape)
-                    if refused:
-                        notes.setdefault(metric_name, refused)
-                    if not an.any() or refused:
-                        per, curve = np.full(len(xn), np.nan), None
-                    else:
-                        per, curve = metric.score(model, xn, tn, an, {"method": name}, seed)
-                    scores[name][metric_name].append(np.asarray(per, dtype=np.float64))
-                    if curve is not None:
-                        curves[name].setdefault(metric_name, []).append(curve)
-            if len(kept.get("images", [])) < examples:
-                need = examples - len(kept.get("images", []))
-                kept["images"] = list(kept.get("images", [])) + list(xn[:need])
-                kept["targets"] = list(kept.get("targets", [])) + [int(v) for v in tn[:need]]
+            b = score_batch(model, x, t, chosen, measures, seed)
+            for m in chosen:
+                seconds[m] += b.seconds[m]
+                for k in measures:
+                    scores[m][k].append(b.scores[m][k])
+                for k, c in b.curves[m].items():
+                    curves[m].setdefault(k, []).append(c)
+            for k, v in b.notes.items():
+                notes.setdefault(k, v)
+            need = examples - len(kept["images"])
+            if need > 0:
+                kept["images"] += list(x[:need].detach().cpu().numpy())
+                kept["targets"] += [int(v) for v in t[:need].cpu()]
+                for m in chosen:
+                    kept["maps"][m] += list(b.maps[m][:need])
             done += len(x)
     finally:
-        for m, flag in flags:
-            m.training = flag
-    if done == 0:
-        raise ConvscopeError("the data hold no images")
-    per_image = {m: {k: np.concatenate(v) for k, v in s.items()} for m, s in scores.items()}
-    return Evaluation(
-        methods=chosen,
-        metrics=measures,
-        table={m: {k: interval(v) for k, v in s.items()} for m, s in per_image.items()},
-        scores=per_image,
-        curves={m: {k: np.concatenate(v).mean(0) for k, v in c.items()} for m, c in curves.items()},
-        seconds_per_image={m: s / done for m, s in seconds.items()},
-        higher_is_better={k: get_metric(k).higher_is_better for k in measures},
-        examples={k: np.stack(v) if k != "targets" else v for k, v in kept.items() if k != "maps"}
-        | {"maps": {m: np.stack(v) for m, v in kept["maps"].items()}},
+        for mod, flag in flags:
+            mod.training = flag
+    return summarise(
+        chosen,
+        measures,
+        {m: {k: np.concatenate(v) for k, v in s.items()} for m, s in scores.items()},
+        {m: {k: np.concatenate(v) for k, v in c.items()} for m, c in curves.items()},
+        seconds,
+        done,
         skipped=skipped,
         notes=notes,
-        images=done,
+        examples=examples_dict(kept) if done else None,
         seed=seed,
     )
+
+
+def examples_dict(kept: dict[str, Any]) -> dict[str, Any]:
+    """The ``examples`` of an :class:`Evaluation` from lists of images, targets and maps."""
+    if not kept["images"]:
+        return {"maps": {}}
+    return {
+        "images": np.stack(kept["images"]),
+        "targets": list(kept["targets"]),
+        "maps": {m: np.stack(v) for m, v in kept["maps"].items() if v},
+    }

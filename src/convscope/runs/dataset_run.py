@@ -17,7 +17,8 @@ of images into one row per image, and how to summarise the finished table):
   from the merged table. Every image is computed in the same batch whatever the number
   of processes, so the results equal a one-process run's bit for bit, even for
   analyses whose float32 arithmetic depends on the batch (those record the batch size
-  in ``run.json``, so a resume cannot change it);
+  in ``run.json``, so a resume cannot change it), as long as each process runs as many
+  threads as the one-process run did (float32 products round by the thread count);
 * the process group is torch.distributed's (gloo on the CPU, NCCL on GPUs, one GPU per
   process), joined as training joins it (:mod:`convscope.train.distributed`).
 """
@@ -64,7 +65,8 @@ class DatasetAnalysis:
         rows: ``(indices, images (B, C, H, W), labels (B,))`` -> one dict per image.
         summarise: The merged table (``pyarrow.Table``, sorted by index) -> the summary.
         report: Write the figures and ``report.html`` from the summary into the outputs.
-        owned: The files the summary step writes (besides ``summary.json``).
+        owned: The files the summary step writes (besides the summary).
+        summary_name: The JSON file the summary goes to.
         batch_dependent: The rows depend on which images share a batch (float32 batched
             passes): the batch size then belongs to the run's configuration.
     """
@@ -76,6 +78,7 @@ class DatasetAnalysis:
     report: Callable[[Outputs, dict[str, Any]], None]
     owned: tuple[str, ...] = ()
     batch_dependent: bool = False
+    summary_name: str = SUMMARY
 
 
 @dataclass
@@ -89,6 +92,9 @@ class DatasetResult:
         computed: Images this process computed in this run.
         resumed: Images already on disk when the run started (all processes).
         rank, world_size: This process's place.
+        written: The files rank 0 finished.
+        result: The analysis's own result object, where it has one (evaluate: the
+            :class:`~convscope.evaluate.Evaluation`).
     """
 
     out: Path
@@ -99,6 +105,7 @@ class DatasetResult:
     rank: int = 0
     world_size: int = 1
     written: list[Path] = field(default_factory=list)
+    result: Any = None
 
 
 @dataclass
@@ -216,7 +223,7 @@ def _claim(
     folder: Path, a: DatasetAnalysis, overwrite: bool, formats: Sequence[str], p: Process
 ) -> tuple[Outputs, bool]:
     """Check ``--out`` against the run (same command resumes, another is refused)."""
-    outputs = open_out(folder, (SUMMARY, *a.owned), overwrite=True, formats=formats)
+    outputs = open_out(folder, (a.summary_name, *a.owned), overwrite=True, formats=formats)
     store = ShardStore(folder)
     manifest = {"command": a.command, "config": a.config}
     manifest = json.loads(json.dumps(manifest, default=str))
@@ -309,7 +316,7 @@ def run_over(
                              process.world_size)  # fmt: skip
     table = store.merge(data.indices)
     summary = a.summarise(table)
-    outputs.json(SUMMARY, summary)
+    outputs.json(a.summary_name, summary)
     a.report(outputs, summary)
     written = [folder / MERGED, *outputs.written]
     return DatasetResult(folder, summary, table, computed, resumed, process.rank,

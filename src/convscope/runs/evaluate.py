@@ -15,12 +15,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from typing_extensions import Unpack
+
 from convscope.errors import ConvscopeError
-from convscope.runs.data import load_data
-from convscope.runs.inputs import parse_size
-from convscope.runs.outputs import open_out
-from convscope.runs.result import RunResult
-from convscope.runs.sources import ModelLike, resolve_model, warn_untrained
+from convscope.runs.options import Options
+from convscope.runs.sources import ModelLike
 
 __all__ = ["OWNED", "run"]
 
@@ -84,19 +83,17 @@ def run(
     methods: str | Sequence[str] | None = None,
     metrics: str | Sequence[str] | None = None,
     batch_size: int = 32,
+    workers: int = 0,
     seed: int = 0,
     examples: int = 4,
-    device: str | None = "cpu",
-    state_dict: str | os.PathLike[str] | None = None,
-    weights: str | None = None,
-    channels: int | None = None,
-    invert: bool = False,
-    size: str | tuple[int, int] | None = None,
-    overwrite: bool = False,
-    formats: Sequence[str] = ("png",),
-    progress: bool = False,
-) -> RunResult:
+    **options: Unpack[Options],
+) -> Any:
     """Compare explanation methods on ``model`` over ``data`` and write the table and page.
+
+    A dataset run (:mod:`convscope.runs.dataset_run`): one row per image in
+    ``per_image.parquet`` (every method's score on every metric, its curves, the
+    explaining time), resumed when rerun into the same ``out`` and split across processes
+    under torchrun; the summary is ``evaluation.json``.
 
     Args:
         model: A model spec, an ``nn.Module`` or a loaded model (a classifier).
@@ -106,24 +103,25 @@ def run(
         limit: The first ``limit`` images.
         methods, metrics: Comma-separated names (default: every method that applies to
             the model, every metric).
-        batch_size: Images per batch.
+        batch_size: Images per batch (the metrics' random draws are seeded per batch, so
+            it belongs to the run: a resume keeps it).
+        workers: DataLoader processes reading the images.
         seed: Seed of every metric's random draws.
         examples: Images shown in ``examples.png``.
-        device, state_dict, weights, channels, invert, size, overwrite, formats, progress:
-            As for every analysis.
+        **options: The shared :class:`~convscope.runs.Options`.
 
     Returns:
-        The :class:`~convscope.runs.RunResult` (``result``: the
-        :class:`~convscope.evaluate.Evaluation`).
+        The :class:`~convscope.runs.dataset_run.DatasetResult`; ``summary`` is the
+        content of ``evaluation.json``, ``result`` the
+        :class:`~convscope.evaluate.Evaluation`.
 
     Raises:
         ConvscopeError: bad options, data, method or metric names, or ``out`` (all
             before any work).
     """
-    from convscope.evaluate import compare, get_method, get_metric
+    from convscope.evaluate import choose, get_method, get_metric
+    from convscope.runs.dataset_run import DatasetAnalysis, prepare, run_over
 
-    if batch_size < 1:
-        raise ConvscopeError(f"--batch-size must be at least 1; got {batch_size}")
     if examples < 0:
         raise ConvscopeError(f"--examples must be 0 or more; got {examples}")
     chosen, measures = _names(methods), _names(metrics)
@@ -131,34 +129,127 @@ def run(
         get_method(name)
     for name in measures or []:
         get_metric(name)
-    o = open_out(out, OWNED, overwrite=overwrite, formats=formats)
-    loaded = resolve_model(model, weights=weights, state_dict=state_dict, device=device,
-                           warn=False)  # fmt: skip
-    ds = load_data(data, split=split, limit=limit, info=loaded.info, channels=channels,
-                   invert=invert, size=parse_size(size))  # fmt: skip
-    warn_untrained(loaded)
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    picked: dict[str, Any] = {}
 
-        def bar(it: Any) -> Any:
-            return tqdm(it, desc="evaluate", unit="batch", leave=False)
+    def check(loaded: Any) -> None:
+        picked["m"], picked["k"], picked["skipped"] = choose(loaded.module, chosen, measures)
 
-    ev = compare(loaded.module, ds.dataset, chosen, measures, batch_size=batch_size,
-                 seed=seed, examples=examples, progress=bar)  # fmt: skip
-    families = {m: get_method(m).family for m in ev.methods}
-    blob = {"model": loaded.metadata(), "data": ds.describe(), **ev.to_dict(),
-            "families": families}  # fmt: skip
-    o.json("evaluation.json", blob)
-    title = f"{os.path.basename(loaded.name)} on {data} ({split})"
-    md = table_markdown(ev, f"Explanation methods on {title}")
-    from convscope.io import atomic_write_bytes
+    p = prepare(model, data, split=split, limit=limit, options=dict(options), check=check)
+    try:
+        net = p.model.module.eval()
+        names: list[str] = picked["m"]
+        keys: list[str] = picked["k"]
 
-    atomic_write_bytes(o.path("evaluation.md"), md.encode())
-    o.file("evaluation.md")
-    _figures(o, ev, families, loaded.class_names)
-    _page(o, ev, title, md, families)
-    return RunResult(o.folder, list(o.written), blob, result=ev)
+        def rows(indices: list[int], x: Any, labels: Any) -> list[dict[str, Any]]:
+            return _rows(net, x.to(p.process.device), names, keys, seed)
+
+        title = f"{os.path.basename(p.model.name)} on {data} ({split})"
+        families = {m: get_method(m).family for m in names}
+        held: dict[str, Any] = {}
+
+        def summarise(table: Any) -> dict[str, Any]:
+            ev = _evaluation(table, net, p.data, names, keys, picked["skipped"], seed,
+                             examples, p.process.device)  # fmt: skip
+            held["ev"] = ev
+            return {"model": p.model.metadata(), "data": p.data.describe(), **ev.to_dict(),
+                    "families": families}  # fmt: skip
+
+        def report(o: Any, summary: dict[str, Any]) -> None:
+            ev = held["ev"]
+            md = table_markdown(ev, f"Explanation methods on {title}")
+            from convscope.io import atomic_write_bytes
+
+            atomic_write_bytes(o.path("evaluation.md"), md.encode())
+            o.file("evaluation.md")
+            _figures(o, ev, families, p.class_names)
+            _page(o, ev, title, md, families)
+
+        analysis = DatasetAnalysis(
+            command="evaluate",
+            config={
+                **p.config,
+                "methods": names,
+                "metrics": keys,
+                "seed": seed,
+                "examples": examples,
+            },  # fmt: skip
+            rows=rows,
+            summarise=summarise,
+            report=report,
+            owned=tuple(n for n in OWNED if n != "evaluation.json"),
+            batch_dependent=True,
+            summary_name="evaluation.json",
+        )
+        res = run_over(analysis, p.data, out, p.process, batch_size=batch_size,
+                       workers=workers, overwrite=p.options["overwrite"],
+                       formats=p.options["formats"], progress=p.options["progress"])  # fmt: skip
+        res.result = held.get("ev")
+        return res
+    finally:
+        p.process.leave()
+
+
+def _rows(
+    net: Any, x: Any, methods: list[str], metrics: list[str], seed: int
+) -> list[dict[str, Any]]:
+    """One batch's rows: every method's score on every metric, its curves and time."""
+    import json
+
+    import torch
+
+    from convscope.evaluate import score_batch
+
+    with torch.no_grad():
+        t = net(x).argmax(1)
+    b = score_batch(net, x, t, methods, metrics, seed)
+    notes = json.dumps(b.notes, sort_keys=True)
+    out = []
+    for i in range(len(x)):
+        row: dict[str, Any] = {"target": int(t[i]), "notes": notes}
+        for m in methods:
+            row[f"seconds/{m}"] = b.seconds[m] / len(x)
+            for k in metrics:
+                row[f"{m}/{k}"] = float(b.scores[m][k][i])
+            for k, c in b.curves[m].items():
+                row[f"curve/{m}/{k}"] = [float(v) for v in c[i]]
+        out.append(row)
+    return out
+
+
+def _evaluation(
+    table: Any, net: Any, data: Any, methods: list[str], metrics: list[str],
+    skipped: dict[str, str], seed: int, examples: int, device: Any,
+) -> Any:  # fmt: skip
+    """The :class:`~convscope.evaluate.Evaluation` of a merged per-image table."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from convscope.evaluate import get_method, summarise
+    from convscope.evaluate.compare import examples_dict
+    from convscope.runs.summaries import column
+
+    cols = set(table.column_names)
+    scores = {m: {k: column(table, f"{m}/{k}") for k in metrics} for m in methods}
+    curves = {m: {k: np.asarray(table.column(f"curve/{m}/{k}").to_pylist(), dtype=np.float64)
+                  for k in metrics if f"curve/{m}/{k}" in cols} for m in methods}  # fmt: skip
+    seconds = {m: float(column(table, f"seconds/{m}").sum()) for m in methods}
+    notes: dict[str, str] = {}
+    for blob in dict.fromkeys(table.column("notes").to_pylist()):
+        for k, v in json.loads(blob).items():
+            notes.setdefault(k, v)
+    kept: dict[str, Any] = {"images": [], "targets": [], "maps": {m: [] for m in methods}}
+    n = min(examples, table.num_rows)
+    if n:
+        x = torch.stack([data[j][1] for j in range(n)]).to(device)
+        t = torch.as_tensor(table.column("target").to_pylist()[:n], device=device)
+        kept["images"] = list(x.cpu().numpy())
+        kept["targets"] = [int(v) for v in t.cpu()]
+        for m in methods:
+            kept["maps"][m] = list(get_method(m).explain(net, x, t).detach().float().cpu().numpy())
+    return summarise(methods, metrics, scores, curves, seconds, table.num_rows, skipped=skipped,
+                     notes=notes, examples=examples_dict(kept), seed=seed)  # fmt: skip
 
 
 def _figures(o: Any, ev: Any, families: dict[str, str], names: list[str] | None) -> None:
