@@ -3,8 +3,10 @@
 Runs the dataset commands (``convscope linear contributions --data`` and ``convscope
 explain --data``) on every image of the embedded MNIST subset's test split (1,000
 images) for the committed LeNet and for GFNN and the regular CNN trained as
-``experiments/evaluation.py`` trains them (same preset and seed, so the same weights:
-their parameter digests are recorded). Writes, under ``experiments/results/dataset/``:
+``experiments/evaluation.py`` trains them (same preset and seed; their parameter digests
+are recorded, because float32 training rounds by the machine's thread count, so another
+machine's weights can differ in the last bits and its numbers by a little). Writes,
+under ``experiments/results/dataset/``:
 
 * ``<model>_contributions/``: ``per_image.parquet``, ``summary.json``, figures and
   ``report.html`` of each model's contributions run;

@@ -523,3 +523,16 @@ def test_the_weights_own_resize_and_crop_and_mixed_sizes(tmp_path: Path) -> None
         ConvscopeError, match=r"cls/1\.png: 40x24, not 20x30 as the model or the first "
     ):
         ds[1]
+
+
+def test_the_committed_lenet_table_is_what_the_code_computes(single: Path) -> None:
+    committed = ROOT / "experiments/results/dataset/lenet_contributions/per_image.parquet"
+    table = pq.read_table(committed)
+    assert table.num_rows == 1000
+    ours = pq.read_table(single / "per_image.parquet")
+    assert table.slice(0, 40).equals(ours)
+    summary = json.loads(committed.with_name("summary.json").read_text())
+    rs = table.column("residual_share").to_numpy()
+    assert summary["residual_share"]["mean"] == pytest.approx(rs.mean(), rel=1e-12)
+    shares = json.loads((ROOT / "experiments/results/dataset/residual_shares.json").read_text())
+    assert shares["models"]["lenet"]["residual_share"] == summary["residual_share"]
