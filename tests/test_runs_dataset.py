@@ -247,6 +247,16 @@ def test_another_run_in_the_same_out_is_refused(single: Path, tmp_path: Path) ->
         "'taylor'); give another --out, or --overwrite to replace it"
     )
     assert (single / "per_image.parquet").read_bytes() == before
+    # --overwrite starts again, as the other run
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(single, copy)
+    r = _contributions(copy, "--mode", "taylor", "--overwrite", "--limit", "8")
+    assert r.returncode == 0, r.stderr
+    assert "8 images computed" in r.stdout and "already done" not in r.stdout
+    assert json.loads((copy / "run.json").read_text())["config"]["mode"] == "taylor"
+    assert pq.read_table(copy / "per_image.parquet").num_rows == 8
     # results of a run without a manifest (an image run) are not taken over either
     other = tmp_path / "other"
     other.mkdir()
@@ -536,3 +546,12 @@ def test_the_committed_lenet_table_is_what_the_code_computes(single: Path) -> No
     assert summary["residual_share"]["mean"] == pytest.approx(rs.mean(), rel=1e-12)
     shares = json.loads((ROOT / "experiments/results/dataset/residual_shares.json").read_text())
     assert shares["models"]["lenet"]["residual_share"] == summary["residual_share"]
+
+
+def test_workers_read_the_images_in_other_processes(single: Path, tmp_path: Path) -> None:
+    from convscope.runs.linear_contributions import run_data
+
+    res = run_data(str(LENET), "mnist-subset", tmp_path / "w", limit=40, batch_size=8,
+                   workers=2, device="cpu")  # fmt: skip
+    assert res.computed == 40
+    assert res.table.equals(pq.read_table(single / "per_image.parquet"))
