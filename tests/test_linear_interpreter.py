@@ -579,6 +579,12 @@ def _hook_state(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     for mname, m in model.named_modules():
         for n in names:
             out.append((f"{mname}.{n}", tuple(getattr(m, n, {}).keys())))
+    # the interpreter's own hooks are global ones (one pair per pass): gone after it too
+    import torch.nn.modules.module as module_hooks
+
+    for n in ("_global_forward_hooks", "_global_forward_pre_hooks",
+              "_global_forward_hooks_always_called"):  # fmt: skip
+        out.append((f"global.{n}", tuple(getattr(module_hooks, n).keys())))
     return out
 
 

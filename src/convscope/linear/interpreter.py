@@ -69,7 +69,7 @@ from convscope.linear.contributions import (
 if TYPE_CHECKING:
     from convscope.linear.svd import SVDResult
 
-__all__ = ["LinearInterpreter", "frozen_pass"]
+__all__ = ["LinearInterpreter", "ModelWalk", "frozen_pass", "walk"]
 
 _MODES = ("freeze", "taylor")
 
@@ -116,30 +116,69 @@ class _Interceptor(TorchFunctionMode):
 _SAVED_HOOKS = "convscope.linear: saved-tensor hooks are refused during a frozen pass"
 
 
+@dataclass(frozen=True)
+class ModelWalk:
+    """What a frozen pass needs to know of the model's structure, gathered once.
+
+    Attributes:
+        names: ``id(module) -> dotted path`` of every sub-module (the model is ``""``).
+        parameters: Every parameter (their ``requires_grad`` is switched off in a pass).
+        buffers: Every buffer (put back if a pass writes to it).
+    """
+
+    names: dict[int, str]
+    parameters: tuple[torch.Tensor, ...]
+    buffers: tuple[torch.Tensor, ...]
+
+
+def walk(model: nn.Module) -> ModelWalk:
+    """The :class:`ModelWalk` of ``model`` as it is now."""
+    return ModelWalk(
+        {id(m): name for name, m in model.named_modules()},
+        tuple(model.parameters()),
+        tuple(model.buffers()),
+    )
+
+
 @contextlib.contextmanager
-def frozen_pass(model: nn.Module, ctx: PassContext) -> Iterator[None]:
+def frozen_pass(
+    model: nn.Module, ctx: PassContext, structure: ModelWalk | None = None
+) -> Iterator[None]:
     """Run ``model`` under the interceptor, leaving it exactly as it was afterwards.
 
-    Registers a forward pre-hook and an always-called forward hook on every
-    sub-module (to know the current module path), switches off ``requires_grad`` on
-    the parameters (the transposed system needs gradients for the probes only),
-    snapshots the buffers and routes registered module types and autograd.Functions to
-    their rules (:func:`convscope.linear.registry.installed`); all of it is undone in
-    ``finally``. With ``ctx.find_nonfinite`` the forward hook also records the first
-    module whose output is not finite (``ctx.nonfinite_at``).
+    Registers one global forward pre-hook and one always-called global forward hook
+    (``torch.nn.modules.module.register_module_forward_*``: two registrations per pass
+    rather than two per sub-module) that keep the current module path of the model's
+    own modules (``structure``, from :func:`walk`; walked here when not given),
+    switches off ``requires_grad`` on the parameters (the transposed system needs
+    gradients for the probes only), snapshots the buffers and routes registered module
+    types and autograd.Functions to their rules
+    (:func:`convscope.linear.registry.installed`); all of it is undone in ``finally``.
+    With ``ctx.find_nonfinite`` the forward hook also records the first module whose
+    output is not finite (``ctx.nonfinite_at``).
     """
+    from torch.nn.modules.module import (
+        register_module_forward_hook,
+        register_module_forward_pre_hook,
+    )
+
     handles: list[Any] = []
     raised_in: list[str] = []  # where an exception left the forward (innermost first)
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    buffers = [(b, b._version, b.detach().clone()) for b in model.buffers()]
+    found = walk(model) if structure is None else structure
+    flags = [(p, p.requires_grad) for p in found.parameters]
+    buffers = [(b, b._version, b.detach().clone()) for b in found.buffers]
+    paths = found.names
+    pushed: list[bool] = []  # per module call under way: whether it pushed a path
 
-    def enter(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any) -> None:
+    def enter(module: nn.Module, args: Any) -> None:
+        name = paths.get(id(module))
+        pushed.append(name is not None)
+        if name is not None:
             ctx.stack.append(name)
 
-        return hook
-
     def leave(module: nn.Module, args: Any, output: Any) -> None:
+        if not pushed or not pushed.pop():  # not one of the model's modules
+            return
         if output is None and not raised_in:  # called on the way out of an exception
             raised_in.append(ctx.where())
         if ctx.find_nonfinite and ctx.nonfinite_at is None:
@@ -151,9 +190,8 @@ def frozen_pass(model: nn.Module, ctx: PassContext) -> Iterator[None]:
             ctx.stack.pop()
 
     try:
-        for name, module in model.named_modules():
-            handles.append(module.register_forward_pre_hook(enter(name)))
-            handles.append(module.register_forward_hook(leave, always_call=True))
+        handles.append(register_module_forward_pre_hook(enter))
+        handles.append(register_module_forward_hook(leave, always_call=True))
         for p, _ in flags:
             p.requires_grad_(False)
         try:
@@ -310,6 +348,9 @@ class LinearInterpreter:
         _check_output(output)
         check_batch_size(batch_size)
         self.model = model
+        # the module paths, parameters and buffers, once: the interpreter is of this
+        # model as it is now
+        self._structure = walk(model)
         self.mode: Mode = mode
         self.batch_size = batch_size
         self.seed = seed
@@ -366,7 +407,7 @@ class LinearInterpreter:
         batch = torch.cat([self.x0, probes.to(self.x0)])
         ctx.track(batch)
         seeded = _seeded(self.seed) if replay is None else contextlib.nullcontext()
-        with seeded, torch.set_grad_enabled(grad), frozen_pass(self.model, ctx):
+        with seeded, torch.set_grad_enabled(grad), frozen_pass(self.model, ctx, self._structure):
             # picked inside the pass: a callable's torch ops are interpreted too
             out = _pick(self.model(batch), self.output_selector)
         if not ctx.is_tracked(out):

@@ -36,6 +36,7 @@ and group norm) say so.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +87,19 @@ class _Unit:
 
 
 def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature of an op (cached: the same few functions are asked for every pass)."""
+    try:
+        return _cached_signature(func)
+    except TypeError:  # an unhashable callable
+        return _uncached_signature(func)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    return _uncached_signature(func)
+
+
+def _uncached_signature(func: Callable[..., Any]) -> inspect.Signature | None:
     try:
         return inspect.signature(func)
     except (TypeError, ValueError):  # builtins without text signatures
