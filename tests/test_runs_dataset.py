@@ -555,3 +555,32 @@ def test_workers_read_the_images_in_other_processes(single: Path, tmp_path: Path
                    workers=2, device="cpu")  # fmt: skip
     assert res.computed == 40
     assert res.table.equals(pq.read_table(single / "per_image.parquet"))
+
+
+def test_radial_profile_by_hand_and_large_images_keep_only_it(tmp_path: Path) -> None:
+    from convscope import spectral as sp
+    from convscope.models import build_model
+    from convscope.runs.spectrum import SPECTRUM_PIXELS, run_data
+
+    freq = torch.fft.fftshift(torch.fft.fftfreq(16, dtype=torch.float64))
+    radius = torch.sqrt(freq[:, None] ** 2 + freq[None, :] ** 2)
+    prof, centres = sp.radial_profile(torch.stack([radius, torch.full_like(radius, 7.0)]))
+    assert centres.tolist() == [(k + 0.5) / 16 for k in range(8)]
+    assert prof[1].tolist() == [7.0] * 8  # a flat spectrum is flat
+    assert prof[0, 0] == 0.0  # ring 0 holds DC alone at 1/16 cycles per pixel spacing
+    inner = radius[(radius >= 2 / 16) & (radius < 3 / 16)]  # ring 2: [0.125, 0.1875)
+    assert prof[0, 2] == pytest.approx(float(inner.mean()))
+    assert (prof[0, 1:] - centres[1:]).abs().max() < 1 / 32  # each ring's mean radius in it
+    with pytest.raises(ConvscopeError, match="bins must be at least 1"):
+        sp.radial_profile(radius, bins=0)
+    # an image over SPECTRUM_PIXELS keeps its profile, not its spectrum
+    _folder(tmp_path / "big" / "test", {"a": 2, "b": 1}, size=(72, 72))
+    assert 72 * 72 > SPECTRUM_PIXELS
+    model = build_model("gfnn", in_channels=3, input_size=72, num_classes=2, seed=1).eval()
+    res = run_data(model, f"imagefolder:{tmp_path / 'big'}", tmp_path / "s", batch_size=2,
+                   device="cpu")  # fmt: skip
+    assert "spectrum_db" not in res.table.column_names
+    assert len(res.table.column("radial_db")[0]) == 3 * 36
+    assert res.summary["mean_spectrum_db"] is None
+    assert "transfer_functions.png" not in (tmp_path / "s" / "report.html").read_text()
+    assert "radial_profiles.png" in (tmp_path / "s" / "report.html").read_text()

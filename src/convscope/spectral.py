@@ -39,6 +39,7 @@ __all__ = [
     "impulse_image",
     "maximum_gain",
     "model_input_shape",
+    "radial_profile",
     "spectrum_db",
     "transfer_function",
     "variability",
@@ -209,6 +210,39 @@ def transfer_function(
         raise ConvscopeError(f"channel {channel} does not exist: the image has {xb.shape[1]}")
     d = data_derivative(model, xb, target, projection, on)[0, channel]
     return spectrum_db(d, window), d
+
+
+def radial_profile(
+    spectrum: torch.Tensor, bins: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A spectrum averaged over rings of equal frequency: ``(..., bins)`` and the centres.
+
+    Args:
+        spectrum: ``(..., H, W)`` with DC in the centre (as :func:`spectrum_db` returns),
+            in any unit (dB values are averaged as they are).
+        bins: Rings of equal width from 0 to 0.5 cycles per pixel (default ``min(H, W) //
+            2``); frequencies beyond 0.5 (the corners) are left out.
+
+    Returns:
+        ``(profile, centres)``: the mean of each ring (NaN for an empty one) and the
+        ring centres in cycles per pixel.
+    """
+    h, w = spectrum.shape[-2:]
+    n = bins if bins is not None else max(1, min(h, w) // 2)
+    if n < 1:
+        raise ConvscopeError(f"bins must be at least 1; got {bins}")
+    fy = torch.fft.fftshift(torch.fft.fftfreq(h, dtype=torch.float64))
+    fx = torch.fft.fftshift(torch.fft.fftfreq(w, dtype=torch.float64))
+    r = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2).reshape(-1)
+    ring = torch.clamp((r / 0.5 * n).floor().long(), max=n - 1)
+    ring = torch.where(r <= 0.5, ring, torch.full_like(ring, n))  # ring n: dropped
+    flat = spectrum.to(torch.float64).reshape(*spectrum.shape[:-2], h * w)
+    sums = torch.zeros(*flat.shape[:-1], n + 1, dtype=torch.float64, device=flat.device)
+    sums.index_add_(-1, ring.to(flat.device), flat)
+    counts = torch.bincount(ring, minlength=n + 1).to(flat)
+    profile = sums[..., :n] / counts[:n]
+    centres = (torch.arange(n, dtype=torch.float64) + 0.5) * (0.5 / n)
+    return profile, centres
 
 
 def model_input_shape(model: nn.Module) -> tuple[int, int, int]:

@@ -344,3 +344,37 @@ def plot_mean_spectra(spectra: dict[str, np.ndarray], title: str = "", ncols: in
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def plot_radial_profiles(
+    frequencies: np.ndarray,
+    profiles: dict[str, np.ndarray],
+    channels: Sequence[str],
+    title: str = "",
+) -> Figure:
+    """Mean transfer function per class against frequency (rings of the 2-D spectrum).
+
+    Args:
+        frequencies: ``(R,)`` ring centres in cycles per pixel.
+        profiles: class name -> ``(C, R)`` mean dB per ring.
+        channels: ``C`` channel names (one panel each).
+        title: The figure's title.
+    """
+    c = len(channels)
+    fig, axes = plt.subplots(1, c, figsize=(4.2 * c, 3.0), squeeze=False)
+    cmap = plt.get_cmap("tab10" if len(profiles) <= 10 else "viridis")
+    for j, ax in enumerate(axes[0]):
+        for i, (name, prof) in enumerate(profiles.items()):
+            colour = cmap(i if len(profiles) <= 10 else i / max(1, len(profiles) - 1))
+            ax.plot(frequencies, prof[j], color=colour, linewidth=1.0, label=name)
+        ax.set_xlabel("frequency (cycles / pixel)", fontsize=8)
+        ax.set_ylabel("|H| (dB)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if c > 1:
+            ax.set_title(channels[j], fontsize=8)
+    if len(profiles) <= 12:
+        axes[0, -1].legend(fontsize=6, frameon=False, ncol=2)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -151,7 +151,16 @@ def _one(
 
 # -- over a dataset: --data ------------------------------------------------------------------
 
-DATA_OWNED = ("maximum_gain.png", "transfer_functions.png", "report.html", "report.json")
+DATA_OWNED = (
+    "maximum_gain.png",
+    "radial_profiles.png",
+    "transfer_functions.png",
+    "report.html",
+    "report.json",
+)
+SPECTRUM_PIXELS = 64 * 64
+"""Images up to this many pixels keep their whole spectrum in the table (an ImageNet
+image's would be 600 kB a row); every image keeps its radial profile."""
 
 
 def run_data(
@@ -228,13 +237,16 @@ def _gain_rows(
     d = sp.data_derivative(net, x, cls, on=on).detach().cpu()  # type: ignore[arg-type]
     spec = sp.spectrum_db(d, None)
     gains = spec.flatten(2).amax(2)
+    radial, _ = sp.radial_profile(spec)
     out = []
     for i in range(len(x)):
         row: dict[str, Any] = {"predicted": int(pred[i]), "class": int(cls[i]),
                                "score": float(z[i, cls[i]])}  # fmt: skip
         for c, name in enumerate(channels):
             row[f"max_gain_db/{name}"] = float(gains[i, c])
-        row["spectrum_db"] = spec[i].numpy().astype(np.float32).tobytes()
+        row["radial_db"] = [float(v) for v in radial[i].reshape(-1)]
+        if spec.shape[-2] * spec.shape[-1] <= SPECTRUM_PIXELS:
+            row["spectrum_db"] = spec[i].numpy().astype(np.float32).tobytes()
         out.append(row)
     return out
 
@@ -248,12 +260,18 @@ def summarise_gains(table: Any, names: list[str] | None, channels: list[str]) ->
     label = column(table, "label").astype(np.int64)
     predicted = column(table, "predicted").astype(np.int64)
     known = label >= 0
-    blobs = table.column("spectrum_db").to_pylist()
-    spectra = np.stack([np.frombuffer(b, dtype=np.float32) for b in blobs]).astype(np.float64)
-    mean_spectra = {}
+    radial = np.asarray(table.column("radial_db").to_pylist(), dtype=np.float64)
+    spectra = None
+    if "spectrum_db" in table.column_names:
+        blobs = table.column("spectrum_db").to_pylist()
+        spectra = np.stack([np.frombuffer(b, dtype=np.float32) for b in blobs]).astype(np.float64)
+    mean_spectra, mean_radial = {}, {}
     for c in np.unique(cls):
         name = names[c] if names is not None and 0 <= c < len(names) else str(int(c))
-        mean_spectra[name] = spectra[cls == c].mean(0).tolist()
+        mean_radial[name] = radial[cls == c].mean(0).tolist()
+        if spectra is not None:
+            mean_spectra[name] = spectra[cls == c].mean(0).tolist()
+    bins = radial.shape[1] // len(channels)
     return {
         "images": int(table.num_rows),
         "accuracy": float((predicted[known] == label[known]).mean()) if known.any() else None,
@@ -261,12 +279,18 @@ def summarise_gains(table: Any, names: list[str] | None, channels: list[str]) ->
         "maximum_gain_db": {c: stats(v) for c, v in gains.items()},
         "maximum_gain_histogram": {c: histogram(v) for c, v in gains.items()},
         "per_class": per_class(cls, {f"maximum_gain_db/{c}": v for c, v in gains.items()}, names),
-        "mean_spectrum_db": mean_spectra,
+        "radial_frequencies": ((np.arange(bins) + 0.5) * (0.5 / bins)).tolist(),
+        "mean_radial_db": mean_radial,
+        "mean_spectrum_db": mean_spectra or None,
     }
 
 
 def _data_report(o: Outputs, s: dict[str, Any], model: str, data: str, split: str) -> None:
-    from convscope.report.figures import plot_class_gains, plot_mean_spectra
+    from convscope.report.figures import (
+        plot_class_gains,
+        plot_mean_spectra,
+        plot_radial_profiles,
+    )
     from convscope.report.html import Figure, Section, Table, write_report
 
     name = os.path.basename(model)
@@ -278,11 +302,18 @@ def _data_report(o: Outputs, s: dict[str, Any], model: str, data: str, split: st
                     for k in classes])  # fmt: skip
     o.figure("maximum_gain.png", plot_class_gains(classes, ch, mean, std,
              title=f"{name}: Maximum Gain at the images, per class"))  # fmt: skip
-    shape = (len(ch), *s["data"]["shape"][1:])
-    spectra = {k: np.asarray(v).reshape(shape) for k, v in s["mean_spectrum_db"].items()}
-    o.figure("transfer_functions.png", plot_mean_spectra(spectra,
-             title=f"{name}: mean transfer function per class (dB)"))  # fmt: skip
     fmt = "png" if "png" in o.formats else o.formats[0]
+    freqs = np.asarray(s["radial_frequencies"])
+    radial = {k: np.asarray(v).reshape(len(ch), len(freqs)) for k, v in s["mean_radial_db"].items()}
+    o.figure("radial_profiles.png", plot_radial_profiles(freqs, radial, ch,
+             title=f"{name}: mean transfer function per class, by frequency"))  # fmt: skip
+    figures = [Figure(f"maximum_gain.{fmt}"), Figure(f"radial_profiles.{fmt}")]
+    if s["mean_spectrum_db"]:
+        shape = (len(ch), *s["data"]["shape"][1:])
+        spectra = {k: np.asarray(v).reshape(shape) for k, v in s["mean_spectrum_db"].items()}
+        o.figure("transfer_functions.png", plot_mean_spectra(spectra,
+                 title=f"{name}: mean transfer function per class (dB)"))  # fmt: skip
+        figures.append(Figure(f"transfer_functions.{fmt}"))
     headers = ["class", "images", *(f"Maximum Gain {c} (dB)" for c in ch)]
     rows = [[k, str(s["per_class"][k]["images"]),
              *(f"{mean[i, j]:.2f} ± {std[i, j]:.2f}" for j in range(len(ch)))]
@@ -293,10 +324,10 @@ def _data_report(o: Outputs, s: dict[str, Any], model: str, data: str, split: st
             f"{s['images']} images of {data} ({split}). At each image, the derivative of its "
             f"class's {s['projection']} output with respect to the image, without a window; "
             f"its spectrum's largest value is the image's Maximum Gain. Mean: {overall}.",
-            "One row per image is in per_image.parquet (with its spectrum, float32 dB, as "
+            "One row per image is in per_image.parquet (its radial profile as radial_db and, "
+            f"for images up to {SPECTRUM_PIXELS} pixels, its spectrum, float32 dB, as "
             "spectrum_db); summary.json holds every number on this page."],
-            tables=[Table(headers, rows)],
-            figures=[Figure(f"maximum_gain.{fmt}"), Figure(f"transfer_functions.{fmt}")]),
+            tables=[Table(headers, rows)], figures=figures),
     ]  # fmt: skip
     write_report(o.folder, f"convscope spectrum: {name} on {data}", sections)
     o.file("report.html")
