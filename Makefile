@@ -10,7 +10,7 @@ OUT    ?= demo_output
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch/torchvision pinned to the builds that ship on this machine's disk (see DESIGN.md)
+	# torch/torchvision pinned to the builds this project is developed and tested with
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q -e ".[dev,zoo,interop]"
 	touch $(STAMP)
