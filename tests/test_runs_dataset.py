@@ -584,3 +584,21 @@ def test_radial_profile_by_hand_and_large_images_keep_only_it(tmp_path: Path) ->
     assert res.summary["mean_spectrum_db"] is None
     assert "transfer_functions.png" not in (tmp_path / "s" / "report.html").read_text()
     assert "radial_profiles.png" in (tmp_path / "s" / "report.html").read_text()
+
+
+def test_an_image_only_rank_1_reads_is_reported_by_rank_1(tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "bad" / "a").mkdir(parents=True)
+    for i, (h, w) in enumerate([(28, 28), (28, 28), (28, 28), (40, 24)]):
+        Image.fromarray(np.full((h, w), 50 * i, np.uint8)).save(tmp_path / "bad" / "a" / f"{i}.png")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "convscope", "linear", "contributions", "--model", str(LENET), "--data",
+           f"imagefolder:{tmp_path / 'bad'}", "--batch-size", "2", "--out", str(tmp_path / "o"),
+           "--device", "cpu", "--no-progress"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    assert r.returncode != 0
+    assert (
+        f"error: process 1 of 2: {tmp_path / 'bad' / 'a' / '3.png'}: 40x24, not 28x28 as the "
+        "model or the first image; give --size 28,28"
+    ) in r.stderr

@@ -959,7 +959,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             app(args=argv, standalone_mode=True)
         except ConvscopeError as e:
-            if not quiet:
+            if not quiet or getattr(e, "every_rank", False):
                 typer.echo(f"error: {e}", err=True)
             sys.exit(2)
         except (_Interrupted, KeyboardInterrupt) as e:

@@ -303,6 +303,14 @@ def run_over(
     resumed = sum(1 for i in data.indices if i in done)
     try:
         computed = _compute(a, data, store, todo, process, batch_size, workers, progress)
+    except ConvscopeError as e:
+        if process.world_size == 1:
+            raise
+        # an image only this process reads: say which process, and say it from every rank
+        # (torchrun stops the others, rank 0 may never get to speak)
+        err = ConvscopeError(f"process {process.rank} of {process.world_size}: {e}")
+        err.every_rank = True  # type: ignore[attr-defined]
+        raise err from None
     except KeyboardInterrupt:
         kept = store.done()
         raise RunInterrupted(
