@@ -333,3 +333,25 @@ def test_deconvnet_and_linear_row_agree_below_the_relu_only() -> None:
     assert d.abs().sum() == model.features.conv1.weight[5].abs().sum()
     with pytest.raises(ConvscopeError, match="needs ReLU modules"):
         deconvnet(_Functional(), "b", torch.rand(1, 1, 8, 8), 0)
+
+
+def test_padding_is_counted_in_image_pixels_through_the_strides_below() -> None:
+    """Each layer's zero padding, times the stride of everything below it, is the decoded
+    filter's padding: the composed correlation then equals the chain wherever no
+    intermediate padding is read (the interior), and is shifted otherwise."""
+    torch.manual_seed(4)
+    net = nn.Sequential(
+        nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=False),
+        nn.AvgPool2d(2),
+        nn.Conv2d(3, 4, 3, padding=(1, 2), bias=False),
+    ).double()
+    dec = decode(net, "2", "adjoint")
+    assert dec.stride == (4, 4)
+    assert dec.padding == (1 + 1 * 4, 1 + 2 * 4)  # conv 1's, then conv 2's times 2 * 2
+    x = torch.rand(2, 2, 40, 44, dtype=torch.float64)
+    response = layer_response(net, "2", x)
+    estimate = dec.correlate(x)
+    assert estimate.shape == response.shape
+    inner = (..., slice(2, -2), slice(2, -2))
+    torch.testing.assert_close(estimate[inner], response[inner], rtol=0, atol=1e-12)
+    assert (estimate - response).abs().max() > 1e-3  # the border reads intermediate zeros

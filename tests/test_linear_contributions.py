@@ -8,6 +8,7 @@ contributions must add up to the output in both modes.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -348,3 +349,23 @@ def test_bad_targets(hand: tuple[Hand, torch.Tensor, dict[str, torch.Tensor]]) -
         li.pixel_discussion([])
     with pytest.raises(ConvscopeError, match="top"):
         li.pixel_votes(top=0)
+
+
+def test_contribution_histogram_by_hand() -> None:
+    """Shares are each image's contributions over its own score; the spread is the sample
+    standard deviation (n - 1), as seed 001 Fig. 4's error bars are."""
+    from convscope.linear import contribution_histogram
+
+    d = torch.float64
+    images = [
+        {"input": torch.tensor(3.0, dtype=d), "conv": torch.tensor(1.0, dtype=d)},  # score 4
+        {"input": torch.tensor(1.0, dtype=d), "conv": torch.tensor(1.0, dtype=d)},  # score 2
+        {"input": torch.tensor(2.0, dtype=d), "fc": torch.tensor(-1.0, dtype=d)},  # score 1
+    ]
+    h = contribution_histogram(images)
+    assert h.names == ["input", "conv", "fc"] and h.count == 3
+    table = np.array([[0.75, 0.25, 0.0], [0.5, 0.5, 0.0], [2.0, 0.0, -1.0]])
+    np.testing.assert_allclose(h.mean.numpy(), table.mean(0), rtol=1e-15)
+    np.testing.assert_allclose(h.std.numpy(), table.std(0, ddof=1), rtol=1e-15)
+    one = contribution_histogram(images[:1])
+    assert one.std.tolist() == [0.0, 0.0] and one.names == ["input", "conv"]

@@ -370,3 +370,20 @@ def test_lightning_callback_without_lightning(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(sys.modules, "lightning.pytorch", None)  # import raises ImportError
     with pytest.raises(ConvscopeError, match=r"convscope\[interop\]"):
         lightning_callback()
+
+
+def test_hann_window_is_the_symmetric_one_by_hand() -> None:
+    """Seed 004 windows the derivative with a Hann window zero at both ends: the symmetric
+    form 0.5 - 0.5 cos(2 pi n / (N - 1)), as np.hanning has it (not torch's default
+    periodic one, which is not zero at the last sample)."""
+    w = sp.hann_window2d(5, 3)
+    col = torch.tensor([0.0, 0.5, 1.0, 0.5, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(w, torch.outer(col, torch.tensor([0.0, 1.0, 0.0]).double()))
+    torch.testing.assert_close(
+        sp.hann_window2d(7, 10), torch.from_numpy(np.outer(np.hanning(7), np.hanning(10)))
+    )
+    np.testing.assert_allclose(sp.hann_window2d(1, 4)[0].numpy(), np.hanning(4), atol=1e-15)
+    d = torch.randn(2, 6, 8, dtype=torch.float64)
+    ref = 20 * np.log10(np.abs(np.fft.fftshift(np.fft.fft2(d.numpy() * np.outer(
+        np.hanning(6), np.hanning(8))), axes=(-2, -1))))  # fmt: skip
+    np.testing.assert_allclose(sp.spectrum_db(d, "hann").numpy(), ref, rtol=1e-12, atol=1e-9)
