@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= demo_output
 
-.PHONY: install demo test check lint format experiments bench clean browser
+.PHONY: install demo test check lint format experiments bench clean browser docs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,8 @@ demo: $(STAMP)
 	$(BIN)/convscope demo --out $(OUT) --overwrite
 
 check: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks experiments
-	$(BIN)/ruff format --check src tests benchmarks experiments
+	$(BIN)/ruff check src tests benchmarks experiments docs
+	$(BIN)/ruff format --check src tests benchmarks experiments docs
 	$(BIN)/mypy
 
 # The explorer page's browser tests drive Debian's Chromium through the system chromedriver
@@ -43,6 +43,12 @@ browser:
 test: check browser
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The docs site (MkDocs + mkdocstrings) into site/: the CLI and API reference pages are
+# generated from the code first (docs/_reference.py); any warning fails the build.
+docs: $(STAMP)
+	$(BIN)/python docs/_reference.py
+	$(BIN)/mkdocs build --strict
+
 format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks experiments
 	$(BIN)/ruff check --fix src tests benchmarks experiments
@@ -51,4 +57,4 @@ experiments: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache site docs/reference
