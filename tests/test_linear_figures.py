@@ -55,8 +55,10 @@ def test_pixel_votes_figure(tmp_path: Path) -> None:
         discussions=[rng.standard_normal((8, 8)), rng.standard_normal((8, 8))],
         row_titles=["a", "b"],
     )  # fmt: skip
-    assert len(fig.axes) == 2 * 5
-    titles = [ax.get_title() for ax in fig.axes]
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 2 * 5
+    assert len(fig.axes) - len(panels) == 2  # each signed discussion map has its colour bar
+    titles = [ax.get_title() for ax in panels]
     share = 100 * float((votes[0] == 1).mean())
     assert f"votes for c1: {share:.0f}%" in titles
     assert "discussion: c3" in titles

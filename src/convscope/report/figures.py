@@ -79,12 +79,20 @@ def save_figure(
     return dst
 
 
-def _signed_imshow(ax: plt.Axes, img: np.ndarray, title: str = "") -> None:
-    """Red for positive, blue for negative, white at zero."""
+def _signed_imshow(
+    ax: plt.Axes, img: np.ndarray, title: str = "", *, label: str = "", bar: bool = True
+) -> None:
+    """Red for positive, blue for negative, white at zero, with a colour bar (-max, 0, +max)."""
     lim = float(np.abs(img).max()) or 1.0
-    ax.imshow(img, cmap="bwr", norm=TwoSlopeNorm(0.0, -lim, lim))
+    im = ax.imshow(img, cmap="bwr", norm=TwoSlopeNorm(0.0, -lim, lim))
     ax.set_title(title, fontsize=8)
     ax.axis("off")
+    if bar:
+        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03, ticks=[-lim, 0.0, lim])
+        cb.ax.set_yticklabels([f"{-lim:.2g}", "0", f"{lim:.2g}"])
+        cb.ax.tick_params(labelsize=6, length=2)
+        if label:
+            cb.set_label(label, fontsize=6)
 
 
 def _grey_imshow(ax: plt.Axes, img: np.ndarray, title: str = "") -> None:
