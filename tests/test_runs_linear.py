@@ -269,3 +269,16 @@ def test_output_picks_the_tensor_of_a_dict_output(files: dict[str, Path], tmp_pa
     assert aux["linear"]["output_shape"] == [2, 12, 12]
     with pytest.raises(ConvscopeError, match="output="):
         linear_residual.run(net, files["small"], tmp_path / "c")
+
+
+def test_titles_name_a_checkpoint_by_its_file_not_its_path() -> None:
+    from convscope.runs.sources import LoadedModel
+
+    def named(spec: str) -> str:
+        return LoadedModel(torch.nn.Identity(), {"spec": spec}).short_name
+
+    assert named("/home/me/runs/gfnn/checkpoint.pt") == "checkpoint.pt"
+    assert named("experiments/results/decoding/lenet_mnist.pt") == "lenet_mnist.pt"
+    assert named("resnet18") == "resnet18" and named("timm/resnet18") == "timm/resnet18"
+    assert named("models/net.py:make") == "net.py"
+    assert named("mypkg.nets:make_net") == "mypkg.nets:make_net"

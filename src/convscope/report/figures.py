@@ -129,12 +129,14 @@ def plot_class_filter_scores(
     kernel_names: Sequence[str],
     categories: Sequence[str],
     class_names: Sequence[str],
+    title: str = "Average filter score per class (share of the class logit)",
 ) -> Figure:
     """Seed 000 Fig. 4: average filter score of every kernel, one panel per class.
 
     Args:
         scores: ``(num_classes, K)`` class-average filter scores (e.g. divided by the logit).
         categories: the Fig. 4 category of each kernel (edge direction or group).
+        title: The figure's title (one image's scores are not an average).
     """
     n_cls, k = scores.shape
     fig, grid = plt.subplots(n_cls, 1, figsize=(11, 1.3 * n_cls + 0.8), sharex=True, squeeze=False)
@@ -164,7 +166,7 @@ def plot_class_filter_scores(
         )
     axes[-1].set_xticks(x)
     axes[-1].set_xticklabels(kernel_names, rotation=90, fontsize=6)
-    fig.suptitle("Average filter score per class (share of the class logit)", y=1.0, fontsize=10)
+    fig.suptitle(title, y=1.0, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -272,10 +274,14 @@ def plot_transfer_function(
         _signed_imshow(axes[i, 0], derivative[i], f"dz/dx, channel {i}")
         finite = spectrum[i][spectrum[i] > -300]
         lo = float(finite.min()) if finite.size else -300.0
-        im = axes[i, 1].imshow(spectrum[i], cmap="viridis", vmin=max(lo, float(gains[i]) - 80))
-        axes[i, 1].set_title(f"|H| (dB), max {gains[i]:.1f} dB", fontsize=8)
-        axes[i, 1].axis("off")
-        fig.colorbar(im, ax=axes[i, 1], fraction=0.046)
+        im = axes[i, 1].imshow(spectrum[i], cmap="viridis", vmin=max(lo, float(gains[i]) - 80),
+                               extent=(-0.5, 0.5, 0.5, -0.5))  # fmt: skip
+        axes[i, 1].set_title(f"|H|, max {gains[i]:.1f} dB", fontsize=8)
+        axes[i, 1].set_xlabel("cycles / pixel", fontsize=7)
+        axes[i, 1].set_ylabel("cycles / pixel", fontsize=7)
+        axes[i, 1].tick_params(labelsize=6)
+        bar = fig.colorbar(im, ax=axes[i, 1], fraction=0.046)
+        bar.set_label("dB", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

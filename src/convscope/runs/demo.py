@@ -269,7 +269,7 @@ def _demo(
             "Accuracy",
             [
                 f"Both networks share everything after the first layer and were trained with the "
-                f"same schedule and seed on {len(train_set)} images of {test_set.name}; accuracy "
+                f"same schedule and seed on {len(train_set)} images of {train_set.name}; accuracy "
                 f"is on the {len(test_set)} held-out images. GFNN's first layer is the fixed "
                 "bank of 40 classic kernels (seed 000, Table 1); the regular CNN learns its own."
             ],

@@ -99,7 +99,7 @@ def run(
         progress=s.progress,
         row=lambda r: [r.metrics["target_name"], ", ".join(r.metrics.get("top_kernels", []))],
         headers=["class", "top kernels"],
-        title=f"{s.model.name}: explanations",
+        title=f"{s.model.short_name}: explanations",
     )
 
 
@@ -167,7 +167,13 @@ def _one(
             cats = ["kernel"] * len(fs.kernel_names)
         o.figure(
             "filter_scores.png",
-            figs.plot_class_filter_scores(scores, fs.kernel_names, cats, [classes[t]]),
+            figs.plot_class_filter_scores(
+                scores,
+                fs.kernel_names,
+                cats,
+                [classes[t]],
+                title="Filter scores of this image (share of the logit)",
+            ),
         )
         figures += [
             Figure("filter_scores.png", "Filter scores as a share of the logit."),

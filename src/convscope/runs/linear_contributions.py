@@ -63,7 +63,7 @@ def run(
         row=lambda r: [r.metrics.get("class_name", ""), f"{r.metrics.get('score', 0):.4g}",
                        f"{100 * r.metrics.get('residual_share', float('nan')):.2f}%"],
         headers=["class", "score", "residual share"],
-        title=f"{s.model.name}: contributions",
+        title=f"{s.model.short_name}: contributions",
     )  # fmt: skip
 
 
@@ -94,7 +94,7 @@ def _one(
             list(groups),
             {"this image": (values, np.zeros_like(values))},
             residual={"this image": (contribs.residual_share, 0.0)},
-            title=f"{s.model.name}: contributions to {name} (score {contribs.score:.4g})",
+            title=f"{s.model.short_name}: contributions to {name} (score {contribs.score:.4g})",
             ylabel="share of the score",
         )
     else:
@@ -111,7 +111,7 @@ def _one(
             [v[0].cpu().numpy() for v in groups.values()],
             [f"{k} (|.| {float(v.norm()):.3g})" for k, v in groups.items()],
             image=picture(fr.x0),
-            title=f"{s.model.name}: f(x0) = input + biases",
+            title=f"{s.model.short_name}: f(x0) = input + biases",
         )
     o.figure("contributions.png", fig)
     o.json("contributions.json", m)

@@ -66,7 +66,7 @@ def run(
     return s.plan.run(
         lambda src, o: _one(s, src, o, mode, max_pixels, k_svd, tile, per_channel),
         progress=s.progress,
-        title=f"{s.model.name}: explorer pages",
+        title=f"{s.model.short_name}: explorer pages",
     )
 
 

@@ -211,5 +211,5 @@ def filters_run(
     return s.plan.run(
         lambda src, o: _rows_or_columns(kind, s, src, o, mode, output, at, channel, target),
         progress=s.progress,
-        title=f"{s.model.name}: {kind}s of F",
+        title=f"{s.model.short_name}: {kind}s of F",
     )

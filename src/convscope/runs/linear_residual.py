@@ -62,7 +62,7 @@ def run(
         progress=s.progress,
         row=lambda r: [f"{100 * r.metrics.get('residual_share', float('nan')):.2f}%"],
         headers=["residual share"],
-        title=f"{s.model.name}: residual r(x0)",
+        title=f"{s.model.short_name}: residual r(x0)",
     )
 
 
@@ -102,7 +102,7 @@ def _one(
             (y[order] - r[order]).numpy(),
             r[order].numpy(),
             image=picture(fr.x0),
-            title=f"{s.model.name}: scores = F x0 + r",
+            title=f"{s.model.short_name}: scores = F x0 + r",
         )
     else:
         rel = share(r.norm(), y.norm())

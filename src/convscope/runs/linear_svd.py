@@ -66,7 +66,7 @@ def run(
         progress=s.progress,
         row=lambda r: [", ".join(f"{v:.4g}" for v in r.metrics["singular_values"])],
         headers=["singular values"],
-        title=f"{s.model.name}: SVD of F",
+        title=f"{s.model.short_name}: SVD of F",
     )
 
 
@@ -99,7 +99,7 @@ def _one(
     )
     fig = lf.plot_svd_pairs(res.S.cpu().numpy(), res.U.cpu().numpy(), res.V.cpu().numpy(),
                             image=picture(fr.x0),
-                            title=f"{s.model.name}: SVD of F ({method})")  # fmt: skip
+                            title=f"{s.model.short_name}: SVD of F ({method})")  # fmt: skip
     o.figure("svd.png", fig)
     o.json("svd.json", m)
     return RunResult(o.folder, list(o.written), m, result=res)

@@ -63,7 +63,7 @@ def run(
                        f"{100 * r.metrics['vote_share'][r.metrics['target_names'][0]]:.1f}%",
                        s.model.class_name(r.metrics["most_voted"])],
         headers=["top-1", "its vote share", "most voted"],
-        title=f"{s.model.name}: pixel votes",
+        title=f"{s.model.short_name}: pixel votes",
     )  # fmt: skip
 
 

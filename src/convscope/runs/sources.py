@@ -77,6 +77,18 @@ class LoadedModel:
         names = self.class_names
         return names[c] if names and 0 <= c < len(names) else str(c)
 
+    @property
+    def short_name(self) -> str:
+        """The name for titles: a file's base name (``lenet_mnist.pt``), else the spec."""
+        import os
+
+        spec = self.name
+        path = spec.split(":", 1)[0] if spec.count(":") == 1 and ".py:" in spec else spec
+        files = (".pt", ".pt2", ".pth", ".py", ".ckpt", ".safetensors")
+        if os.sep in path and (path.endswith(files) or os.path.exists(path)):
+            return os.path.basename(path)
+        return spec  # a name (timm/resnet18 keeps its prefix)
+
     def metadata(self) -> dict[str, Any]:
         """The model's block in every JSON output."""
         meta = {

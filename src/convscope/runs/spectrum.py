@@ -99,7 +99,7 @@ def run(
         progress=s.progress,
         row=lambda r: [", ".join(f"{g:.2f} dB" for g in r.metrics["maximum_gain_db"])],
         headers=["Maximum Gain"],
-        title=f"{s.model.name}: Maximum Gain",
+        title=f"{s.model.short_name}: Maximum Gain",
     )
 
 
