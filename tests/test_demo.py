@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from convscope.data import load_mnist_subset
 from convscope.errors import ConvscopeError
 from convscope.models import load_checkpoint
 from convscope.runs import demo
@@ -35,6 +37,35 @@ def test_quick_demo_writes_a_complete_report(tmp_path: Path) -> None:
     # the run reports every file it wrote, and they are all there
     names = {p.relative_to(tmp_path).as_posix() for p in res.files}
     assert set(demo.OWNED) <= names and all(p.is_file() for p in res.files)
+    # the linear interpreter's section: f(x0) = F x0 + r, and the residual share over the
+    # test split, each equal to what the library computes
+    lin = on_disk["linear"]
+    assert lin.keys() == {"gfnn", "regular_cnn"}
+    import pyarrow.parquet as pq
+
+    from convscope.linear import LinearInterpreter
+    from convscope.runs.sources import resolve_model
+
+    for key, v in lin.items():
+        assert v["images"] == 100 and len(v["checks"]) == 3
+        net = resolve_model(str(tmp_path / f"{key}.pt"), dtype=torch.float64, warn=False).module
+        x0 = torch.from_numpy(load_mnist_subset("test").images[:1].copy()).double()
+        with torch.no_grad():
+            f = net(x0)[0]
+        c = v["checks"][0]
+        assert c["class"] == int(f.argmax()) and c["f_x0"] == pytest.approx(float(f[c["class"]]))
+        assert c["error"] < 1e-10 and abs(c["r"]) > 0  # exact, and the biases do contribute
+        li = LinearInterpreter(net, x0)
+        assert c["r"] == pytest.approx(float(li.residual[0, c["class"]]), rel=1e-9)
+        table = pq.read_table(tmp_path / v["folder"] / "per_image.parquet")
+        rs = table.column("residual_share").to_numpy()
+        assert v["residual_share"]["mean"] == pytest.approx(rs.mean(), rel=1e-12)
+        assert table.column("residual_share")[0].as_py() == pytest.approx(
+            li.contributions(target=c["class"]).residual_share, rel=1e-9, abs=1e-12
+        )
+        assert f"{v['folder']}/contributions.png" in html
+        assert (tmp_path / v["folder"] / "contributions.png").is_file()
+    assert "F x0 + r" in html
     model, extra = load_checkpoint(tmp_path / "gfnn.pt")
     assert extra["test_acc"] == m["models"]["gfnn"]["test_acc"]
     assert any("test accuracy" in ln for ln in lines)

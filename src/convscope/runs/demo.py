@@ -1,7 +1,10 @@
 """``convscope demo``: GFNN and a regular CNN trained on the embedded MNIST subset, explained.
 
 This run only orchestrates: training comes from :mod:`convscope.train`, numbers from
-:mod:`convscope.attribution`, pictures from :mod:`convscope.report.figures`.
+:mod:`convscope.attribution` and, for the linear interpreter's section (f(x0) = F x0 + r on
+three digits, the residual share over the test split), from :mod:`convscope.linear` and
+``linear contributions --data`` (one folder per model, ``linear_gfnn/`` ...), pictures from
+:mod:`convscope.report.figures`.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ OWNED = (
     "top_filters.png",
     "attribution_comparison.png",
 )
+LINEAR_DIRS = {"gfnn": "linear_gfnn", "regular_cnn": "linear_regular_cnn"}
+"""Each model's ``linear contributions --data`` run, in a folder of its own."""
 
 Log = Callable[[str], None]
 
@@ -152,12 +157,18 @@ def run(
     """
     o = open_out(out_dir, OWNED, overwrite=overwrite)
     with o.interruptible():
-        metrics = _demo(o.folder, quick, epochs, seed, log, progress)
+        metrics = _demo(o.folder, quick, epochs, seed, log, progress, overwrite)
     return RunResult(o.folder, o.finished(), metrics)
 
 
 def _demo(
-    out: Path, quick: bool, epochs: int | None, seed: int, log: Log, progress: bool
+    out: Path,
+    quick: bool,
+    epochs: int | None,
+    seed: int,
+    log: Log,
+    progress: bool,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     t_start = time.perf_counter()
     train_set = load_mnist_subset("train")
@@ -228,6 +239,9 @@ def _demo(
         out / "attribution_comparison.png",
     )
 
+    # -- the linear interpreter over the test split ---------------------------------
+    linear = _linear(out, test_set, 100 if quick else 300, overwrite, log)
+
     # -- metrics and report -----------------------------------------------------
     metrics: dict[str, Any] = {
         "dataset": {"name": test_set.name, "train": len(train_set), "test": len(test_set)},
@@ -250,6 +264,7 @@ def _demo(
                 for r, i in enumerate(ex)
             ],
         },
+        "linear": linear,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     write_json(out / "metrics.json", metrics)
@@ -316,5 +331,88 @@ def _demo(
             figures=[Figure("attribution_comparison.png", "Attribution methods side by side.")],
         ),
     ]  # fmt: skip
+    sections.append(_linear_section(linear, classes))
     write_report(out, "convscope demo: GFNN vs a regular CNN on MNIST", sections, {"seed": seed})
     return metrics
+
+
+def _linear(
+    out: Path, test_set: ArrayDataset, images: int, overwrite: bool, log: Log
+) -> dict[str, Any]:
+    """Each trained model as an exact linear system (seed 001): f(x0) = F x0 + r checked on
+    three test digits, and the residual share over the first ``images`` test images."""
+    from convscope.linear import LinearInterpreter
+    from convscope.runs.linear_contributions import run_data
+    from convscope.runs.sources import resolve_model
+
+    result: dict[str, Any] = {}
+    for name, folder in LINEAR_DIRS.items():
+        ckpt = out / f"{name}.pt"
+        model = resolve_model(str(ckpt), dtype=torch.float64, warn=False).module
+        checks = []
+        for i in range(3):
+            x0 = torch.from_numpy(test_set.images[i : i + 1].copy()).double()
+            li = LinearInterpreter(model, x0, mode="freeze")
+            with torch.no_grad():
+                f = model(x0)[0]
+            c = int(f.argmax())
+            fx0 = float(li.linear(x0)[0, c])
+            r = float(li.residual[0, c])
+            checks.append({"index": i, "class": c, "f_x0": float(f[c]), "F_x0": fx0, "r": r,
+                           "error": abs(fx0 + r - float(f[c]))})  # fmt: skip
+        log(f"{name}: linear contributions over {images} test images ...")
+        res = run_data(str(ckpt), "mnist-subset", out / folder, split="test", limit=images,
+                       batch_size=50, device="cpu", overwrite=overwrite)  # fmt: skip
+        s = res.summary
+        result[name] = {
+            "folder": folder,
+            "checks": checks,
+            "images": s["images"],
+            "residual_share": s["residual_share"],
+            "groups": {g: v["mean"] for g, v in s["groups"].items()},
+            "command": f"convscope linear contributions --model {ckpt.name} --data "
+            f"mnist-subset --out {folder}",
+        }
+    return result
+
+
+def _linear_section(linear: dict[str, Any], classes: list[str]) -> Section:
+    rows = [
+        [label, str(c["index"]), classes[c["class"]], f"{c['f_x0']:.6f}", f"{c['F_x0']:.6f}",
+         f"{c['r']:+.6f}", f"{c['error']:.1e}"]
+        for label, key in (("GFNN", "gfnn"), ("regular CNN", "regular_cnn"))
+        for c in linear[key]["checks"]
+    ]  # fmt: skip
+    shares = [
+        [label, str(v["images"]), f"{100 * v['residual_share']['mean']:.2f}%",
+         f"{100 * (v['residual_share']['std'] or 0):.2f}%", f"{100 * v['groups']['input']:.2f}%"]
+        for label, v in (("GFNN", linear["gfnn"]), ("regular CNN", linear["regular_cnn"]))
+    ]  # fmt: skip
+    g, c = linear["gfnn"], linear["regular_cnn"]
+    return Section(
+        "The linear interpreter: each network as F x0 + r (seed 001)",
+        [
+            "Frozen at a test digit x0 (every ReLU's and max-pool's decision kept), a network "
+            "is the affine map F x + r; the first table checks f(x0) = F x0 + r on three "
+            "digits, in float64, for the top-1 score. The second splits the top-1 score over "
+            f"the first {g['images']} test digits into the input's part F x0 and the biases' "
+            "part r (the residual share, seed 001 Table 3); per-layer shares and their "
+            "histogram are in each model's folder.",
+            f"Reproduce at full size: {g['command']} (and {c['command']}).",
+        ],
+        [
+            Table(
+                ["model", "test image", "class", "f(x0)", "F x0", "r", "|F x0 + r - f(x0)|"], rows
+            ),  # fmt: skip
+            Table(["model", "images", "residual share, mean", "std", "input share"], shares),
+        ],
+        [
+            Figure(
+                f"{g['folder']}/contributions.png", "GFNN: share of the top-1 score per source."
+            ),
+            Figure(
+                f"{c['folder']}/contributions.png",
+                "Regular CNN: share of the top-1 score per source.",
+            ),  # fmt: skip
+        ],
+    )
