@@ -66,6 +66,20 @@ def test_quick_demo_writes_a_complete_report(tmp_path: Path) -> None:
         assert f"{v['folder']}/contributions.png" in html
         assert (tmp_path / v["folder"] / "contributions.png").is_file()
     assert "F x0 + r" in html
+    # the spectral section: one Maximum Gain per epoch, the last one the trained model's
+    from convscope import spectral as sp
+
+    for key in ("gfnn", "regular_cnn"):
+        info = on_disk["models"][key]
+        assert len(info["max_gain_db"]) == info["epochs"] == 2
+        net = load_checkpoint(tmp_path / f"{key}.pt")[0].eval()
+        assert info["max_gain_db"][-1] == pytest.approx(sp.maximum_gain(net, shape=(1, 28, 28))[0],
+                                                        abs=1e-4)  # fmt: skip
+        assert info["diagnosis"] == {  # two epochs: the diagnostic says it cannot judge
+            "pattern": "not enough epochs",
+            "advice": "diagnose needs at least 4 epochs of max_gain, got 2",
+        }
+    assert "max_gain.png" in html and "transfer_function.png" in html
     model, extra = load_checkpoint(tmp_path / "gfnn.pt")
     assert extra["test_acc"] == m["models"]["gfnn"]["test_acc"]
     assert any("test accuracy" in ln for ln in lines)

@@ -392,3 +392,17 @@ def plot_radial_profiles(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_max_gain_curves(curves: dict[str, Sequence[float]]) -> Figure:
+    """Maximum Gain (dB) per epoch, one line per model (seed 004 Figs. 7-9)."""
+    fig, ax = plt.subplots(figsize=(4.6, 3.0))
+    for name, values in curves.items():
+        ax.plot(range(1, len(values) + 1), list(values), marker="o", markersize=3, label=name)
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.set_ylabel("Maximum Gain (dB)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title("Maximum Gain during training", fontsize=9)
+    fig.tight_layout()
+    return fig
