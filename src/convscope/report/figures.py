@@ -399,6 +399,9 @@ def plot_max_gain_curves(curves: dict[str, Sequence[float]]) -> Figure:
     fig, ax = plt.subplots(figsize=(4.6, 3.0))
     for name, values in curves.items():
         ax.plot(range(1, len(values) + 1), list(values), marker="o", markersize=3, label=name)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch", fontsize=8)
     ax.set_ylabel("Maximum Gain (dB)", fontsize=8)
     ax.tick_params(labelsize=7)
