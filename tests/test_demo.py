@@ -80,6 +80,13 @@ def test_quick_demo_writes_a_complete_report(tmp_path: Path) -> None:
             "advice": "diagnose needs at least 4 epochs of max_gain, got 2",
         }
     assert "max_gain.png" in html and "transfer_function.png" in html
+    # the NumPy CNN: its walkthrough page, linked, and its numbers from its own metrics.json
+    walk = json.loads((tmp_path / "numpy_cnn" / "metrics.json").read_text())
+    for tag, v in on_disk["numpy_cnn"]["test_accuracy"].items():
+        assert v["learned"] == walk["pairs"][tag]["learned"]["test"]["accuracy"]
+    assert 'href="numpy_cnn/report.html"' in html
+    assert (tmp_path / "numpy_cnn" / "report.html").is_file()
+    assert (tmp_path / "numpy_cnn" / "1_vs_0_kernels.png").is_file()
     model, extra = load_checkpoint(tmp_path / "gfnn.pt")
     assert extra["test_acc"] == m["models"]["gfnn"]["test_acc"]
     assert any("test accuracy" in ln for ln in lines)

@@ -25,7 +25,7 @@ from convscope.data import ArrayDataset, load_mnist_subset
 from convscope.io import write_json
 from convscope.models import build_model, save_checkpoint
 from convscope.report import figures as figs
-from convscope.report.html import Figure, Section, Table, write_report
+from convscope.report.html import Figure, Link, Section, Table, write_report
 from convscope.runs.outputs import open_out
 from convscope.runs.result import RunResult
 
@@ -49,6 +49,8 @@ OWNED = (
     "max_gain.png",
     "transfer_function.png",
 )
+NUMPY_DIR = "numpy_cnn"
+"""The NumPy CNN walkthrough's page and figures."""
 LINEAR_DIRS = {"gfnn": "linear_gfnn", "regular_cnn": "linear_regular_cnn"}
 """Each model's ``linear contributions --data`` run, in a folder of its own."""
 
@@ -274,6 +276,18 @@ def _demo(
         out / "transfer_function.png",
     )
 
+    # -- the NumPy CNN's walkthrough (no torch), a page of its own -------------------
+    from convscope.runs import numpy_cnn_walkthrough
+
+    log("the NumPy CNN walkthrough ...")
+    walk = numpy_cnn_walkthrough.run(out / NUMPY_DIR, overwrite=overwrite).metrics
+    numpy_cnn = {
+        "folder": NUMPY_DIR,
+        "test_accuracy": {tag: {"learned": p["learned"]["test"]["accuracy"],
+                                "hand_designed": p["hand_designed"]["test"]["accuracy"]}
+                          for tag, p in walk["pairs"].items()},
+    }  # fmt: skip
+
     # -- the linear interpreter over the test split ---------------------------------
     linear = _linear(out, test_set, 100 if quick else 300, overwrite, log)
 
@@ -300,6 +314,7 @@ def _demo(
             ],
         },
         "linear": linear,
+        "numpy_cnn": numpy_cnn,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     write_json(out / "metrics.json", metrics)
@@ -368,6 +383,7 @@ def _demo(
     ]  # fmt: skip
     sections.append(_spectral_section(gfnn_info, cnn_info))
     sections.append(_linear_section(linear, classes))
+    sections.append(_numpy_section(numpy_cnn))
     write_report(out, "convscope demo: GFNN vs a regular CNN on MNIST", sections, {"seed": seed})
     return metrics
 
@@ -476,4 +492,24 @@ def _spectral_section(gfnn_info: dict[str, Any], cnn_info: dict[str, Any]) -> Se
             Figure("max_gain.png", "Maximum Gain per epoch."),
             Figure("transfer_function.png", "GFNN's transfer function at the impulse image."),
         ],
+    )
+
+
+def _numpy_section(numpy_cnn: dict[str, Any]) -> Section:
+    folder = numpy_cnn["folder"]
+    rows = [[tag.replace("_vs_", " vs "), f"{100 * v['learned']:.1f}%",
+             f"{100 * v['hand_designed']:.1f}%"]
+            for tag, v in numpy_cnn["test_accuracy"].items()]  # fmt: skip
+    return Section(
+        "The NumPy CNN: the textbook's walkthrough",
+        [
+            "A CNN written in NumPy alone (convscope.numpy_cnn: convolution, pooling, "
+            "backpropagation by hand) learns one kernel to tell two digits apart; the "
+            "walkthrough then replaces it by hand-made kernels that do as well. Its page "
+            "has every figure and the training curves.",
+            "Reproduce: convscope numpy-cnn walkthrough --out walk.",
+        ],
+        [Table(["digits", "learned kernel", "hand-made kernels"], rows)],
+        [Figure(f"{folder}/1_vs_0_kernels.png", "The learned kernel and the hand-made ones.")],
+        [Link("The walkthrough page", f"{folder}/report.html")],
     )
