@@ -67,16 +67,20 @@ def run(
     )  # fmt: skip
 
 
-def _one(
-    s: Started, src: ImageSource, o: Outputs, mode: str, output: Output, top: int
-) -> RunResult:
-    fr = freeze(s, src, mode, output)
-    li, m, name = fr.li, fr.metrics, s.model.class_name
+def _check_classifier(li: Any) -> None:
     if len(li.out_shape) != 1 or len(li.in_shape) != 3:
         raise ConvscopeError(
             f"votes need a classifier from images (C, H, W) to scores; this model maps "
             f"{tuple(li.in_shape)} to {tuple(li.out_shape)}"
         )
+
+
+def _one(
+    s: Started, src: ImageSource, o: Outputs, mode: str, output: Output, top: int
+) -> RunResult:
+    fr = freeze(s, src, mode, output)
+    li, m, name = fr.li, fr.metrics, s.model.class_name
+    _check_classifier(li)
     pv = li.votes(top=top)
     targets = [int(c) for c in pv.targets]
     top1, winner = targets[0], pv.most_voted
@@ -179,11 +183,7 @@ def _vote_row(
     from convscope.linear import LinearInterpreter
 
     li = LinearInterpreter(module, x0, mode=mode, **kwargs)  # type: ignore[arg-type]
-    if len(li.out_shape) != 1 or len(li.in_shape) != 3:
-        raise ConvscopeError(
-            f"votes need a classifier from images (C, H, W) to scores; this model maps "
-            f"{tuple(li.in_shape)} to {tuple(li.out_shape)}"
-        )
+    _check_classifier(li)
     pv = li.votes(top=top)
     targets = [int(c) for c in pv.targets]
     top1 = targets[0]
