@@ -38,6 +38,7 @@ from convscope.errors import ConvscopeError
 from convscope.runs.data import StreamData
 from convscope.runs.outputs import Outputs, RunInterrupted, check_out, open_out
 from convscope.runs.shards import MERGED, SHARDS, ShardStore
+from convscope.train.distributed import Process, setup_distributed
 
 __all__ = [
     "MANIFEST",
@@ -108,39 +109,9 @@ class DatasetResult:
     result: Any = None
 
 
-@dataclass
-class Process:
-    """This process in the run: its rank, the number of processes, its device."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def leave(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-            self.owns_group = False
-
-
 def join(device: str | None) -> Process:
     """Join the torchrun process group when launched by torchrun; one process otherwise."""
-    from convscope.train.distributed import setup_distributed
-
-    d = setup_distributed(device or "auto")
-    return Process(d.rank, d.world_size, d.device, d.owns_group)
+    return setup_distributed(device or "auto")
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from convscope.errors import ConvscopeError
 from convscope.train.common import resolve_device
 
-__all__ = ["setup_distributed"]
+__all__ = ["Process", "setup_distributed"]
 
 
 @dataclass
@@ -36,6 +36,17 @@ class _Dist:
         if self.active:
             dist.all_reduce(t, op=dist.ReduceOp.SUM if op is None else op)
         return t
+
+    def barrier(self) -> None:
+        """Wait for every process (nothing to wait for alone)."""
+        if self.active:
+            dist.barrier()
+
+    def leave(self) -> None:
+        """Leave the process group, if this process joined it."""
+        if self.owns_group:
+            dist.destroy_process_group()
+            self.owns_group = False
 
 
 def _setup_distributed(device_spec: str) -> _Dist:
@@ -65,3 +76,6 @@ def _setup_distributed(device_spec: str) -> _Dist:
 
 setup_distributed = _setup_distributed
 """Join the torchrun process group when there is one (public name, for the dataset runs)."""
+
+Process = _Dist
+"""This process in a (possibly one-process) torchrun run (public name, for the dataset runs)."""
