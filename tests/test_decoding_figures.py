@@ -44,3 +44,50 @@ def test_matrix_top_images_and_responses(tmp_path: Path) -> None:
     _png(plot_top_images(f, top, RNG.random((k, 3)), labels), tmp_path / "t.png")
     maps = RNG.random((5, 6, 6))
     _png(plot_response_comparison(images[0], maps, maps, list("abcde")), tmp_path / "r.png")
+
+
+def test_one_by_one_responses_are_cells_with_their_values() -> None:
+    # LeNet's conv4 answers a 28 x 28 digit with one number per filter: once drawn as
+    # squares of one grey each, the largest (1.0) white on white.
+    network = np.array([1.0, 0.0, 0.5, 0.25]).reshape(4, 1, 1)
+    decoded = np.array([0.9, 0.1, 0.4, 0.75]).reshape(4, 1, 1)
+    fig = plot_response_comparison(RNG.random((1, 28, 28)), network, decoded, list("6503"))
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    ax = next(
+        a for a in fig.axes if a.get_images() and a.get_images()[0].get_array().shape == (2, 4)
+    )
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["1.00", "0.00", "0.50", "0.25", "0.90", "0.10", "0.40", "0.75"]
+    # a colour bar for the scale, 0 to 1
+    bars = [a for a in fig.axes if a.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and bars[0].get_ylim() == (0.0, 1.0)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["network", "decoded"]
+    height = pixels.shape[0]
+
+    def colour(i: int, j: int) -> np.ndarray:
+        # a corner of the cell, clear of its text and of the white grid lines
+        x, y = ax.transData.transform((j - 0.3, i - 0.3))
+        return pixels[height - int(round(y)), int(round(x))]
+
+    cells = np.array([[colour(i, j) for j in range(4)] for i in range(2)])
+    # no cell is blank (white) and every value has its own colour
+    assert (np.abs(cells - 255).sum(-1) > 60).all(), cells
+    flat = cells.reshape(8, 3)
+    assert len({tuple(c) for c in flat}) == 8
+    plt_close(fig)
+
+
+def test_larger_responses_keep_their_maps_and_gain_a_scale() -> None:
+    maps = RNG.random((3, 4, 4))
+    fig = plot_response_comparison(RNG.random((1, 12, 12)), maps, maps, list("abc"))
+    shown = [a.get_images()[0].get_array() for a in fig.axes if a.get_images()]
+    assert sum(s.shape == (4, 4) for s in shown) == 6
+    assert len([a for a in fig.axes if a.get_label() == "<colorbar>"]) == 1
+    plt_close(fig)
+
+
+def plt_close(fig: Figure) -> None:
+    from matplotlib import pyplot as plt
+
+    plt.close(fig)

@@ -159,26 +159,73 @@ def plot_response_comparison(
 ) -> Figure:
     """Seed 003 Fig. 3: a layer's response maps beside the decoded filters' estimates.
 
+    Maps of one position each (a layer whose response is 1 x 1, such as LeNet's last
+    convolution on a 28 x 28 digit) are drawn as one table of cells, each with its value
+    written in it, rather than as squares of one grey each.
+
     Args:
         image: ``(C, H, W)`` in [0, 1].
         network, decoded: ``(R, h, w)`` maps of ``R`` filters, each already
-            contrast-normalised the way the error is.
+            contrast-normalised the way the error is (values in [0, 1]).
         titles: one per filter.
     """
     r = network.shape[0]
-    fig, axes = plt.subplots(2, r + 1, figsize=(1.3 * (r + 1), 2.8), squeeze=False)
+    title = "Layer response (top) and the image correlated with decoded filters (bottom)"
+    if network.shape[-2:] == (1, 1):
+        return _response_cells(image, network, decoded, titles, title)
+    fig, axes = plt.subplots(
+        2, r + 1, figsize=(1.3 * (r + 1) + 0.6, 2.9), squeeze=False, layout="constrained"
+    )
     _grey_imshow(axes[0, 0], image, "image")
     axes[1, 0].axis("off")
+    im = None
     for j in range(r):
         for row, maps, label in ((0, network, "network"), (1, decoded, "decoded")):
             ax = axes[row, j + 1]
-            ax.imshow(maps[j], cmap="gray", vmin=0, vmax=1)
+            im = ax.imshow(maps[j], cmap="gray", vmin=0, vmax=1)
             ax.set_title(f"{label} {titles[j]}", fontsize=7)
-            ax.axis("off")
-    fig.suptitle(
-        "Layer response (top) and the image correlated with decoded filters (bottom)", fontsize=9
-    )
-    fig.tight_layout()
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if im is not None:
+        bar = fig.colorbar(im, ax=axes[:, 1:].ravel().tolist(), fraction=0.02, pad=0.01)
+        bar.set_label("normalised response", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def _response_cells(
+    image: np.ndarray,
+    network: np.ndarray,
+    decoded: np.ndarray,
+    titles: Sequence[str],
+    title: str,
+) -> Figure:
+    """1 x 1 response maps: a 2 x R table (network, decoded), each cell's value written."""
+    r = network.shape[0]
+    cells = np.stack([network.reshape(r), decoded.reshape(r)])
+    fig = plt.figure(figsize=(1.6 + 0.75 * r + 1.0, 2.4), layout="constrained")
+    grid = fig.add_gridspec(1, 2, width_ratios=[1.4, 0.75 * r])
+    _grey_imshow(fig.add_subplot(grid[0, 0]), image, "image")
+    ax = fig.add_subplot(grid[0, 1])
+    im = ax.imshow(cells, cmap="viridis", vmin=0, vmax=1, aspect="equal")
+    for i in range(2):
+        for j in range(r):
+            v = float(cells[i, j])
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if v > 0.6 else "white")  # fmt: skip
+    ax.set_xticks(range(r), [f"filter {t}" for t in titles], fontsize=7, rotation=45)
+    ax.set_yticks([0, 1], ["network", "decoded"], fontsize=7)
+    ax.tick_params(length=0)
+    ax.set_xticks(np.arange(-0.5, r, 1), minor=True)
+    ax.set_yticks([-0.5, 0.5, 1.5], minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.5)
+    ax.tick_params(which="minor", length=0)
+    ax.set_title("one position per filter (1 x 1 response)", fontsize=8)
+    bar = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
+    bar.set_label("normalised response", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=9)
     return fig
 
 

@@ -187,7 +187,10 @@ def plot_top_filter_images(
         top_scores: ``(R, T)`` their filter scores.
     """
     r, t = score_images.shape[:2]
-    fig, axes = plt.subplots(r, t + 1, figsize=(1.7 * (t + 1), 1.7 * r), squeeze=False)
+    # Constrained layout places the title above the first row's two-line panel titles and
+    # leaves each colour bar its room (tight_layout let the title run into the labels).
+    fig, axes = plt.subplots(r, t + 1, figsize=(1.7 * (t + 1), 1.75 * r + 0.3), squeeze=False,
+                             layout="constrained")  # fmt: skip
     for i in range(r):
         _grey_imshow(axes[i, 0], images[i], row_titles[i])
         for j in range(t):
@@ -195,7 +198,6 @@ def plot_top_filter_images(
                 axes[i, j + 1], score_images[i, j], f"{top_names[i][j]}\n{top_scores[i, j]:+.2f}"
             )
     fig.suptitle("Top filters and their filter score images", fontsize=10)
-    fig.tight_layout()
     return fig
 
 
