@@ -65,3 +65,37 @@ def test_top_filters_title_clears_the_panel_titles() -> None:
     pictures = [ax.get_window_extent() for ax in fig.axes if ax.get_images()]
     for _, b in text_boxes(fig):
         assert sum(b.overlaps(p) for p in pictures) <= 1
+
+
+def test_contact_sheet_draws_signed_tiles_on_a_scale_centred_at_zero() -> None:
+    photo = RNG.integers(0, 256, (16, 16), dtype=np.uint8)
+    signed = RNG.normal(size=(16, 16)) * 300
+    signed[0, 0] = 5000.0  # a border value beyond the scale: it saturates
+    fig = figs.plot_contact_sheet(
+        [photo, signed], ["original", "sobel_e"], signed=[False, True], unit="response",
+        limits=[None, 900.0],
+    )  # fmt: skip
+    picture, edge = (ax for ax in fig.axes if ax.get_images())
+    im = edge.get_images()[0]
+    assert im.get_cmap().name == "bwr"  # blue < 0, white at 0, red > 0
+    assert im.norm.vmin == -im.norm.vmax == -900.0 and im.norm.vcenter == 0.0
+    np.testing.assert_array_equal(im.get_array(), signed)  # the values, not clipped
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and bars[0].get_ylabel() == "response"
+    assert [t.get_text() for t in bars[0].get_yticklabels()] == ["-900", "0", "900"]
+    assert im.colorbar is not None and im.colorbar.extend == "both"
+    # the picture stays a picture: grey, 0..255
+    p = picture.get_images()[0]
+    assert p.get_cmap().name == "gray" and p.get_clim() == (0, 255)
+    assert len(fig.axes) == 3  # two tiles (no empty cells) and one colour bar
+
+
+def test_signed_colours_white_at_zero_symmetric() -> None:
+    rgb, lim = figs.signed_colours(np.array([[-2.0, -1.0, 0.0, 1.0, 2.0, 4.0]]), 2.0)
+    assert lim == 2.0
+    np.testing.assert_array_equal(rgb[0, 0], [0, 0, 255])
+    np.testing.assert_array_equal(rgb[0, 4], [255, 0, 0])
+    np.testing.assert_array_equal(rgb[0, 5], [255, 0, 0])  # beyond the scale: saturates
+    assert (rgb[0, 2] >= 254).all()
+    # -1 and +1 equally far from white (to the colour table's 256 steps)
+    assert np.abs(rgb[0, 1].astype(int) - rgb[0, 3][::-1]).max() <= 2

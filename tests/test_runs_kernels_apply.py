@@ -11,6 +11,7 @@ from PIL import Image
 from convscope import kernels as kb
 from convscope.data import sample_photo
 from convscope.errors import ConvscopeError
+from convscope.report.figures import signed_colours
 from convscope.runs import kernels_apply
 
 
@@ -26,12 +27,43 @@ def test_a_photo_file_and_two_kernels(tmp_path: Path) -> None:
     ]
     assert res.files[2:] == [tmp_path / "k" / "contact_sheet.png"]
     assert res.out == tmp_path / "k"
+    sobel = kb.filter_image(photo, kb.get("sobel_e"), clip=False).mean(-1)
+    lim = float(np.abs(sobel[1:-1, 1:-1]).max())
     assert res.metrics == {"image": str(png), "kernels": ["identity", "sobel_e"],
-                           "shape": [32, 32, 3]}  # fmt: skip
+                           "shape": [32, 32, 3],
+                           "display": {"identity": {"kind": "picture", "clipped": 0.0},
+                                       "sobel_e": {"kind": "signed", "limit": lim}}}  # fmt: skip
     assert (tmp_path / "k" / "contact_sheet.png").read_bytes()[:4] == b"\x89PNG"
     np.testing.assert_array_equal(np.asarray(Image.open(written[0])), photo)
-    sobel = kb.filter_image(photo, kb.get("sobel_e"))
-    np.testing.assert_array_equal(np.asarray(Image.open(written[1])), sobel)
+    # an edge kernel's response, signed, in the colours of the contact sheet's scale
+    np.testing.assert_array_equal(np.asarray(Image.open(written[1])), signed_colours(sobel, lim)[0])
+
+
+def test_signed_responses_are_not_clipped_to_black(tmp_path: Path) -> None:
+    # a bright square on grey: a vertical edge kernel answers +, then - across it
+    photo = np.full((24, 24), 100, np.uint8)
+    photo[8:16, 8:16] = 200
+    png = tmp_path / "square.png"
+    Image.fromarray(photo, mode="L").save(png)
+    res = kernels_apply.run(png, tmp_path / "k", kernels=["sobel_e", "gaussian_blur"])
+    resp = kb.filter_image(photo, kb.get("sobel_e"), clip=False)
+    lim = res.metrics["display"]["sobel_e"]["limit"]
+    assert lim == float(np.abs(resp[1:-1, 1:-1]).max()) == 400.0
+    rgb = np.asarray(Image.open(res.files[0])).astype(int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    inside = np.zeros_like(resp, dtype=bool)
+    inside[1:-1, 1:-1] = True
+    neg, pos, zero = inside & (resp <= -lim / 2), inside & (resp >= lim / 2), resp == 0
+    assert neg.sum() >= 8 and pos.sum() >= 8 and zero.sum() > 100
+    # negative: blue (it was black, clipped to 0); positive: red; zero: white
+    assert (b[neg] == 255).all() and (r[neg] < 130).all() and (r[neg] == g[neg]).all()
+    assert (r[pos] == 255).all() and (b[pos] < 130).all() and (b[pos] == g[pos]).all()
+    assert (rgb[zero] >= 254).all()  # bwr at its centre: (255, 254, 254)
+    # the same scale on both sides: -400 (column 7) as far from white as +400 (column 15)
+    assert resp[10, 7] == -400 and resp[10, 15] == 400
+    np.testing.assert_array_equal(rgb[10, 7], rgb[10, 15][::-1])
+    # a blur gives back a picture, 0..255, nothing clipped
+    assert res.metrics["display"]["gaussian_blur"] == {"kind": "picture", "clipped": 0.0}
 
 
 def test_the_whole_bank_by_default_and_a_sample_photo(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "plot_training_curves",
     "plot_transfer_function",
     "save_figure",
+    "signed_colours",
 ]
 
 # One colour per seed-000 Fig. 4 category, stable across figures.
@@ -79,17 +80,34 @@ def save_figure(
     return dst
 
 
+def _tick(v: float) -> str:
+    """A colour bar's end: 433 rather than 4.3e+02, 0.29 as before."""
+    return f"{v:.0f}" if 100 <= abs(v) < 1e6 else f"{v:.2g}"
+
+
 def _signed_imshow(
-    ax: plt.Axes, img: np.ndarray, title: str = "", *, label: str = "", bar: bool = True
+    ax: plt.Axes,
+    img: np.ndarray,
+    title: str = "",
+    *,
+    label: str = "",
+    bar: bool = True,
+    lim: float | None = None,
 ) -> None:
-    """Red for positive, blue for negative, white at zero, with a colour bar (-max, 0, +max)."""
-    lim = float(np.abs(img).max()) or 1.0
+    """Red for positive, blue for negative, white at zero, with a colour bar (-lim, 0, +lim).
+
+    ``lim`` defaults to ``max |img|``; values beyond a smaller one saturate, and the colour
+    bar then ends in arrows.
+    """
+    top = float(np.abs(img).max())
+    lim = float(lim if lim is not None else top) or 1.0
     im = ax.imshow(img, cmap="bwr", norm=TwoSlopeNorm(0.0, -lim, lim))
     ax.set_title(title, fontsize=8)
     ax.axis("off")
     if bar:
-        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03, ticks=[-lim, 0.0, lim])
-        cb.ax.set_yticklabels([f"{-lim:.2g}", "0", f"{lim:.2g}"])
+        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03, ticks=[-lim, 0.0, lim],
+                                extend="both" if top > lim else "neither")  # fmt: skip
+        cb.ax.set_yticklabels([_tick(-lim), "0", _tick(lim)])
         cb.ax.tick_params(labelsize=6, length=2)
         if label:
             cb.set_label(label, fontsize=6)
@@ -243,20 +261,66 @@ def plot_training_curves(histories: dict[str, dict[str, list[float]]]) -> Figure
     return fig
 
 
+def signed_colours(img: np.ndarray, lim: float | None = None) -> tuple[np.ndarray, float]:
+    """A signed map as an RGB picture: blue < 0, white at 0, red > 0, on -lim..+lim.
+
+    Args:
+        img: ``(H, W)`` values of either sign.
+        lim: the value drawn full red (and its negative full blue); default ``max |img|``.
+
+    Returns:
+        ``(H, W, 3)`` uint8 and the ``lim`` used (the colour bar the picture lacks).
+    """
+    lim = float(lim if lim is not None else np.abs(img).max()) or 1.0
+    rgba = plt.get_cmap("bwr")(TwoSlopeNorm(0.0, -lim, lim)(np.asarray(img, dtype=np.float64)))
+    return np.rint(255 * np.asarray(rgba)[..., :3]).astype(np.uint8), lim
+
+
 def plot_contact_sheet(
-    tiles: Sequence[np.ndarray], titles: Sequence[str], ncols: int = 8
+    tiles: Sequence[np.ndarray],
+    titles: Sequence[str],
+    ncols: int = 8,
+    signed: Sequence[bool] | None = None,
+    unit: str = "",
+    title: str = "",
+    limits: Sequence[float | None] | None = None,
 ) -> Figure:
-    """Images (``(H, W)`` or ``(H, W, 3)`` uint8) in a grid with titles."""
+    """Images in a grid with titles; signed tiles on a diverging scale with a colour bar.
+
+    Args:
+        tiles: pictures (``(H, W)`` or ``(H, W, 3)``, 0..255) or, where ``signed`` says so,
+            ``(H, W)`` signed responses (any float), drawn blue < 0, white at 0, red > 0
+            on a scale symmetric about 0, each with its colour bar.
+        titles: one per tile.
+        signed: one flag per tile (default: none signed).
+        unit: the colour bars' label.
+        title: the figure's title (none by default).
+        limits: per tile, the value drawn full red on a signed tile (its negative full
+            blue; larger values saturate); ``None``: the tile's largest ``|value|``.
+    """
     n = len(tiles)
+    flags = list(signed) if signed is not None else [False] * n
+    lims = list(limits) if limits is not None else [None] * n
+    if len(flags) != n or len(titles) != n or len(lims) != n:
+        raise ConvscopeError(f"{n} tiles need {n} titles, flags and limits")
+    ncols = max(1, min(ncols, n))
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.0 * ncols, 2.0 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.0 * ncols + 0.3 * any(flags), 2.0 * nrows),
+                             squeeze=False, layout="constrained")  # fmt: skip
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
-        if i < n:
-            tile = tiles[i]
-            ax.imshow(tile, cmap="gray" if tile.ndim == 2 else None, vmin=0, vmax=255)
-            ax.set_title(titles[i], fontsize=7)
-    fig.tight_layout()
+        if i >= n:
+            continue
+        tile = tiles[i]
+        if flags[i]:
+            _signed_imshow(ax, np.asarray(tile, dtype=np.float64), titles[i], label=unit,
+                           lim=lims[i])  # fmt: skip
+            ax.title.set_fontsize(7)
+            continue
+        ax.imshow(tile, cmap="gray" if tile.ndim == 2 else None, vmin=0, vmax=255)
+        ax.set_title(titles[i], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return fig
 
 

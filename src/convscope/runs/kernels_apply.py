@@ -26,6 +26,27 @@ def _photo(src: ImageSource, invert: bool, size: tuple[int, int] | None) -> np.n
     return img[..., 0] if img.shape[-1] == 1 else img
 
 
+def is_signed(k: kb.Kernel) -> bool:
+    """A kernel whose weights sum to zero (a derivative): its response is signed around 0.
+
+    Kernels that sum to one (identity, blurs, sharpening, emboss) give back a picture.
+    """
+    w = np.asarray(k.weight, dtype=np.float64)
+    return bool(abs(w.sum()) <= 1e-9 * max(1.0, float(np.abs(w).sum())))
+
+
+def _limit(res: np.ndarray, k: kb.Kernel) -> float:
+    """The scale of a signed response: its largest ``|value|`` away from the border.
+
+    Zero padding puts a dark frame around the photo, so the border's responses are
+    edges of the frame, often the largest of all; they saturate instead of setting
+    the scale (the whole map when it is too small to have an inside).
+    """
+    p = k.weight.shape[0] // 2
+    inside = res[p : res.shape[0] - p, p : res.shape[1] - p] if p else res
+    return float(np.abs(inside if inside.size else res).max()) or 1.0
+
+
 def run(
     image: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -38,6 +59,16 @@ def run(
     progress: bool = False,
 ) -> RunResult:
     """Filter a photo with each kernel: one PNG per kernel and ``contact_sheet.png``.
+
+    A kernel whose weights sum to zero (edges, Laplacians) answers with values of either
+    sign around 0: it is drawn on a diverging scale centred at 0 (blue < 0, white at 0,
+    red > 0, symmetric about 0; for a colour photo the mean of its channels' responses),
+    with a colour bar on the contact sheet; its PNG uses the same colours, and
+    ``metrics["display"][name]["limit"]`` is the value drawn full red (its negative full
+    blue): the largest ``|response|`` away from the border, where zero padding's dark
+    frame gives larger ones, which saturate. Any other kernel gives back a picture,
+    shown as a viewer shows it: 0..255, with the share of values clipped to that range
+    in ``metrics["display"]``.
 
     Args:
         image: A file, ``sample:NAME``, a folder or a glob (several: one folder each).
@@ -64,18 +95,48 @@ def run(
 
     def one(src: ImageSource, o: Outputs) -> RunResult:
         from convscope.io import save_png
-        from convscope.report.figures import plot_contact_sheet
+        from convscope.report.figures import plot_contact_sheet, signed_colours
 
         img = _photo(src, invert, hw)
-        tiles, titles = [img], ["original"]
+        colour = img.ndim == 3
+        tiles: list[np.ndarray] = [img]
+        titles, signed = ["original"], [False]
+        limits: list[float | None] = [None]
+        display: dict[str, dict[str, float | str]] = {}
         for k, name in zip(ks, pictures, strict=True):
-            res = kb.filter_image(img, k)
-            save_png(o.path(name), res)
+            res = kb.filter_image(img, k, clip=False)
+            title = k.name if k.index is None else f"{k.index}: {k.name}"
+            lim: float | None = None
+            if is_signed(k):
+                res = res.mean(-1) if colour else res
+                lim = _limit(res, k)
+                rgb, lim = signed_colours(res, lim)
+                save_png(o.path(name), rgb)
+                display[k.name] = {"kind": "signed", "limit": lim}
+            else:
+                shown = np.clip(np.rint(res), 0, 255).astype(np.uint8)
+                save_png(o.path(name), shown)
+                clipped = float(((res < -0.5) | (res > 255.5)).mean())
+                display[k.name] = {"kind": "picture", "clipped": clipped}
+                res = shown
             o.file(name)
             tiles.append(res)
-            titles.append(k.name if k.index is None else f"{k.index}: {k.name}")
-        o.figure("contact_sheet.png", plot_contact_sheet(tiles, titles))
-        metrics = {"image": src.label, "kernels": names, "shape": list(img.shape)}
+            limits.append(lim)
+            titles.append(title)
+            signed.append(display[k.name]["kind"] == "signed")
+        o.figure(
+            "contact_sheet.png",
+            plot_contact_sheet(
+                tiles,
+                titles,
+                signed=signed,
+                unit="response",
+                limits=limits,
+                title="signed responses: the mean over R, G, B" if colour and any(signed) else "",
+            ),
+        )
+        metrics = {"image": src.label, "kernels": names, "shape": list(img.shape),
+                   "display": display}  # fmt: skip
         return RunResult(o.folder, list(o.written), metrics)
 
     return plan.run(one, progress=progress, title="kernels applied")
