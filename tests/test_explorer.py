@@ -16,18 +16,18 @@ import io
 import json
 import math
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import _browser
 import numpy as np
 import pytest
 import torch
+from _browser import chromium_or_skip
 from PIL import Image
 from torch import nn
 
@@ -52,15 +52,6 @@ def write_explorer(model: nn.Module, x: torch.Tensor, out: Path, *, title: str |
                    **options: Any) -> Path:  # fmt: skip
     """The two halves, as the run composes them: compute, then draw."""
     return write_explorer_page(explore(model, x, **options), out, title=title)
-
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-INSTALL_HINT = (
-    "needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver): "
-    "apt-get install -y --no-install-recommends chromium chromium-driver "
-    "(`make browser` does it; `make test` runs it)"
-)
 
 
 def luma_crop(size: int = 24) -> torch.Tensor:
@@ -674,45 +665,11 @@ def test_cli_explore_says_when_torchvision_weights_are_absent(
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
-        pytest.skip(INSTALL_HINT)
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (dev extra)")
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="convscope-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1200,1000",
-        "--force-device-scale-factor=1",
-        f"--user-data-dir={profile}",
-    ):
-        opts.add_argument(flag)
-    # The system chromedriver, named outright: Selenium Manager never downloads a driver.
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=opts)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+    yield from chromium_or_skip()
 
 
 def open_page(driver: Any, page: Path) -> None:
-    driver.get(page.resolve().as_uri())
-    deadline = time.monotonic() + 20
-    while driver.execute_script("return document.body.dataset.ready") != "1":
-        assert time.monotonic() < deadline, "the page never became ready"
-        time.sleep(0.05)
-    errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
-    assert not errors, errors
+    _browser.open_page(driver, page, ready=True)
 
 
 def point_at(driver: Any, element: Any, y: float, x: float, h: int, w: int) -> None:
