@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= demo_output
 
-.PHONY: install demo test check lint format experiments bench clean browser docs
+.PHONY: install demo test check lint format experiments bench clean browser docs screenshots
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,12 +21,13 @@ demo: $(STAMP)
 	$(BIN)/convscope demo --out $(OUT) --overwrite
 
 check: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks experiments docs/_reference.py
-	$(BIN)/ruff format --check src tests benchmarks experiments docs/_reference.py
+	$(BIN)/ruff check src tests benchmarks experiments docs/_reference.py docs/_screenshots.py
+	$(BIN)/ruff format --check src tests benchmarks experiments docs/_reference.py docs/_screenshots.py
 	$(BIN)/mypy
 
-# The explorer page's browser tests drive Debian's Chromium through the system chromedriver
-# (tests/test_explorer.py); without them those tests skip. Cheap when already installed.
+# The browser tests (tests/test_explorer.py, tests/test_pages_browser.py) and make screenshots
+# drive Debian's Chromium through the system chromedriver (tests/_browser.py); without them
+# those tests skip. Cheap when already installed.
 browser:
 	@if [ ! -x /usr/bin/chromedriver ]; then \
 	  if command -v apt-get >/dev/null 2>&1; then \
@@ -39,6 +40,10 @@ browser:
 	    echo "warning: no apt-get here; install Chromium and chromedriver at /usr/bin for the browser tests"; \
 	  fi; \
 	fi
+
+# The pictures of the main pages in docs/screenshots/ (demo --quick, explain, linear explore).
+screenshots: $(STAMP) browser
+	$(BIN)/python docs/_screenshots.py
 
 test: check browser
 	$(BIN)/python -m pytest -q -m "not slow"

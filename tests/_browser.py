@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -121,9 +121,20 @@ def open_page(driver: Any, page: Path, *, ready: bool = False) -> None:
 
 
 def screenshot(
-    driver: Any, page: Path, dst: Path, *, ready: bool = False, max_height: int = 2400
+    driver: Any,
+    page: Path,
+    dst: Path,
+    *,
+    ready: bool = False,
+    max_height: int = 2400,
+    prepare: Callable[[Any], None] | None = None,
 ) -> Path:
-    """Open ``page`` and save the whole of it (at most ``max_height`` pixels) as a PNG."""
+    """Open ``page`` and save the whole of it (at most ``max_height`` pixels) as a PNG.
+
+    Args:
+        prepare: called with the driver once the page is open and sized, before the shot
+            (to point at something, say).
+    """
     open_page(driver, page, ready=ready)
     width = driver.get_window_size()["width"]
     height = driver.execute_script(
@@ -131,6 +142,8 @@ def screenshot(
     )
     driver.set_window_size(width, min(int(height) + 120, max_height))
     time.sleep(0.2)
+    if prepare is not None:
+        prepare(driver)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp")
     tmp.write_bytes(driver.get_screenshot_as_png())
