@@ -65,7 +65,23 @@ def test_quick_demo_writes_a_complete_report(tmp_path: Path) -> None:
         )
         assert f"{v['folder']}/contributions.png" in html
         assert (tmp_path / v["folder"] / "contributions.png").is_file()
+        # the first digit's pixel votes and the top singular pair of its F
+        d, pv = v["digit"], li.votes(top=demo.VOTE_TOP)
+        assert d["targets"] == [int(t) for t in pv.targets] and d["top1"] == c["class"]
+        assert d["most_voted"] == pv.most_voted
+        assert d["vote_share"] == pytest.approx({str(k): s for k, s in pv.shares.items()})
+        tied = (pv.discussions.amax(0) == pv.discussions.amin(0)).numpy()
+        said = (pv.votes.numpy() == d["top1"]) & ~tied
+        assert d["tied_share"] == pytest.approx(tied.mean())
+        assert d["top1_share_of_untied"] == pytest.approx(said.sum() / max(1, (~tied).sum()))
+        u, s, _ = torch.linalg.svd(li.rows(range(10)).reshape(10, -1), full_matrices=False)
+        assert d["s1"] == pytest.approx(float(s[0]), rel=1e-9)  # F is 10 x 784: exact SVD
+        assert abs(float(torch.tensor(d["u1"], dtype=torch.float64) @ u[:, 0])) == pytest.approx(
+            1.0, abs=1e-9
+        )
     assert "F x0 + r" in html
+    for png in ("linear_votes.png", "linear_svd.png"):
+        assert f'src="{png}"' in html
     # the spectral section: one Maximum Gain per epoch, the last one the trained model's
     from convscope import spectral as sp
 
@@ -87,6 +103,48 @@ def test_quick_demo_writes_a_complete_report(tmp_path: Path) -> None:
     assert 'href="numpy_cnn/report.html"' in html
     assert (tmp_path / "numpy_cnn" / "report.html").is_file()
     assert (tmp_path / "numpy_cnn" / "1_vs_0_kernels.png").is_file()
+    # filter decoding: the committed LeNet's layer 5, its error equal to the library's
+    from convscope.decoding import decode, reconstruction_error
+
+    dec = on_disk["decoding"]
+    lenet = load_checkpoint(demo.LENET)[0].eval()
+    assert dec["n_images"] == 100 and dec["layer"] == demo.DECODE_LAYER == "features.conv3"
+    assert dec["filters_shape"] == list(decode(lenet, demo.DECODE_LAYER).filters.shape)
+    test_x = torch.from_numpy(load_mnist_subset("test").images[:100].copy())
+    for mode in ("nearest", "adjoint"):
+        e = reconstruction_error(lenet, demo.DECODE_LAYER, test_x, mode)
+        assert dec["reconstruction_error"][mode]["mean"] == pytest.approx(e.mean, rel=1e-6)
+        assert dec["reconstruction_error"][mode]["std"] == pytest.approx(e.std, rel=1e-6)
+    assert 0.005 < dec["reconstruction_error"]["nearest"]["mean"] < 0.03  # seed 003: 0.012
+    assert 'src="decode_lenet/decoded_filters.png"' in html
+    assert (tmp_path / "decode_lenet" / "report.html").is_file()
+    # faithfulness: the evaluate table of both models, recomputed for convscope's and
+    # Zennit's maps from the library
+    from convscope.evaluate import interval, score_batch
+
+    for key, f in on_disk["faithfulness"].items():
+        assert f["images"] == 8 and f["metrics"] == list(demo.EVALUATE_METRICS)
+        assert ("filter_score_map" in f["methods"]) == (key == "gfnn")  # needs the bank
+        assert {f["families"][m] for m in f["methods"]} == {"convscope", "captum", "zennit"}
+        net = load_checkpoint(tmp_path / f"{key}.pt")[0].eval()
+        with torch.no_grad():
+            t = net(test_x[:8]).argmax(1)
+        again = ["input_contribution", "lrp_epsilon_plus"]
+        b = score_batch(net, test_x[:8], t, again, f["metrics"], f["seed"])
+        for meth in again:
+            for k in f["metrics"]:
+                want = interval(b.scores[meth][k])
+                assert f["table"][meth][k] == pytest.approx(want, rel=1e-6), (key, meth, k)
+        assert f'src="{f["folder"]}/examples.png"' in html
+    # the contents: one link per lens, each to the section of that lens
+    report = json.loads((tmp_path / "report.json").read_text())
+    sections = report["sections"]
+    tour = sections[0]
+    assert tour["title"] == "A tour of five lenses" and len(tour["links"]) == 1 + len(demo._TOUR)
+    for link, (prefix, _) in zip(tour["links"][1:], demo._TOUR, strict=True):
+        assert sections[int(link["href"].removeprefix("#s")) - 1]["title"].startswith(prefix)
+    assert 'href="#s2"' in html and sections[1]["title"] == "Accuracy"
+    assert set(on_disk["phase_seconds"]) >= {"training", "linear", "decoding", "faithfulness"}
     model, extra = load_checkpoint(tmp_path / "gfnn.pt")
     assert extra["test_acc"] == m["models"]["gfnn"]["test_acc"]
     assert any("test accuracy" in ln for ln in lines)
@@ -103,3 +161,14 @@ def test_full_demo_reaches_97_percent(tmp_path: Path) -> None:
     m = demo.run(tmp_path, progress=False, log=lambda s: None).metrics
     assert m["models"]["gfnn"]["test_acc"] >= 0.97
     assert m["models"]["regular_cnn"]["test_acc"] >= 0.95
+
+
+def test_decoding_without_the_committed_lenet_says_so_and_how(tmp_path: Path) -> None:
+    # convscope installed without the repository: the section names the file and the fix
+    lines: list[str] = []
+    d = demo._decoding(tmp_path, tmp_path / "lenet_mnist.pt", True, False, lines.append)
+    assert "lenet_mnist.pt not found" in d["missing"] and "train_lenet.py" in d["missing"]
+    section = demo._decoding_section(d)
+    assert not section.figures and any("Not shown" in p for p in section.paragraphs)
+    assert any("convscope decode" in p for p in section.paragraphs)
+    assert any("skipped" in ln for ln in lines) and not list(tmp_path.iterdir())

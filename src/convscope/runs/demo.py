@@ -1,10 +1,14 @@
-"""``convscope demo``: GFNN and a regular CNN trained on the embedded MNIST subset, explained.
+"""``convscope demo``: GFNN and a regular CNN trained on the embedded MNIST subset, then a
+tour of the five lenses on them.
 
 This run only orchestrates: training comes from :mod:`convscope.train`, numbers from
-:mod:`convscope.attribution` and, for the linear interpreter's section (f(x0) = F x0 + r on
-three digits, the residual share over the test split), from :mod:`convscope.linear` and
-``linear contributions --data`` (one folder per model, ``linear_gfnn/`` ...), pictures from
-:mod:`convscope.report.figures`.
+:mod:`convscope.attribution` (filter scores), :mod:`convscope.linear` and
+``linear contributions --data`` (f(x0) = F x0 + r on three digits, one digit's pixel votes
+and top singular pair, the residual share over the test split; one folder per model,
+``linear_gfnn/`` ...), ``convscope decode`` (the committed LeNet's layer 5, ``decode_lenet/``),
+:mod:`convscope.spectral` (Maximum Gain per epoch, the transfer function), ``convscope
+evaluate`` (faithfulness of convscope's, Captum's and Zennit's maps, ``evaluate_gfnn/`` ...)
+and the NumPy CNN's walkthrough (``numpy_cnn/``); pictures from :mod:`convscope.report`.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ from torch import nn
 from convscope import attribution as attr
 from convscope import kernels as kb
 from convscope.data import ArrayDataset, load_mnist_subset
+from convscope.errors import ConvscopeError
 from convscope.io import write_json
 from convscope.models import build_model, save_checkpoint
+from convscope.report import demo_figures as df
 from convscope.report import figures as figs
+from convscope.report import linear_figures as lf
 from convscope.report.html import Figure, Link, Section, Table, write_report
 from convscope.runs.outputs import open_out
 from convscope.runs.result import RunResult
@@ -48,11 +55,30 @@ OWNED = (
     "attribution_comparison.png",
     "max_gain.png",
     "transfer_function.png",
+    "linear_votes.png",
+    "linear_svd.png",
 )
 NUMPY_DIR = "numpy_cnn"
 """The NumPy CNN walkthrough's page and figures."""
 LINEAR_DIRS = {"gfnn": "linear_gfnn", "regular_cnn": "linear_regular_cnn"}
 """Each model's ``linear contributions --data`` run, in a folder of its own."""
+VOTE_TOP = 10
+"""Classes taking part in the pixel vote (as ``convscope linear votes``)."""
+LENET = (
+    Path(__file__).resolve().parents[3] / "experiments" / "results" / "decoding" / "lenet_mnist.pt"
+)
+"""The committed LeNet of seed 003's experiment (``experiments/train_lenet.py``)."""
+DECODE_DIR = "decode_lenet"
+DECODE_LAYER = "features.conv3"
+"""LeNet's 500 filters of seed 003's layer 5 (4x4 over 50 maps, 1x1 output)."""
+EVALUATE_DIRS = {"gfnn": "evaluate_gfnn", "regular_cnn": "evaluate_regular_cnn"}
+"""Each model's ``convscope evaluate`` run."""
+EVALUATE_METHODS = ("input_contribution", "filter_score_map", "saliency",
+                    "integrated_gradients", "lrp_epsilon_plus")  # fmt: skip
+"""convscope's two maps (the second needs the kernel bank), Captum's two, Zennit's LRP."""
+EVALUATE_METRICS = ("deletion", "insertion", "faithfulness_correlation")
+"""The faithfulness metrics of ``convscope evaluate`` (the cheap ones)."""
+_LABELS = {"gfnn": "GFNN", "regular_cnn": "regular CNN"}
 
 Log = Callable[[str], None]
 
@@ -102,7 +128,6 @@ def _train_one(
         extra={"test_acc": acc, "class_names": test_set.class_names, "dataset": test_set.name},
     )
     from convscope import spectral as sp
-    from convscope.errors import ConvscopeError
 
     try:
         found = sp.diagnose(history)
@@ -195,12 +220,17 @@ def _demo(
         epochs = epochs or 2
     log(f"data: {train_set.name} ({len(train_set)} train / {len(test_set)} test images)")
 
+    phases: dict[str, float] = {}
+    t_phase = time.perf_counter()
     gfnn, gfnn_info = _train_one(
         "gfnn", "fixed", train_set, test_set, epochs, seed, out, log, progress
     )
     cnn, cnn_info = _train_one(
         "regular_cnn", "learned", train_set, test_set, epochs, seed, out, log, progress
     )
+
+    phases["training"] = round(time.perf_counter() - t_phase, 1)
+    t_phase = time.perf_counter()
 
     # -- analysis (no drawing) ------------------------------------------------
     x = torch.from_numpy(test_set.images)
@@ -279,6 +309,8 @@ def _demo(
     # -- the NumPy CNN's walkthrough (no torch), a page of its own -------------------
     from convscope.runs import numpy_cnn_walkthrough
 
+    phases["filter_scores_and_spectrum"] = round(time.perf_counter() - t_phase, 1)
+    t_phase = time.perf_counter()
     log("the NumPy CNN walkthrough ...")
     walk = numpy_cnn_walkthrough.run(out / NUMPY_DIR, overwrite=overwrite).metrics
     numpy_cnn = {
@@ -287,9 +319,49 @@ def _demo(
                                 "hand_designed": p["hand_designed"]["test"]["accuracy"]}
                           for tag, p in walk["pairs"].items()},
     }  # fmt: skip
+    phases["numpy_cnn"] = round(time.perf_counter() - t_phase, 1)
 
     # -- the linear interpreter over the test split ---------------------------------
-    linear = _linear(out, test_set, 100 if quick else 300, overwrite, log)
+    t_phase = time.perf_counter()
+    linear, digit = _linear(out, test_set, 100 if quick else 300, overwrite, log)
+    image0 = test_set.images[0, 0]
+    figs.save_figure(
+        lf.plot_pixel_votes(
+            [image0, image0],
+            [digit[k]["votes"] for k in LINEAR_DIRS],
+            [linear[k]["digit"]["targets"][:2] for k in LINEAR_DIRS],
+            classes,
+            discussions=[digit[k]["discussion"] for k in LINEAR_DIRS],
+            row_titles=[_LABELS[k] for k in LINEAR_DIRS],
+        ),
+        out / "linear_votes.png",
+    )
+    figs.save_figure(
+        df.plot_top_singular_pairs(
+            image0,
+            {
+                _LABELS[k]: (
+                    linear[k]["digit"]["s1"],
+                    np.array(linear[k]["digit"]["u1"]),
+                    digit[k]["v1"],
+                )
+                for k in LINEAR_DIRS
+            },
+            classes,
+        ),
+        out / "linear_svd.png",
+    )
+    phases["linear"] = round(time.perf_counter() - t_phase, 1)
+
+    # -- filter decoding (seed 003) on the committed LeNet ----------------------------
+    t_phase = time.perf_counter()
+    decoding = _decoding(out, LENET, quick, overwrite, log)
+    phases["decoding"] = round(time.perf_counter() - t_phase, 1)
+
+    # -- faithfulness: convscope's maps beside Captum's and Zennit's ----------------------
+    t_phase = time.perf_counter()
+    faithfulness = _faithfulness(out, {"gfnn": gfnn, "regular_cnn": cnn}, quick, overwrite, log)
+    phases["faithfulness"] = round(time.perf_counter() - t_phase, 1)
 
     # -- metrics and report -----------------------------------------------------
     metrics: dict[str, Any] = {
@@ -314,7 +386,10 @@ def _demo(
             ],
         },
         "linear": linear,
+        "decoding": decoding,
+        "faithfulness": faithfulness,
         "numpy_cnn": numpy_cnn,
+        "phase_seconds": phases,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     write_json(out / "metrics.json", metrics)
@@ -381,23 +456,33 @@ def _demo(
             figures=[Figure("attribution_comparison.png", "Attribution methods side by side.")],
         ),
     ]  # fmt: skip
-    sections.append(_spectral_section(gfnn_info, cnn_info))
     sections.append(_linear_section(linear, classes))
+    sections.append(_decoding_section(decoding))
+    sections.append(_spectral_section(gfnn_info, cnn_info))
+    sections.append(_faithfulness_section(faithfulness))
     sections.append(_numpy_section(numpy_cnn))
+    sections.insert(0, _contents_section(sections))
     write_report(out, "convscope demo: GFNN vs a regular CNN on MNIST", sections, {"seed": seed})
     return metrics
 
 
 def _linear(
     out: Path, test_set: ArrayDataset, images: int, overwrite: bool, log: Log
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     """Each trained model as an exact linear system (seed 001): f(x0) = F x0 + r checked on
-    three test digits, and the residual share over the first ``images`` test images."""
+    three test digits; the first digit's pixel votes and the top singular pair of its ``F``;
+    and the residual share over the first ``images`` test images.
+
+    Returns:
+        The numbers (for ``metrics.json``) and, per model, the first digit's arrays for the
+        figures: ``votes`` (H, W), the top-1 class's ``discussion`` (H, W), ``v1`` (H, W).
+    """
     from convscope.linear import LinearInterpreter
     from convscope.runs.linear_contributions import run_data
     from convscope.runs.sources import resolve_model
 
     result: dict[str, Any] = {}
+    arrays: dict[str, dict[str, np.ndarray]] = {}
     for name, folder in LINEAR_DIRS.items():
         ckpt = out / f"{name}.pt"
         model = resolve_model(str(ckpt), dtype=torch.float64, warn=False).module
@@ -412,6 +497,32 @@ def _linear(
             r = float(li.residual[0, c])
             checks.append({"index": i, "class": c, "f_x0": float(f[c]), "F_x0": fx0, "r": r,
                            "error": abs(fx0 + r - float(f[c]))})  # fmt: skip
+        # one digit read two more ways: what each pixel votes for, and F's top singular pair
+        x0 = torch.from_numpy(test_set.images[:1].copy()).double()
+        li = LinearInterpreter(model, x0, mode="freeze")
+        pv = li.votes(top=VOTE_TOP)
+        s1, u1, v1 = li.svd(k=1, method="randomized")
+        top1 = int(pv.targets[0])
+        # a pixel whose discussion is the same for every class (0 on a black background
+        # when nothing below carries a bias) has no say; argmax counts it for the top-1 class
+        tied = pv.discussions.amax(0) == pv.discussions.amin(0)
+        said = ~tied
+        digit = {
+            "index": 0,
+            "label": int(test_set.labels[0]),
+            "top1": top1,
+            "targets": [int(t) for t in pv.targets],
+            "vote_share": {str(c): v for c, v in pv.shares.items()},
+            "most_voted": pv.most_voted,
+            "tied_share": float(tied.double().mean()),
+            "top1_share_of_untied": float(
+                ((pv.votes == top1) & said).sum() / max(1, int(said.sum()))
+            ),
+            "s1": float(s1[0]),
+            "u1": _np(u1[0]).tolist(),
+        }
+        arrays[name] = {"votes": pv.votes.cpu().numpy(), "discussion": _np(pv.discussions[0]),
+                        "v1": _np(v1[0]).reshape(test_set.images.shape[-2:])}  # fmt: skip
         log(f"{name}: linear contributions over {images} test images ...")
         res = run_data(str(ckpt), "mnist-subset", out / folder, split="test", limit=images,
                        batch_size=50, device="cpu", overwrite=overwrite)  # fmt: skip
@@ -419,13 +530,14 @@ def _linear(
         result[name] = {
             "folder": folder,
             "checks": checks,
+            "digit": digit,
             "images": s["images"],
             "residual_share": s["residual_share"],
             "groups": {g: v["mean"] for g, v in s["groups"].items()},
             "command": f"convscope linear contributions --model {ckpt.name} --data "
             f"mnist-subset --out {folder}",
         }
-    return result
+    return result, arrays
 
 
 def _linear_section(linear: dict[str, Any], classes: list[str]) -> Section:
@@ -441,6 +553,13 @@ def _linear_section(linear: dict[str, Any], classes: list[str]) -> Section:
         for label, v in (("GFNN", linear["gfnn"]), ("regular CNN", linear["regular_cnn"]))
     ]  # fmt: skip
     g, c = linear["gfnn"], linear["regular_cnn"]
+    one = [
+        [label, classes[d["top1"]], f"{100 * d['vote_share'][str(d['top1'])]:.1f}%",
+         f"{100 * d['tied_share']:.1f}%", f"{100 * d['top1_share_of_untied']:.1f}%",
+         classes[d["most_voted"]], f"{d['s1']:.4f}",
+         classes[int(np.argmax(np.abs(d["u1"])))]]
+        for label, d in (("GFNN", g["digit"]), ("regular CNN", c["digit"]))
+    ]  # fmt: skip
     return Section(
         "The linear interpreter: each network as F x0 + r (seed 001)",
         [
@@ -450,13 +569,38 @@ def _linear_section(linear: dict[str, Any], classes: list[str]) -> Section:
             f"the first {g['images']} test digits into the input's part F x0 and the biases' "
             "part r (the residual share, seed 001 Table 3); per-layer shares and their "
             "histogram are in each model's folder.",
-            f"Reproduce at full size: {g['command']} (and {c['command']}).",
+            f"The first test digit read two more ways (third table): each pixel's share of "
+            f"each of the {VOTE_TOP} top scores (its pixel discussion) and the class it "
+            "votes for, the one it adds the most to (seed 001 Fig. 3); and the top singular "
+            "pair of F (seed 001 Fig. 5): v1 is the input pattern F amplifies most, by s1, "
+            "and u1 how that pattern moves each class score. How to read the votes: a pixel "
+            "coloured like the top-1 class supports the decision; a network whose pixels "
+            "vote for many classes is less sure where the digit is. A pixel whose discussion "
+            "is equal for every class (often 0, on the black background) has no say but is "
+            "counted for the top-1 class, hence the share among the other pixels beside it.",
+            f"Reproduce at full size: {g['command']} (and {c['command']}); the votes of "
+            "every test digit: convscope linear votes --model gfnn.pt --data mnist-subset "
+            "--out votes; singular pairs of one image: convscope linear svd --model gfnn.pt "
+            "--image DIGIT.png --method randomized --out svd.",
         ],
         [
             Table(
                 ["model", "test image", "class", "f(x0)", "F x0", "r", "|F x0 + r - f(x0)|"], rows
             ),  # fmt: skip
             Table(["model", "images", "residual share, mean", "std", "input share"], shares),
+            Table(
+                [
+                    "model",
+                    "top-1",
+                    "its vote share",
+                    "pixels with no say",
+                    "its share of the others",
+                    "most voted",
+                    "s1",
+                    "class u1 moves most",
+                ],
+                one,
+            ),  # fmt: skip
         ],
         [
             Figure(
@@ -466,7 +610,13 @@ def _linear_section(linear: dict[str, Any], classes: list[str]) -> Section:
                 f"{c['folder']}/contributions.png",
                 "Regular CNN: share of the top-1 score per source.",
             ),  # fmt: skip
-        ],
+            Figure(
+                "linear_votes.png",
+                "The first test digit: the top-1 class's pixel "
+                "discussion, what each pixel votes for, the pixels voting for the top two.",
+            ),
+            Figure("linear_svd.png", "The top singular pair of F at the same digit."),
+        ],  # fmt: skip
     )
 
 
@@ -512,4 +662,202 @@ def _numpy_section(numpy_cnn: dict[str, Any]) -> Section:
         [Table(["digits", "learned kernel", "hand-made kernels"], rows)],
         [Figure(f"{folder}/1_vs_0_kernels.png", "The learned kernel and the hand-made ones.")],
         [Link("The walkthrough page", f"{folder}/report.html")],
+    )
+
+
+def _decoding(out: Path, lenet: Path, quick: bool, overwrite: bool, log: Log) -> dict[str, Any]:
+    """Seed 003's layer 5 of the committed LeNet decoded to image space (``convscope decode``).
+
+    GFNN's own deeper filters cannot be decoded yet (decoding does not substitute through
+    its fixed kernel bank), so the lens is shown on the network of its paper. Without the
+    checkpoint (convscope installed without the repository) the section says so and how to
+    make it, and nothing else is computed.
+    """
+    from convscope.runs import decode
+
+    command = (f"convscope decode --model experiments/results/decoding/{lenet.name} "
+               f"--layer {DECODE_LAYER} --out {DECODE_DIR}")  # fmt: skip
+    if not lenet.is_file():
+        why = (f"{lenet} not found: the committed LeNet comes with a clone of the repository "
+               "(or python experiments/train_lenet.py makes it, about a minute)")  # fmt: skip
+        log(f"filter decoding skipped: {why}")
+        return {"missing": why, "command": command}
+    images = 100 if quick else 1000
+    log(f"filter decoding: LeNet {DECODE_LAYER} over {images} test images ...")
+    res = decode.run(str(lenet), DECODE_LAYER, out / DECODE_DIR, n_images=images,
+                     max_filters=20, overwrite=overwrite)  # fmt: skip
+    m = res.metrics
+    return {
+        "folder": DECODE_DIR,
+        "checkpoint": str(lenet),
+        "layer": m["layer"],
+        "paper_layer": 5,
+        "filters_shape": m["filters_shape"],
+        "chain": m["chain"],
+        "n_images": m["n_images"],
+        "reconstruction_error": {k: {"mean": v["mean"], "std": v["std"]}
+                                 for k, v in m["reconstruction_error"].items()},
+        "biases_as_error": {k: {"mean": v["mean"], "std": v["std"]}
+                            for k, v in m["reconstruction_error_biases_as_error"].items()},
+        "command": command,
+    }  # fmt: skip
+
+
+def _decoding_section(d: dict[str, Any]) -> Section:
+    title = "Filter decoding: deep filters as image patterns (seed 003)"
+    why_lenet = (
+        "GFNN's deeper filters are not decoded here: decoding cannot yet substitute through "
+        "GFNN's fixed kernel bank, so this lens is shown on the committed LeNet of seed 003 "
+        "(MatConvNet's MNIST network, 97.4% on the same test split)."
+    )
+    if "missing" in d:
+        return Section(title, [why_lenet, f"Not shown: {d['missing']}.",
+                               f"Reproduce: {d['command']}."])  # fmt: skip
+    rows = [
+        [mode, f"{v['mean']:.4f} ± {v['std']:.4f}",
+         f"{d['biases_as_error'][mode]['mean']:.4f} ± {d['biases_as_error'][mode]['std']:.4f}"]
+        for mode, v in d["reconstruction_error"].items()
+    ]  # fmt: skip
+    k, c, h, w = d["filters_shape"]
+    return Section(
+        title,
+        [
+            why_lenet,
+            f"Each of the {k} filters of {d['layer']} (the paper's layer 5) is a pattern "
+            "over the maps of the layer below; substituting the lower filters into it, layer "
+            f"by layer ({'; '.join(d['chain'])}), gives one {h}x{w} pattern over the image "
+            f"({c} channel). How to read it: a tile is what that "
+            "filter looks for (red: bright pixels there raise its response, blue: lower it); "
+            "the error says how far correlating an image with the tile is from the filter's "
+            "true response, both min-max normalised (0: exact). Seed 003 Table 1 reports "
+            "0.012 ± 0.005 at this layer.",
+            f"Reproduce at full size (every filter, 1,000 test images): {d['command']}.",
+        ],
+        [
+            Table(
+                ["unpooling", "error (mean ± std)", "biases counted as error"],
+                rows,
+                caption=f"Reconstruction error over {d['n_images']} test images.",
+            )
+        ],
+        [Figure(f"{d['folder']}/decoded_filters.png",
+                "The first 20 decoded filters; below, each thresholded at half its peak.")],
+        [Link("The decoding page (top-activating images, responses)",
+              f"{d['folder']}/report.html")],
+    )  # fmt: skip
+
+
+def _faithfulness(
+    out: Path, models: dict[str, nn.Module], quick: bool, overwrite: bool, log: Log
+) -> dict[str, Any]:
+    """``convscope evaluate`` on the first test digits for each model (one batch)."""
+    from convscope.evaluate import get_method
+    from convscope.runs import evaluate
+
+    images = 8 if quick else 64
+    result: dict[str, Any] = {}
+    for name, folder in EVALUATE_DIRS.items():
+        methods = [m for m in EVALUATE_METHODS if get_method(m).applies_to(models[name])]
+        log(f"{name}: faithfulness of {len(methods)} methods on {images} test images ...")
+        res = evaluate.run(str(out / f"{name}.pt"), out / folder, data="mnist-subset",
+                           split="test", limit=images, methods=methods,
+                           metrics=list(EVALUATE_METRICS), batch_size=images, seed=0,
+                           examples=2, overwrite=overwrite, progress=False,
+                           device="cpu")  # fmt: skip
+        s = res.summary
+        result[name] = {
+            "folder": folder,
+            "images": s["images"],
+            "seed": s["seed"],
+            "methods": s["methods"],
+            "metrics": s["metrics"],
+            "families": s["families"],
+            "higher_is_better": s["higher_is_better"],
+            "table": s["table"],
+            "best": {k: res.result.best(k) for k in s["metrics"]},
+            "command": f"convscope evaluate --model {name}.pt --data mnist-subset --out {folder}",
+        }
+    return result
+
+
+def _cell(c: dict[str, Any]) -> str:
+    if not c["n"]:
+        return "-"
+    if not np.isfinite(c["low"]):
+        return f"{c['mean']:.3f}"
+    return f"{c['mean']:.3f} ± {(c['high'] - c['low']) / 2:.3f}"
+
+
+def _faithfulness_section(f: dict[str, Any]) -> Section:
+    g = f["gfnn"]
+    arrows = {k: "↑" if v else "↓" for k, v in g["higher_is_better"].items()}
+    tables = [
+        Table(
+            ["method", "from", *(f"{k.replace('_', ' ')} {arrows[k]}" for k in v["metrics"])],
+            [[m, v["families"][m], *(_cell(v["table"][m][k]) for k in v["metrics"])]
+             for m in v["methods"]],
+            caption=f"{_LABELS[key]}: mean ± half the 95 % interval over {v['images']} test "
+            "digits; best: " + ", ".join(f"{k} {b}" for k, b in v["best"].items()) + ".",
+        )
+        for key, v in f.items()
+    ]  # fmt: skip
+    return Section(
+        "Faithfulness: convscope's maps beside Captum's and Zennit's",
+        [
+            "Each method explains the predicted class of the same test digits; each metric "
+            "asks whether the map points at the pixels the network really uses. Deletion: "
+            "blank the pixels the map ranks highest first and measure how fast the class's "
+            "probability falls (area under the curve, lower is better); insertion: the "
+            "reverse, from a black image (higher is better); faithfulness correlation: do "
+            "random pixel sets with more attribution cost more score when removed (higher is "
+            "better). input_contribution is the linear interpreter's x * F^T e_t, "
+            "filter_score_map GFNN's filter-score pixel map; saliency and integrated "
+            "gradients are Captum's, lrp_epsilon_plus Zennit's. How to read it: compare a "
+            "column's numbers, taking the intervals into account: with this few digits, "
+            "overlapping intervals are a tie.",
+            f"Reproduce at full size (every method and metric, all 1,000 test digits): "
+            f"{g['command']} (and {f['regular_cnn']['command']}).",
+        ],
+        tables,
+        [Figure(f"{v['folder']}/examples.png",
+                f"{_LABELS[key]}: every method's map on two test digits.")
+         for key, v in f.items()],
+        [Link(f"{_LABELS[key]}: the evaluation page (scores, deletion and insertion curves)",
+              f"{v['folder']}/report.html") for key, v in f.items()],
+    )  # fmt: skip
+
+
+_TOUR = (
+    ("The fixed kernels", "Fixed-kernel networks (seed 000): which classic kernel, and which "
+     "pixel, GFNN's decisions used"),
+    ("The linear interpreter", "The linear interpreter (seed 001): each network, frozen at one "
+     "image, is exactly F x + r; votes, singular pairs, the biases' share"),
+    ("Filter decoding", "Filter decoding (seed 003): a deep filter drawn as the image pattern it "
+     "looks for"),
+    ("Spectral response", "Spectral response (seed 004): Maximum Gain per epoch as a training "
+     "diagnostic, and the transfer function"),
+    ("Faithfulness", "Faithfulness: how convscope's maps score beside Captum's and Zennit's"),
+    ("The NumPy CNN", "The NumPy CNN (seed 002): the textbook network written in NumPy alone, "
+     "on a page of its own"),
+)  # fmt: skip
+
+
+def _contents_section(sections: list[Section]) -> Section:
+    """The tour: one link per lens, to the first section of it (``sections`` follow this one)."""
+    links = [Link("The two models: accuracy and training curves", "#s2")]
+    for prefix, text in _TOUR:
+        hits = [i for i, s in enumerate(sections) if s.title.startswith(prefix)]
+        if not hits:
+            raise ConvscopeError(f"demo report: no section for {prefix!r}")  # a bug, not a user's
+        links.append(Link(text, f"#s{hits[0] + 2}"))  # this section is s1
+    return Section(
+        "A tour of five lenses",
+        [
+            "The demo trained GFNN (a first layer of 40 fixed classic kernels) and a regular "
+            "CNN (the same network, first layer learned) on the embedded MNIST subset, then "
+            "looked at them through each of convscope's five lenses. Each section below has "
+            "its figure, its numbers (also in metrics.json), a sentence on how to read it and "
+            "the command that reproduces it at full size."
+        ],
+        links=links,
     )
