@@ -37,6 +37,7 @@ PAGES = {
     "explain_lenet/explain_index.html": "explain on two images: the index page",
     "explain_lenet/digit_0/report.html": "explain --image, gradients (no kernel bank)",
     "explain_data/report.html": "explain --data",
+    "explain_svg/report.html": "explain --format svg,pdf: the page draws the SVGs",
     "decode/report.html": "decode (LeNet's conv4: 1 x 1 responses)",
     "spectrum_data/report.html": "spectrum --data",
     "spectrum/spectrum_index.html": "spectrum on two images: the index page",
@@ -87,6 +88,8 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     timed("explain", "explain", *gfnn, "--image", one, "--out", str(out / "explain"), quiet)
     timed("explain_lenet", "explain", *lenet, "--image", str(digits),
           "--out", str(out / "explain_lenet"), quiet)  # fmt: skip
+    timed("explain_svg", "explain", *lenet, "--image", one, "--format", "svg,pdf",
+          "--out", str(out / "explain_svg"), quiet)  # fmt: skip
     timed("explain_data", "explain", *gfnn, "--data", "mnist-subset", "--limit", "16",
           "--out", str(out / "explain_data"), quiet)  # fmt: skip
     timed("decode", "decode", *lenet, "--layer", "features.conv4", "--images", "16",
@@ -114,6 +117,8 @@ def browser() -> Iterator[Any]:
 def test_every_command_wrote_its_page(pages: Path) -> None:
     missing = [p for p in PAGES if not (pages / p).is_file()]
     assert not missing, missing
+    # the SVG page's figures are SVGs (the browser test below checks they draw)
+    assert 'src="attributions.svg"' in (pages / "explain_svg" / "report.html").read_text()
 
 
 def test_every_page_loads_clean_in_chromium(browser: Any, pages: Path) -> None:

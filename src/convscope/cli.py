@@ -880,6 +880,7 @@ def linear_explore(
 
 
 @numpy_cnn_app.command("walkthrough")
+@_shared({"formats": OUTPUT["formats"]})
 def numpy_cnn_walkthrough(
     out: OutDir = Path("walkthrough_output"),
     pairs: Annotated[
@@ -890,6 +891,7 @@ def numpy_cnn_walkthrough(
     seed: int = 0,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier walkthrough.")] = False,
+    options: Any = None,
 ) -> None:
     """Section 11.6.3: one learned 3x3 kernel read through line probes, and a hand-made one."""
     from convscope.runs import numpy_cnn_walkthrough as run
@@ -901,7 +903,7 @@ def numpy_cnn_walkthrough(
             raise ConvscopeError(f'--pairs: expected digits like "1:0,7:1", got {item!r}')
         parsed.append((int(a), int(b)))
     res = run.run(out, parsed, epochs=epochs, seeds=seeds, seed=seed, progress=progress,
-                  overwrite=overwrite)  # fmt: skip
+                  overwrite=overwrite, **options)  # fmt: skip
     for p in res.metrics["pairs"].values():
         typer.echo(
             f'"{p["positive"]}" vs "{p["negative"]}": learned kernel '

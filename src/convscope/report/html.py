@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,11 @@ __all__ = [
 
 @dataclass
 class Figure:
-    """A PNG next to the report and its caption."""
+    """A figure next to the report and its caption.
+
+    ``file`` names it as the run claimed it (``x.png``); where the run wrote only
+    ``x.svg`` or ``x.pdf`` (``--format``), the report shows that one.
+    """
 
     file: str
     caption: str = ""
@@ -92,6 +96,26 @@ def render_report(title: str, sections: list[Section], meta: dict[str, Any] | No
     )
 
 
+FIGURE_ORDER = (".png", ".svg", ".pdf")
+"""The format a report shows a figure in, of those written: a browser draws PNG and SVG in
+the page; a PDF alone (``--format pdf``) becomes a link."""
+
+
+def _shown(out: Path, fig: Figure) -> Figure:
+    """``fig`` with its file in the first format of :data:`FIGURE_ORDER` the run wrote.
+
+    Runs name their figures ``x.png``; under ``--format svg`` (or ``pdf``) only ``x.svg``
+    (or ``x.pdf``) is there.
+    """
+    stem, suffix = os.path.splitext(fig.file)
+    if suffix.lower() not in FIGURE_ORDER or (out / fig.file).is_file():
+        return fig
+    for ext in FIGURE_ORDER:
+        if (out / f"{stem}{ext}").is_file():
+            return replace(fig, file=f"{stem}{ext}")
+    return fig
+
+
 def write_report(
     out_dir: str | os.PathLike[str],
     title: str,
@@ -100,9 +124,16 @@ def write_report(
     *,
     name: str = "report",
 ) -> Path:
-    """Write ``<name>.html`` and ``<name>.json`` into ``out_dir``; return the HTML path."""
+    """Write ``<name>.html`` and ``<name>.json`` into ``out_dir``; return the HTML path.
+
+    Each figure is shown in the first of PNG, SVG, PDF that is there (see :func:`_shown`).
+
+    Raises:
+        ConvscopeError: a figure of the report in none of them.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    sections = [replace(s, figures=[_shown(out, f) for f in s.figures]) for s in sections]
     missing = [f.file for s in sections for f in s.figures if not (out / f.file).is_file()]
     if missing:
         raise ConvscopeError(f"report figures missing in {out}: {', '.join(missing)}")

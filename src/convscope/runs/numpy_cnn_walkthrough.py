@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,15 +32,15 @@ from convscope.numpy_cnn.walkthrough import (
     one_filter_network,
     probe_responses,
 )
-from convscope.runs.outputs import open_out
+from convscope.runs.outputs import Outputs, open_out
 from convscope.runs.result import RunResult
 
 __all__ = ["run"]
 
 
-def _run_pair(positive: int, negative: int, out: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+def _run_pair(positive: int, negative: int, o: Outputs, cfg: dict[str, Any]) -> dict[str, Any]:
     from convscope.numpy_cnn import plots
-    from convscope.report.figures import plot_training_curves, save_figure
+    from convscope.report.figures import plot_training_curves
 
     x, y = binary_task(positive, negative, "train")
     xt, yt = binary_task(positive, negative, "test")
@@ -86,7 +85,8 @@ def _run_pair(positive: int, negative: int, out: Path, cfg: dict[str, Any]) -> d
 
     tag = f"{positive}_vs_{negative}"
     probes_k, probes_f = probe_responses(k, b_k), probe_responses(f, b_f)
-    save_figure(
+    o.figure(
+        f"{tag}_kernels.png",
         plots.plot_kernels_and_probes(
             [k, f],
             ["learned K", "hand-made F = " + " + ".join(names)],
@@ -94,28 +94,28 @@ def _run_pair(positive: int, negative: int, out: Path, cfg: dict[str, Any]) -> d
             [f"K, b = {b_k:.2f}", f"F, b = {b_f:.2f}"],
             _PROBE_LABELS,
         ),
-        out / f"{tag}_kernels.png",
     )
     first = np.concatenate([np.flatnonzero(y == 1)[:4], np.flatnonzero(y == 0)[:4]])
     maps = [learned_net[0].forward(x[first])[:, 0], swapped[0].forward(x[first])[:, 0]]
     titles = [str(positive if y[i] == 1 else negative) for i in first]
-    save_figure(
+    o.figure(
+        f"{tag}_maps.png",
         plots.plot_response_maps(x[first, 0], titles, maps, ["K + b_K", "F + b_F"]),
-        out / f"{tag}_maps.png",
     )
-    save_figure(
+    o.figure(
+        f"{tag}_seeds.png",
         plots.plot_seed_probes(
             np.stack([s["probe_responses"] for s in seeds]),
             [s["test"]["accuracy"] for s in seeds],
             _PROBE_LABELS,
         ),
-        out / f"{tag}_seeds.png",
     )
     curves = {
         "learned K": learned_hist,
         "fixed F, dense retrained": retrained_hist,
     }
-    save_figure(
+    o.figure(
+        f"{tag}_training.png",
         plot_training_curves(
             {
                 name: {
@@ -126,7 +126,6 @@ def _run_pair(positive: int, negative: int, out: Path, cfg: dict[str, Any]) -> d
                 for name, h in curves.items()
             }
         ),
-        out / f"{tag}_training.png",
     )
 
     seed_probes = np.stack([s["probe_responses"] for s in seeds])
@@ -340,6 +339,7 @@ def run(
     seeds: int = 3,
     progress: bool = False,
     overwrite: bool = False,
+    formats: Sequence[str] = ("png",),
 ) -> RunResult:
     """Run the section 11.6.3 walkthrough and write figures, metrics.json and report.html.
 
@@ -353,6 +353,8 @@ def run(
         seeds: how many random starts to train per task (at least 1).
         progress: show progress bars.
         overwrite: replace the files of an earlier walkthrough in ``out_dir``.
+        formats: figure formats (``("png", "svg", "pdf")``); the report shows the first
+            of PNG, SVG, PDF among them.
 
     Returns:
         The :class:`~convscope.runs.RunResult`; its metrics are ``metrics.json``'s.
@@ -366,16 +368,16 @@ def run(
     owned = ["metrics.json", "report.html", "report.json", "line_probes.png"] + [
         f"{t}_{part}.png" for t in tags for part in ("kernels", "maps", "seeds", "training")
     ]
-    o = open_out(out_dir, owned, overwrite=overwrite)
+    o = open_out(out_dir, owned, overwrite=overwrite, formats=formats)
     out = o.folder
     with o.interruptible():
-        metrics = _walk(out, pairs, epochs, batch_size, lr, seed, seeds, progress)
+        metrics = _walk(o, pairs, epochs, batch_size, lr, seed, seeds, progress)
     # what metrics.json holds: plain JSON values, not the NumPy arrays the analysis returned
     return RunResult(out, o.finished(), to_jsonable(metrics))
 
 
 def _walk(
-    out: Path,
+    o: Outputs,
     pairs: Sequence[tuple[int, int]],
     epochs: int,
     batch_size: int,
@@ -386,9 +388,9 @@ def _walk(
 ) -> dict[str, Any]:
     from convscope.io import write_json
     from convscope.numpy_cnn import plots
-    from convscope.report.figures import save_figure
     from convscope.report.html import write_report
 
+    out = o.folder
     cfg = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -397,9 +399,7 @@ def _walk(
         "seeds": seeds,
         "progress": progress,
     }
-    save_figure(
-        plots.plot_line_probes(kb.bank_array(PROBE_NAMES), _PROBE_LABELS), out / "line_probes.png"
-    )
+    o.figure("line_probes.png", plots.plot_line_probes(kb.bank_array(PROBE_NAMES), _PROBE_LABELS))
     metrics: dict[str, Any] = {
         "description": "seed 002 section 11.6.3 walkthrough on MNIST digit pairs",
         "settings": {k: v for k, v in cfg.items() if k != "progress"}
@@ -412,7 +412,7 @@ def _walk(
     }
     for positive, negative in pairs:
         metrics["pairs"][f"{positive}_vs_{negative}"] = _run_pair(
-            int(positive), int(negative), out, cfg
+            int(positive), int(negative), o, cfg
         )
     write_json(out / "metrics.json", metrics)
     write_report(
