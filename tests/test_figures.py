@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +101,59 @@ def test_signed_colours_white_at_zero_symmetric() -> None:
     assert (rgb[0, 2] >= 254).all()
     # -1 and +1 equally far from white (to the colour table's 256 steps)
     assert np.abs(rgb[0, 1].astype(int) - rgb[0, 3][::-1]).max() <= 2
+
+
+# -- the package's style ------------------------------------------------------------------
+
+
+def test_every_plot_function_draws_in_the_package_style() -> None:
+    from convscope.report import decoding_figures, evaluation_figures, linear_figures
+
+    unstyled = [
+        f"{m.__name__}.{name}"
+        for m in (figs, decoding_figures, evaluation_figures, linear_figures)
+        for name in dir(m)
+        if name.startswith("plot_") and not getattr(getattr(m, name), "styled", False)
+    ]
+    assert unstyled == []
+    assert figs.STYLE.is_file()
+
+
+def curves() -> Figure:
+    return figs.plot_training_curves(
+        {"net": {"train_loss": [1.0, 0.5], "test_loss": [1.1, 0.7], "test_acc": [0.5, 0.8]}}
+    )
+
+
+def test_the_style_holds_while_drawing_and_saving_only(tmp_path: Path) -> None:
+    import matplotlib as mpl
+
+    before = dict(mpl.rcParams)
+    fig = curves()
+    loss = fig.axes[0]
+    # the style's sizes where the function sets none (matplotlib's own: 10 and 10)
+    assert loss.xaxis.label.get_fontsize() == 8.0
+    assert loss.get_legend().get_texts()[0].get_fontsize() == 7.0
+    assert loss.get_legend().get_frame_on() is False
+    figs.save_figure(fig, tmp_path / "c.pdf", close=False)
+    figs.save_figure(fig, tmp_path / "c.svg")
+    # the caller's settings are untouched
+    assert dict(mpl.rcParams) == before
+    from matplotlib.font_manager import FontProperties
+
+    _, ax = plt.subplots()
+    ax.set_xlabel("x")
+    theirs = FontProperties(size=mpl.rcParams["axes.labelsize"]).get_size_in_points()
+    assert ax.xaxis.label.get_fontsize() == theirs != 8.0
+    # vector output for papers: TrueType fonts in the PDF, text as text in the SVG
+    pdf = (tmp_path / "c.pdf").read_bytes()
+    assert b"/FontFile2" in pdf and b"/Type3" not in pdf
+    svg = (tmp_path / "c.svg").read_text()
+    assert "<text" in svg and ">epoch</text>" in svg
+
+
+def test_the_same_figure_gives_the_same_svg(tmp_path: Path) -> None:
+    figs.save_figure(curves(), tmp_path / "a.svg")
+    figs.save_figure(curves(), tmp_path / "b.svg")
+    strip = lambda s: re.sub(r"<dc:date>[^<]*</dc:date>", "", s)  # noqa: E731
+    assert strip((tmp_path / "a.svg").read_text()) == strip((tmp_path / "b.svg").read_text())

@@ -15,7 +15,7 @@ from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
 from convscope.errors import ConvscopeError
-from convscope.report.figures import _grey_imshow, _signed_imshow
+from convscope.report.figures import _grey_imshow, _signed_imshow, styled
 
 __all__ = [
     "plot_decoded_filters",
@@ -39,6 +39,7 @@ def _show_filter(ax: plt.Axes, f: np.ndarray, title: str = "") -> None:
     ax.axis("off")
 
 
+@styled
 def plot_decoded_filters(
     filters: np.ndarray,
     thresholded: np.ndarray | None = None,
@@ -75,6 +76,7 @@ def plot_decoded_filters(
     return fig
 
 
+@styled
 def plot_max_activation_matrix(
     filters: np.ndarray,
     thresholded: np.ndarray,
@@ -126,6 +128,7 @@ def plot_max_activation_matrix(
     return fig
 
 
+@styled
 def plot_top_images(
     filters: np.ndarray,
     images: np.ndarray,
@@ -151,6 +154,7 @@ def plot_top_images(
     return fig
 
 
+@styled
 def plot_response_comparison(
     image: np.ndarray,
     network: np.ndarray,
@@ -229,6 +233,7 @@ def _response_cells(
     return fig
 
 
+@styled
 def plot_three_views(
     images: np.ndarray,
     decoded: np.ndarray,

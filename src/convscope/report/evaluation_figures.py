@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from convscope.report.figures import Figure, _grey_imshow, _signed_imshow, plt
+from convscope.report.figures import Figure, _grey_imshow, _signed_imshow, plt, styled
 
 __all__ = ["plot_curves", "plot_examples", "plot_scores"]
 
@@ -21,6 +21,7 @@ def _colours(methods: Sequence[str]) -> dict[str, tuple[float, float, float, flo
     return {m: cmap(i % 20) for i, m in enumerate(methods)}
 
 
+@styled
 def plot_curves(
     curves: Mapping[str, Mapping[str, np.ndarray]], families: Mapping[str, str]
 ) -> Figure:
@@ -50,6 +51,7 @@ def plot_curves(
     return fig
 
 
+@styled
 def plot_scores(
     table: Mapping[str, Mapping[str, Mapping[str, float]]],
     metrics: Sequence[str],
@@ -83,6 +85,7 @@ def plot_scores(
     return fig
 
 
+@styled
 def plot_examples(
     images: np.ndarray, maps: Mapping[str, np.ndarray], titles: Sequence[str]
 ) -> Figure:

@@ -6,9 +6,11 @@ Each ``plot_*`` function returns a :class:`matplotlib.figure.Figure`;
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import matplotlib
 
@@ -23,6 +25,7 @@ from convscope.errors import ConvscopeError  # noqa: E402
 from convscope.io import atomic_path  # noqa: E402
 
 __all__ = [
+    "STYLE",
     "plot_attribution_comparison",
     "plot_class_filter_scores",
     "plot_contact_sheet",
@@ -32,6 +35,7 @@ __all__ = [
     "plot_transfer_function",
     "save_figure",
     "signed_colours",
+    "styled",
 ]
 
 # One colour per seed-000 Fig. 4 category, stable across figures.
@@ -55,10 +59,32 @@ _CATEGORY_COLOURS = {
 _SHORT = {"second_derivative": "2nd der.", "first_derivative": "1st der."}
 
 
+STYLE = Path(__file__).with_name("convscope.mplstyle")
+"""The package's matplotlib style sheet: fonts, sizes, vector-output settings."""
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def styled(fn: _F) -> _F:
+    """Draw under :data:`STYLE`: the decorator of every ``plot_*`` function.
+
+    The style holds only while the figure is made (and, through :func:`save_figure`,
+    saved); the caller's matplotlib settings are as they were afterwards.
+    """
+
+    @functools.wraps(fn)
+    def draw(*args: Any, **kwargs: Any) -> Any:
+        with plt.style.context(STYLE):
+            return fn(*args, **kwargs)
+
+    draw.styled = True  # type: ignore[attr-defined]
+    return draw  # type: ignore[return-value]
+
+
 def save_figure(
     fig: Figure, path: str | os.PathLike[str], dpi: int = 110, *, close: bool = True
 ) -> Path:
-    """Write ``fig`` atomically in the format its suffix names (png, svg, pdf).
+    """Write ``fig`` atomically in the format its suffix names (png, svg, pdf), in :data:`STYLE`.
 
     Args:
         fig: The figure.
@@ -72,7 +98,7 @@ def save_figure(
         raise ConvscopeError(f"{dst}: figures are written as .png, .svg or .pdf")
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with atomic_path(dst) as tmp:
+        with atomic_path(dst) as tmp, plt.style.context(STYLE):
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
     finally:
         if close:
@@ -123,6 +149,7 @@ def _grey_imshow(ax: plt.Axes, img: np.ndarray, title: str = "") -> None:
     ax.axis("off")
 
 
+@styled
 def plot_kernel_bank(weights: np.ndarray, names: Sequence[str], ncols: int = 8) -> Figure:
     """The kernels of a bank as small signed images with their names.
 
@@ -142,6 +169,7 @@ def plot_kernel_bank(weights: np.ndarray, names: Sequence[str], ncols: int = 8) 
     return fig
 
 
+@styled
 def plot_class_filter_scores(
     scores: np.ndarray,
     kernel_names: Sequence[str],
@@ -189,6 +217,7 @@ def plot_class_filter_scores(
     return fig
 
 
+@styled
 def plot_top_filter_images(
     images: np.ndarray,
     score_images: np.ndarray,
@@ -219,6 +248,7 @@ def plot_top_filter_images(
     return fig
 
 
+@styled
 def plot_attribution_comparison(
     images: np.ndarray,
     maps: dict[str, np.ndarray],
@@ -241,6 +271,7 @@ def plot_attribution_comparison(
     return fig
 
 
+@styled
 def plot_training_curves(histories: dict[str, dict[str, list[float]]]) -> Figure:
     """Loss and test accuracy per epoch for several runs."""
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -276,6 +307,7 @@ def signed_colours(img: np.ndarray, lim: float | None = None) -> tuple[np.ndarra
     return np.rint(255 * np.asarray(rgba)[..., :3]).astype(np.uint8), lim
 
 
+@styled
 def plot_contact_sheet(
     tiles: Sequence[np.ndarray],
     titles: Sequence[str],
@@ -324,6 +356,7 @@ def plot_contact_sheet(
     return fig
 
 
+@styled
 def plot_transfer_function(
     derivative: np.ndarray, spectrum: np.ndarray, gains: Sequence[float], title: str = ""
 ) -> Figure:
@@ -354,6 +387,7 @@ def plot_transfer_function(
     return fig
 
 
+@styled
 def plot_class_gains(
     classes: Sequence[str],
     channels: Sequence[str],
@@ -388,6 +422,7 @@ def plot_class_gains(
     return fig
 
 
+@styled
 def plot_mean_spectra(spectra: dict[str, np.ndarray], title: str = "", ncols: int = 5) -> Figure:
     """Mean amplitude spectra (dB, DC in the centre) per class, first channel, on one scale.
 
@@ -426,6 +461,7 @@ def plot_mean_spectra(spectra: dict[str, np.ndarray], title: str = "", ncols: in
     return fig
 
 
+@styled
 def plot_radial_profiles(
     frequencies: np.ndarray,
     profiles: dict[str, np.ndarray],
@@ -460,6 +496,7 @@ def plot_radial_profiles(
     return fig
 
 
+@styled
 def plot_max_gain_curves(curves: dict[str, Sequence[float]]) -> Figure:
     """Maximum Gain (dB) per epoch, one line per model (seed 004 Figs. 7-9)."""
     fig, ax = plt.subplots(figsize=(4.6, 3.0))

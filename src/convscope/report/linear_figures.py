@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from convscope.errors import ConvscopeError
-from convscope.report.figures import _grey_imshow, _signed_imshow
+from convscope.report.figures import _grey_imshow, _signed_imshow, styled
 
 __all__ = [
     "masked_image",
@@ -114,6 +114,7 @@ def _vote_map(
     ax.axis("off")
 
 
+@styled
 def plot_pixel_votes(
     images: np.ndarray | Sequence[np.ndarray],
     votes: np.ndarray | Sequence[np.ndarray],
@@ -200,6 +201,7 @@ def plot_pixel_votes(
     return fig
 
 
+@styled
 def plot_contribution_histogram(
     names: Sequence[str],
     series: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -275,6 +277,7 @@ def plot_contribution_histogram(
     return fig
 
 
+@styled
 def plot_residual_shares(shares: Mapping[str, np.ndarray], *, title: str = "") -> Figure:
     """Seed 001 Table 3 / 4 as distributions: residual share ``r_c / y_c`` per model.
 
@@ -312,6 +315,7 @@ def plot_residual_shares(shares: Mapping[str, np.ndarray], *, title: str = "") -
     return fig
 
 
+@styled
 def plot_score_split(
     labels: Sequence[str],
     inputs: np.ndarray,
@@ -357,6 +361,7 @@ def plot_score_split(
     return fig
 
 
+@styled
 def plot_signed_maps(
     maps: Sequence[np.ndarray],
     titles: Sequence[str],
@@ -417,6 +422,7 @@ def _crop(m: np.ndarray, centre: tuple[int, int], window: int) -> np.ndarray:
     return out
 
 
+@styled
 def plot_filter_maps(
     image: np.ndarray,
     maps: np.ndarray,
@@ -479,6 +485,7 @@ def plot_filter_maps(
     return fig
 
 
+@styled
 def plot_svd_pairs(
     S: np.ndarray,
     U: np.ndarray,
@@ -535,6 +542,7 @@ def plot_svd_pairs(
     return fig
 
 
+@styled
 def plot_attack(
     clean: np.ndarray,
     adversarial: np.ndarray,
@@ -620,6 +628,7 @@ def plot_attack(
     return fig
 
 
+@styled
 def plot_histogram(
     edges: Sequence[float],
     counts: Sequence[int],
@@ -662,6 +671,7 @@ def plot_histogram(
     return fig
 
 
+@styled
 def plot_vote_frequency(frequency: np.ndarray, *, title: str = "") -> Figure:
     """The fraction of images in which each pixel votes for the image's top-1 class.
 
