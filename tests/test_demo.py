@@ -47,7 +47,7 @@ def test_quick_demo_writes_a_complete_report(tmp_path: Path) -> None:
     from convscope.runs.sources import resolve_model
 
     for key, v in lin.items():
-        assert v["images"] == 100 and len(v["checks"]) == 3
+        assert v["images"] == 50 and len(v["checks"]) == 3
         net = resolve_model(str(tmp_path / f"{key}.pt"), dtype=torch.float64, warn=False).module
         x0 = torch.from_numpy(load_mnist_subset("test").images[:1].copy()).double()
         with torch.no_grad():
@@ -123,14 +123,14 @@ def test_quick_demo_writes_a_complete_report(tmp_path: Path) -> None:
     from convscope.evaluate import interval, score_batch
 
     for key, f in on_disk["faithfulness"].items():
-        assert f["images"] == 8 and f["metrics"] == list(demo.EVALUATE_METRICS)
+        assert f["images"] == 4 and f["metrics"] == list(demo.EVALUATE_METRICS)
         assert ("filter_score_map" in f["methods"]) == (key == "gfnn")  # needs the bank
         assert {f["families"][m] for m in f["methods"]} == {"convscope", "captum", "zennit"}
         net = load_checkpoint(tmp_path / f"{key}.pt")[0].eval()
         with torch.no_grad():
-            t = net(test_x[:8]).argmax(1)
+            t = net(test_x[:4]).argmax(1)
         again = ["input_contribution", "lrp_epsilon_plus"]
-        b = score_batch(net, test_x[:8], t, again, f["metrics"], f["seed"])
+        b = score_batch(net, test_x[:4], t, again, f["metrics"], f["seed"])
         for meth in again:
             for k in f["metrics"]:
                 want = interval(b.scores[meth][k])

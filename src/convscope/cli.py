@@ -255,7 +255,9 @@ def demo(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in --out.")] = False,
 ) -> None:
-    """Train GFNN and a regular CNN on the embedded MNIST subset and write report.html."""
+    """Train GFNN and a regular CNN on the embedded MNIST subset; report.html tours the five
+    lenses on them (filter scores, the linear interpreter, filter decoding, the spectral
+    response, the NumPy CNN) and compares their maps' faithfulness with Captum's and Zennit's."""
     from convscope.runs import demo as run
 
     res = run.run(out, quick=quick, epochs=epochs, seed=seed, progress=progress,
