@@ -3,9 +3,10 @@
 A page fails on an image that did not load (a figure the report names but nobody wrote,
 or a file the browser cannot decode: ``naturalWidth`` 0), on a console error, or on a
 link to a local file that is not there. The pages come from the commands themselves, run
-once per module with their cheapest settings (``demo --quick --epochs 1`` and the
-committed LeNet checkpoint); the browser is the system Chromium (``make browser``, which
-``make test`` runs first; without it these tests skip and say how to install it).
+once per module with their cheapest settings on the committed LeNet checkpoint and on
+the GFNN of the session's one ``demo --quick`` (the ``quick_demo`` fixture, whose pages
+are checked too). The browser is the system Chromium (``make browser``, which ``make
+test`` runs first); without it these tests skip and say how to install it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import _browser
 import numpy as np
 import pytest
 from _browser import chromium_or_skip
+from conftest import QuickDemo
 from PIL import Image
 
 from convscope.cli import main
@@ -65,7 +67,8 @@ def cli(*args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def pages(tmp_path_factory: pytest.TempPathFactory, quick_demo: QuickDemo) -> dict[str, Path]:
+    """Page name (as in PAGES) -> its file, for every HTML file the commands wrote."""
     out = tmp_path_factory.mktemp("pages")
     digits = out / "digits"
     digits.mkdir()
@@ -83,8 +86,7 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         cli(*args)
         timings[name] = time.perf_counter() - t
 
-    timed("demo", "demo", "--quick", "--epochs", "1", "--out", str(out / "demo"), quiet)
-    gfnn = ("--model", str(out / "demo" / "gfnn" / "checkpoint.pt"), "--device", "cpu")
+    gfnn = ("--model", str(quick_demo.out / "gfnn.pt"), "--device", "cpu")
     timed("explain", "explain", *gfnn, "--image", one, "--out", str(out / "explain"), quiet)
     timed("explain_lenet", "explain", *lenet, "--image", str(digits),
           "--out", str(out / "explain_lenet"), quiet)  # fmt: skip
@@ -106,7 +108,10 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     timed("walkthrough", "numpy-cnn", "walkthrough", "--pairs", "1:0", "--epochs", "2",
           "--seeds", "1", "--out", str(out / "walkthrough"))  # fmt: skip
     print("page generation (s):", {k: round(v, 1) for k, v in timings.items()})
-    yield out
+    found = {f"demo/{p.relative_to(quick_demo.out).as_posix()}": p
+             for p in quick_demo.out.rglob("*.html")}  # fmt: skip
+    found |= {p.relative_to(out).as_posix(): p for p in out.rglob("*.html")}
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -114,20 +119,18 @@ def browser() -> Iterator[Any]:
     yield from chromium_or_skip()
 
 
-def test_every_command_wrote_its_page(pages: Path) -> None:
-    missing = [p for p in PAGES if not (pages / p).is_file()]
+def test_every_command_wrote_its_page(pages: dict[str, Path]) -> None:
+    missing = [p for p in PAGES if p not in pages]
     assert not missing, missing
     # the SVG page's figures are SVGs (the browser test below checks they draw)
-    assert 'src="attributions.svg"' in (pages / "explain_svg" / "report.html").read_text()
+    assert 'src="attributions.svg"' in pages["explain_svg/report.html"].read_text()
 
 
-def test_every_page_loads_clean_in_chromium(browser: Any, pages: Path) -> None:
-    written = sorted(str(p.relative_to(pages)) for p in pages.rglob("*.html"))
-    # every page the commands wrote is checked, not only the ones named above
-    assert set(PAGES) <= set(written)
+def test_every_page_loads_clean_in_chromium(browser: Any, pages: dict[str, Path]) -> None:
+    # every page the commands wrote is checked, not only the ones named in PAGES
+    assert set(PAGES) <= set(pages)
     problems: dict[str, Any] = {}
-    for rel in written:
-        page = pages / rel
+    for rel, page in sorted(pages.items()):
         _browser.load(browser, page, ready=rel in READY)
         broken = _browser.broken_images(browser)
         errors = _browser.console_errors(browser)
