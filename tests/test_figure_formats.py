@@ -118,3 +118,24 @@ def test_a_figure_in_no_format_is_still_an_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConvscopeError, match="report figures missing .*: gone.png"):
         write_report(tmp_path, "t", [Section("s", figures=[Figure("gone.png")])])
+
+
+def test_walkthrough_figures_are_drawn_in_the_package_style(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import matplotlib as mpl
+
+    from convscope.numpy_cnn import plots
+
+    seen = []
+    draw = plots.plot_line_probes
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append((mpl.rcParams["svg.fonttype"], mpl.rcParams["axes.labelsize"]))
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "plot_line_probes", spy)
+    cli("numpy-cnn", "walkthrough", "--pairs", "1:0", "--epochs", "1", "--seeds", "1",
+        "--out", str(tmp_path / "walk"))  # fmt: skip
+    assert seen == [("none", 8.0)]  # convscope.mplstyle's, not matplotlib's ("path", "medium")
+    assert mpl.rcParams["svg.fonttype"] == "path"

@@ -371,7 +371,10 @@ def run(
     o = open_out(out_dir, owned, overwrite=overwrite, formats=formats)
     out = o.folder
     with o.interruptible():
-        metrics = _walk(o, pairs, epochs, batch_size, lr, seed, seeds, progress)
+        # the NumPy CNN draws its own figures (numpy_cnn.plots): in the package's style too
+        from convscope.report.figures import styled
+
+        metrics = styled(_walk)(o, pairs, epochs, batch_size, lr, seed, seeds, progress)
     # what metrics.json holds: plain JSON values, not the NumPy arrays the analysis returned
     return RunResult(out, o.finished(), to_jsonable(metrics))
 
