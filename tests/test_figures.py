@@ -69,6 +69,20 @@ def test_top_filters_title_clears_the_panel_titles() -> None:
         assert sum(b.overlaps(p) for p in pictures) <= 1
 
 
+def test_kernel_bank_title_sits_just_above_the_kernels() -> None:
+    from convscope import kernels as kb
+
+    names = [k.name for k in kb.gfnn_bank()]
+    fig = figs.plot_kernel_bank(kb.bank_array(names), names)
+    assert overlaps_with_title(fig) == []
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    title = fig._suptitle.get_window_extent(renderer)  # type: ignore[attr-defined]
+    top = max(ax.get_tightbbox(renderer).y1 for ax in fig.axes)
+    # no band of empty figure between the title and the first row (it was an inch)
+    assert 0 <= title.y0 - top < 0.15 * fig.dpi
+
+
 def test_contact_sheet_draws_signed_tiles_on_a_scale_centred_at_zero() -> None:
     photo = RNG.integers(0, 256, (16, 16), dtype=np.uint8)
     signed = RNG.normal(size=(16, 16)) * 300

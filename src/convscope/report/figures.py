@@ -158,7 +158,8 @@ def plot_kernel_bank(weights: np.ndarray, names: Sequence[str], ncols: int = 8) 
     """
     k = len(names)
     nrows = int(np.ceil(k / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.4 * ncols, 1.5 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.4 * ncols, 1.5 * nrows + 0.3),
+                             squeeze=False, layout="constrained")  # fmt: skip
     for i, ax in enumerate(axes.flat):
         if i < k:
             _signed_imshow(ax, weights[i], f"{i}: {names[i]}")
