@@ -171,3 +171,19 @@ def test_the_same_figure_gives_the_same_svg(tmp_path: Path) -> None:
     figs.save_figure(curves(), tmp_path / "b.svg")
     strip = lambda s: re.sub(r"<dc:date>[^<]*</dc:date>", "", s)  # noqa: E731
     assert strip((tmp_path / "a.svg").read_text()) == strip((tmp_path / "b.svg").read_text())
+
+
+def test_numpy_cnn_response_maps_have_a_colour_bar_per_row() -> None:
+    from convscope.numpy_cnn import plots
+
+    images = RNG.random((3, 8, 8))
+    maps = [RNG.normal(size=(3, 6, 6)), 5 * RNG.normal(size=(3, 6, 6))]
+    fig = plots.plot_response_maps(images, ["1", "1", "0"], maps, ["K + b_K", "F + b_F"])
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 2
+    for mp, bar in zip(maps, bars, strict=True):
+        lim = float(np.abs(mp).max())
+        assert bar.get_ylim() == pytest.approx((-lim, lim))  # symmetric about 0
+    shown = [a.get_images()[0] for a in fig.axes if a.get_images() and a not in bars]
+    signed = [im for im in shown if im.get_cmap().name == "bwr"]
+    assert len(signed) == 6 and all(im.norm.vmin == -im.norm.vmax for im in signed)

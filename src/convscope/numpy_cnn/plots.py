@@ -97,19 +97,24 @@ def plot_response_maps(
     """
     m = images.shape[0]
     rows = 1 + len(maps)
-    fig, axes = plt.subplots(rows, m, figsize=(1.3 * m, 1.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, m, figsize=(1.3 * m + 0.7, 1.4 * rows), squeeze=False,
+                             layout="constrained")  # fmt: skip
     for j in range(m):
         axes[0, j].imshow(images[j], cmap="gray", vmin=0, vmax=1)
         axes[0, j].set_title(image_titles[j], fontsize=8)
     for r, (mp, name) in enumerate(zip(maps, map_names, strict=True), start=1):
         lim = float(np.abs(mp).max()) or 1.0
         for j in range(m):
-            axes[r, j].imshow(mp[j], cmap="bwr", norm=TwoSlopeNorm(0.0, -lim, lim))
+            im = axes[r, j].imshow(mp[j], cmap="bwr", norm=TwoSlopeNorm(0.0, -lim, lim))
         axes[r, 0].set_ylabel(name, fontsize=8)
+        # one scale per row (every map of a kernel on it), symmetric about 0
+        bar = fig.colorbar(im, ax=axes[r, :].tolist(), fraction=0.03, pad=0.01,
+                           ticks=[-lim, 0.0, lim])  # fmt: skip
+        bar.ax.set_yticklabels([f"{-lim:.2g}", "0", f"{lim:.2g}"])
+        bar.ax.tick_params(labelsize=6, length=2)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
     return fig
 
 
