@@ -116,8 +116,8 @@ def test_quick_demo_writes_a_complete_report(tmp_path: Path) -> None:
         assert dec["reconstruction_error"][mode]["mean"] == pytest.approx(e.mean, rel=1e-6)
         assert dec["reconstruction_error"][mode]["std"] == pytest.approx(e.std, rel=1e-6)
     assert 0.005 < dec["reconstruction_error"]["nearest"]["mean"] < 0.03  # seed 003: 0.012
-    assert 'src="decode_lenet/decoded_filters.png"' in html
-    assert (tmp_path / "decode_lenet" / "report.html").is_file()
+    assert dec["shown"] == demo.DECODE_SHOWN and 'src="decoded_filters.png"' in html
+    assert dec["command"].startswith("convscope decode --model experiments/results/decoding/")
     # faithfulness: the evaluate table of both models, recomputed for convscope's and
     # Zennit's maps from the library
     from convscope.evaluate import interval, score_batch
@@ -175,7 +175,7 @@ def test_full_demo_reaches_97_percent(tmp_path: Path) -> None:
 def test_decoding_without_the_committed_lenet_says_so_and_how(tmp_path: Path) -> None:
     # convscope installed without the repository: the section names the file and the fix
     lines: list[str] = []
-    d = demo._decoding(tmp_path, tmp_path / "lenet_mnist.pt", True, False, lines.append)
+    d = demo._decoding(tmp_path, tmp_path / "lenet_mnist.pt", True, lines.append)
     assert "lenet_mnist.pt not found" in d["missing"] and "train_lenet.py" in d["missing"]
     section = demo._decoding_section(d)
     assert not section.figures and any("Not shown" in p for p in section.paragraphs)

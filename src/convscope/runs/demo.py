@@ -5,7 +5,7 @@ This run only orchestrates: training comes from :mod:`convscope.train`, numbers 
 :mod:`convscope.attribution` (filter scores), :mod:`convscope.linear` and
 ``linear contributions --data`` (f(x0) = F x0 + r on three digits, one digit's pixel votes
 and top singular pair, the residual share over the test split; one folder per model,
-``linear_gfnn/`` ...), ``convscope decode`` (the committed LeNet's layer 5, ``decode_lenet/``),
+``linear_gfnn/`` ...), :mod:`convscope.decoding` (the committed LeNet's layer 5),
 :mod:`convscope.spectral` (Maximum Gain per epoch, the transfer function), ``convscope
 evaluate`` (faithfulness of convscope's, Captum's and Zennit's maps, ``evaluate_gfnn/`` ...)
 and the NumPy CNN's walkthrough (``numpy_cnn/``); pictures from :mod:`convscope.report`.
@@ -57,6 +57,7 @@ OWNED = (
     "transfer_function.png",
     "linear_votes.png",
     "linear_svd.png",
+    "decoded_filters.png",
 )
 NUMPY_DIR = "numpy_cnn"
 """The NumPy CNN walkthrough's page and figures."""
@@ -69,8 +70,11 @@ LENET = (
 )
 """The committed LeNet of seed 003's experiment (``experiments/train_lenet.py``)."""
 DECODE_DIR = "decode_lenet"
+"""The ``--out`` of the full-size ``convscope decode`` command the report gives."""
 DECODE_LAYER = "features.conv3"
 """LeNet's 500 filters of seed 003's layer 5 (4x4 over 50 maps, 1x1 output)."""
+DECODE_SHOWN = 20
+"""Decoded filters drawn in the report."""
 EVALUATE_DIRS = {"gfnn": "evaluate_gfnn", "regular_cnn": "evaluate_regular_cnn"}
 """Each model's ``convscope evaluate`` run."""
 EVALUATE_METHODS = ("input_contribution", "filter_score_map", "saliency",
@@ -186,8 +190,8 @@ def run(
 
     Writes into ``out_dir``: both checkpoints, per-model ``metrics.json`` files, the
     PNG figures, a top-level ``metrics.json`` and ``report.html``; and the folders of the
-    runs it calls (``linear_gfnn/``, ``decode_lenet/``, ``evaluate_gfnn/``, ``numpy_cnn/``
-    ...), each with its own page.
+    runs it calls (``linear_gfnn/``, ``evaluate_gfnn/``, ``numpy_cnn/`` ...), each with its
+    own page.
 
     Args:
         quick: 2 epochs on half the training split, and smaller samples of test digits
@@ -360,7 +364,7 @@ def _demo(
 
     # -- filter decoding (seed 003) on the committed LeNet ----------------------------
     t_phase = time.perf_counter()
-    decoding = _decoding(out, LENET, quick, overwrite, log)
+    decoding = _decoding(out, LENET, quick, log)
     phases["decoding"] = round(time.perf_counter() - t_phase, 1)
 
     # -- faithfulness: convscope's maps beside Captum's and Zennit's ----------------------
@@ -670,15 +674,22 @@ def _numpy_section(numpy_cnn: dict[str, Any]) -> Section:
     )
 
 
-def _decoding(out: Path, lenet: Path, quick: bool, overwrite: bool, log: Log) -> dict[str, Any]:
-    """Seed 003's layer 5 of the committed LeNet decoded to image space (``convscope decode``).
+def _decoding(out: Path, lenet: Path, quick: bool, log: Log) -> dict[str, Any]:
+    """Seed 003's layer 5 of the committed LeNet decoded to image space, with its error.
 
     GFNN's own deeper filters cannot be decoded yet (decoding does not substitute through
-    its fixed kernel bank), so the lens is shown on the network of its paper. Without the
-    checkpoint (convscope installed without the repository) the section says so and how to
-    make it, and nothing else is computed.
+    its fixed kernel bank), so the lens is shown on the network of its paper. Computed
+    through :mod:`convscope.decoding` directly: the filters (nearest unpooling), the first
+    :data:`DECODE_SHOWN` drawn into ``decoded_filters.png``, and the reconstruction error
+    of every unpooling mode over the first test digits (``convscope decode`` adds the
+    top-activating images and the response figures on a page of its own). Without the
+    checkpoint (convscope installed without the repository) the section says so and how
+    to make it, and nothing is computed.
     """
-    from convscope.runs import decode
+    from convscope.data import load_dataset
+    from convscope.decoding import UNPOOL_MODES, decode, reconstruction_error, threshold_filters
+    from convscope.report.decoding_figures import plot_decoded_filters
+    from convscope.runs.sources import resolve_model
 
     command = (f"convscope decode --model experiments/results/decoding/{lenet.name} "
                f"--layer {DECODE_LAYER} --out {DECODE_DIR}")  # fmt: skip
@@ -689,23 +700,30 @@ def _decoding(out: Path, lenet: Path, quick: bool, overwrite: bool, log: Log) ->
         return {"missing": why, "command": command}
     images = 100 if quick else 1000
     log(f"filter decoding: LeNet {DECODE_LAYER} over {images} test images ...")
-    res = decode.run(str(lenet), DECODE_LAYER, out / DECODE_DIR, n_images=images,
-                     max_filters=20, overwrite=overwrite)  # fmt: skip
-    m = res.metrics
+    net = resolve_model(str(lenet), warn=False).module.eval()
+    dec = decode(net, DECODE_LAYER, "nearest")
+    x = torch.from_numpy(load_dataset("mnist-subset", "test").images[:images].copy())
+    errors = {m: reconstruction_error(net, DECODE_LAYER, x, m) for m in UNPOOL_MODES}
+    shown = dec.filters[:DECODE_SHOWN].detach().cpu()
+    figs.save_figure(
+        plot_decoded_filters(
+            shown.numpy(),
+            threshold_filters(shown).numpy(),
+            title=f"LeNet {DECODE_LAYER} (seed 003 layer 5): decoded filters, thresholded below",
+        ),
+        out / "decoded_filters.png",
+    )
     return {
-        "folder": DECODE_DIR,
         "checkpoint": str(lenet),
-        "layer": m["layer"],
+        "layer": dec.layer,
         "paper_layer": 5,
-        "filters_shape": m["filters_shape"],
-        "chain": m["chain"],
-        "n_images": m["n_images"],
-        "reconstruction_error": {k: {"mean": v["mean"], "std": v["std"]}
-                                 for k, v in m["reconstruction_error"].items()},
-        "biases_as_error": {k: {"mean": v["mean"], "std": v["std"]}
-                            for k, v in m["reconstruction_error_biases_as_error"].items()},
+        "filters_shape": list(dec.filters.shape),
+        "chain": dec.chain,
+        "n_images": len(x),
+        "shown": len(shown),
+        "reconstruction_error": {m: {"mean": e.mean, "std": e.std} for m, e in errors.items()},
         "command": command,
-    }  # fmt: skip
+    }
 
 
 def _decoding_section(d: dict[str, Any]) -> Section:
@@ -718,11 +736,8 @@ def _decoding_section(d: dict[str, Any]) -> Section:
     if "missing" in d:
         return Section(title, [why_lenet, f"Not shown: {d['missing']}.",
                                f"Reproduce: {d['command']}."])  # fmt: skip
-    rows = [
-        [mode, f"{v['mean']:.4f} ± {v['std']:.4f}",
-         f"{d['biases_as_error'][mode]['mean']:.4f} ± {d['biases_as_error'][mode]['std']:.4f}"]
-        for mode, v in d["reconstruction_error"].items()
-    ]  # fmt: skip
+    rows = [[mode, f"{v['mean']:.4f} ± {v['std']:.4f}"]
+            for mode, v in d["reconstruction_error"].items()]  # fmt: skip
     k, c, h, w = d["filters_shape"]
     return Section(
         title,
@@ -736,19 +751,19 @@ def _decoding_section(d: dict[str, Any]) -> Section:
             "the error says how far correlating an image with the tile is from the filter's "
             "true response, both min-max normalised (0: exact). Seed 003 Table 1 reports "
             "0.012 ± 0.005 at this layer.",
-            f"Reproduce at full size (every filter, 1,000 test images): {d['command']}.",
+            "Reproduce at full size (1,000 test images, with the images each filter answers "
+            f"most and its responses on a page of its own): {d['command']}.",
         ],
         [
             Table(
-                ["unpooling", "error (mean ± std)", "biases counted as error"],
+                ["unpooling", "error (mean ± std)"],
                 rows,
                 caption=f"Reconstruction error over {d['n_images']} test images.",
             )
         ],
-        [Figure(f"{d['folder']}/decoded_filters.png",
-                "The first 20 decoded filters; below, each thresholded at half its peak.")],
-        [Link("The decoding page (top-activating images, responses)",
-              f"{d['folder']}/report.html")],
+        [Figure("decoded_filters.png",
+                f"The first {d['shown']} of the {k} decoded filters (nearest unpooling); "
+                "below each, where it reaches half its peak.")],
     )  # fmt: skip
 
 
