@@ -46,7 +46,7 @@ def _smooth(dtype: torch.dtype = torch.float64) -> tuple[nn.Module, torch.Tensor
 def test_a_replayed_pass_takes_the_recorded_branches_and_gives_the_same_output() -> None:
     model, x = _smooth()
     li = LinearInterpreter(model, x[:1])
-    out, ctx = li._run(x[1:], [ALL_ON, ALL_ON])
+    out, ctx = li._run(x[1:], [ALL_ON, ALL_ON], cached=False)  # a pass that carries x0
     assert ctx.decisions and False in ctx.decisions and True in ctx.decisions
     again, ctx2 = li._run(x[1:], [ALL_ON, ALL_ON], replay=list(ctx.decisions))
     assert ctx2.decisions == ctx.decisions
@@ -56,7 +56,7 @@ def test_a_replayed_pass_takes_the_recorded_branches_and_gives_the_same_output()
 def test_a_replay_shorter_than_the_pass_is_refused() -> None:
     model, x = _smooth()
     li = LinearInterpreter(model, x[:1])
-    _, ctx = li._run(x[1:], [ALL_ON, ALL_ON])
+    _, ctx = li._run(x[1:], [ALL_ON, ALL_ON], cached=False)
     with pytest.raises(ConvscopeError, match="more data-dependent branches"):
         li._run(x[1:], [ALL_ON, ALL_ON], replay=ctx.decisions[:-1])
 

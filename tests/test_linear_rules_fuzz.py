@@ -39,6 +39,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from convscope.errors import ConvscopeError
 from convscope.linear import batchdim as bd
 from convscope.linear.affine import HANDLERS
+from convscope.linear.cache import DecisionCache
 from convscope.linear.context import ALL_OFF, PassContext, op_name
 from convscope.linear.rules import RULES
 
@@ -286,8 +287,25 @@ def _main(out: Any, args: tuple[Any, ...]) -> T:
 def _run(
     func: Callable[..., Any], handler: Any, case: Case, mode: str, xs: list[T]
 ) -> tuple[T, bd.Layout]:
+    out, layout, _ = _pass(func, handler, case, mode, xs)
+    return out, layout
+
+
+def _pass(
+    func: Callable[..., Any],
+    handler: Any,
+    case: Case,
+    mode: str,
+    xs: list[T],
+    *,
+    record: DecisionCache | None = None,
+    recall: DecisionCache | None = None,
+) -> tuple[T, bd.Layout, PassContext]:
+    """The handler on a pass of ``xs``'s rows: with ``x0`` as row 0 (recording into
+    ``record`` if given), or, with ``recall``, a pass of probes alone."""
+    rows = xs[0].shape[0]
     codes = torch.full((ROWS - 1,), ALL_OFF, dtype=torch.long)
-    ctx = PassContext(ROWS, mode, codes)  # type: ignore[arg-type]
+    ctx = PassContext(rows, mode, codes, record=record, recall=recall)  # type: ignore[arg-type]
     xs = [x.clone() for x in xs]
     for x in xs:
         ctx.track(x)
@@ -297,7 +315,7 @@ def _run(
     with torch.no_grad():
         out = _main(handler(ctx, func, args, kwargs), args)
     assert ctx.is_tracked(out)
-    return out, bd.layout_of(ctx, out)
+    return out, bd.layout_of(ctx, out), ctx
 
 
 def _plain(func: Callable[..., Any], case: Case, *xs: T) -> T:
@@ -421,6 +439,34 @@ def test_rule_matches_its_definition(func: Callable[..., Any], handler: Any, mod
         x0 = [x[:1] for x in xs]
         expected = [define(func, case, x0, [x[i : i + 1] for x in xs]) for i in range(1, ROWS)]
     _check_rows(out, layout, f0, expected)
+
+
+@pytest.mark.parametrize(("func", "handler"), ENTRIES, ids=_ids(ENTRIES))
+@pytest.mark.parametrize("mode", ["taylor", "freeze"])
+def test_rule_gives_the_probes_the_same_from_the_decision_cache(
+    func: Callable[..., Any], handler: Any, mode: str
+) -> None:
+    """A pass of the probes alone, with what the rule read from ``x0`` given back from
+    the cache a pass with ``x0`` recorded, computes the same probe rows; every recorded
+    value is used, and none comes from the probes (the probes differ from ``x0``)."""
+    case = CASES[_name(func)]
+    if case.refused:
+        return
+    xs = _inputs(case, seed=zlib.crc32(op_name(func).encode()) % 1000)
+    cache = DecisionCache(1 << 30)
+    full, layout, _ = _pass(func, handler, case, mode, xs, record=cache)
+    assert cache.usable
+    probes, layout_p, ctx = _pass(func, handler, case, mode, [x[1:] for x in xs], recall=cache)
+    assert ctx.offset == 0 and layout_p == layout
+    assert ctx._recall is not None and ctx._recall.next == len(cache.values)  # all used
+    expected = bd.canon(full, layout, ROWS)[1:]
+    got = bd.canon(probes, layout, ROWS - 1)
+    assert got.shape == expected.shape
+    err = float((got - expected).abs().max()) if got.numel() else 0.0
+    assert err <= 1e-13 * max(1.0, float(expected.abs().max())), err
+    # a second probes-only pass reads the cache from the start again
+    again, _, _ = _pass(func, handler, case, mode, [x[1:] for x in xs], recall=cache)
+    assert torch.equal(again, probes)
 
 
 # -- by hand: what the generic harness cannot do ---------------------------------------------------

@@ -131,29 +131,37 @@ def attention(
             "which the linear interpreter does not support"
         )
 
-    def prep(t: T) -> tuple[T, T]:
-        """``(all rows, x0's row)`` of an operand in the canonical view, ``nd`` dims."""
+    def prep(t: T) -> T:
+        """An operand in the canonical view, ``nd`` dims (a constant: sample 0's part)."""
         tracked = ctx.is_tracked(t)
         t = t.reshape((1,) * (nd - t.ndim) + tuple(t.shape))
         if tracked:
-            tc = bd.canon(t, layout, rows)
-            return tc, tc[:1].detach()
+            return bd.canon(t, layout, rows)
         bd.check_invariant(ctx, func, t, layout, nd, "attends with")
-        c = bd.canon_const(t, layout, nd, rows)
-        return c, c
+        return bd.canon_const(t, layout, nd, rows)
 
-    (qc, q0), (kc, k0), (vc, v0) = (prep(t) for t in operands)
+    qc, kc, vc = (prep(t) for t in operands)
     tq, tk, tv = (ctx.is_tracked(t) for t in operands)
     m0 = None
     if mask is not None:
         m = mask.reshape((1,) * (nd - mask.ndim) + tuple(mask.shape)) if mask.ndim < nd else mask
         bd.check_invariant(ctx, func, m, layout, nd, "masks with")
         m0 = bd.canon_const(m, layout, nd, rows)
-    z0 = (q0 @ k0.transpose(-2, -1)) * scale
-    if m0 is not None:
-        z0 = z0 + m0
-    p0 = torch.softmax(z0, -1)
-    y0 = p0 @ v0
+
+    def at_x0() -> tuple[T | None, T | None, T | None, T, T]:
+        """``(q0, k0, v0, p0, y0)``: the operands' ``x0`` rows (taylor mode only) and the
+        attention weights and output at ``x0``."""
+        q0, k0, v0 = (c[:1].detach() if tr else c for c, tr in ((qc, tq), (kc, tk), (vc, tv)))
+        z0 = (q0 @ k0.transpose(-2, -1)) * scale
+        if m0 is not None:
+            z0 = z0 + m0
+        p0 = torch.softmax(z0, -1)
+        y0 = p0 @ v0
+        if ctx.mode == "freeze":
+            return None, None, None, p0, y0
+        return q0, k0, v0, p0, y0
+
+    q0, k0, v0, p0, y0 = ctx.frozen(at_x0)
     name = op_name(func).rsplit(".", 1)[-1]
     p_out: T | None = None
     if ctx.mode == "freeze":
@@ -167,6 +175,7 @@ def attention(
             p_out = ctx.add_constant(zeros, p0, f"{name} weights gate")
     else:
         dz: T | None = None
+        assert q0 is not None and k0 is not None and v0 is not None
         if tq:
             dz = qc @ k0.transpose(-2, -1)
         if tk:
@@ -182,11 +191,14 @@ def attention(
             term = p0 @ vc
             lin = term if lin is None else lin + term
         assert lin is not None
-        out = ctx.add_constant(lin, y0 - lin[:1].detach(), f"{name} c(x0)")
+        out = ctx.add_constant(lin, ctx.frozen(lambda: y0 - lin[:1].detach()), f"{name} c(x0)")
         if weights:
             if dp is None:
                 dp = torch.zeros((rows, *p0.shape[1:]), dtype=p0.dtype, device=p0.device)
-            p_out = ctx.add_constant(dp, p0 - dp[:1].detach(), f"{name} weights c(x0)")
+            dp_ = dp
+            p_out = ctx.add_constant(
+                dp, ctx.frozen(lambda: p0 - dp_[:1].detach()), f"{name} weights c(x0)"
+            )
     lead = torch.broadcast_shapes(*(t.shape[:-2] for t in operands))
     out_shape = (*lead, q.shape[-2], v.shape[-1])
     out = bd.track(ctx, bd.uncanon(out, layout, out_shape, rows), func, layout)

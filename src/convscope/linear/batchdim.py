@@ -228,15 +228,17 @@ def canon_const(c: Any, layout: Layout, ndim: int, rows: int) -> Any:
     return c.reshape(shape).movedim(pos, 0)
 
 
-def row0_full(t: T, layout: Layout, rows: int) -> T:
+def row0_full(ctx: PassContext, t: T, layout: Layout) -> T:
     """``t`` (detached) with every sample's values replaced by sample 0's: the ``x0``
-    operand of a product, shaped like ``t`` (an expanded view for :data:`FIRST`)."""
-    t = t.detach()
+    operand of a product, shaped like ``t`` (an expanded view for :data:`FIRST`).
+
+    Sample 0's part is read through :meth:`PassContext.frozen` (one row, kept by a
+    recording pass, given back in a probes-only pass)."""
     if layout == FIRST:
-        return t[:1].expand(t.shape)
-    shape, pos = _split_shape(t.shape, layout, rows)
-    s = t.reshape(shape)
-    return s.narrow(pos, 0, 1).expand(s.shape).reshape(t.shape)
+        return ctx.frozen(lambda: t.detach()[:1]).expand(t.shape)
+    shape, pos = _split_shape(t.shape, layout, ctx.rows)
+    row = ctx.frozen(lambda: t.detach().reshape(shape).narrow(pos, 0, 1))
+    return row.expand(shape).reshape(t.shape)
 
 
 def add_constant(ctx: PassContext, lin: T, layout: Layout, const: Any, op: str) -> T:

@@ -25,6 +25,11 @@ shifts, constants added by ``x + c``, and the ``c(x0)`` of frozen units. Each pr
 has a switch: all sources on (``li(x1)``), all off (``li.linear(x1)``, which is then
 ``F x1`` exactly, with no subtraction of the residual), or one source only
 (``contributions()``). Row 0 always sees every source, so it computes ``f(x0)``.
+
+Probes alone. Once a first pass has recorded what the rules read from ``x0``
+(:mod:`convscope.linear.cache`), later passes may run on ``[p_1 ... p_B]`` only
+(``rows = B``, :attr:`PassContext.offset` 0): :meth:`PassContext.frozen` then gives the
+recorded values back instead of computing them from a row 0 that is not there.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import torch
 from torch.overrides import resolve_name
 
 from convscope.errors import ConvscopeError
+from convscope.linear.cache import DecisionCache, Recall
 
 __all__ = [
     "ALL_OFF",
@@ -106,6 +112,10 @@ class PassContext:
             kind, to be given back in order instead of read from the device; used
             while a CUDA graph is captured, where reading a device value would
             synchronize (and is refused).
+        record: a cache this pass records what the rules read from ``x0`` into.
+        recall: a cache recorded by an earlier pass: this pass has no ``x0`` row
+            (``rows`` is the number of probes) and every :meth:`frozen` value and
+            branch comes from it.
     """
 
     def __init__(
@@ -115,8 +125,17 @@ class PassContext:
         codes: torch.Tensor,
         source_hook: SourceHook | None = None,
         replay: list[bool] | None = None,
+        *,
+        record: DecisionCache | None = None,
+        recall: DecisionCache | None = None,
     ) -> None:
+        if recall is not None:
+            if record is not None or replay is not None:
+                raise ConvscopeError("internal: a pass recalls a cache or records one, not both")
+            replay = recall.decisions
         self.rows = rows
+        self.offset = 0 if recall is not None else 1
+        """Where the probes start: 1 after the ``x0`` row, 0 in a probes-only pass."""
         self.mode: Mode = mode
         self.codes = codes
         self.source_hook = source_hook
@@ -130,6 +149,9 @@ class PassContext:
         self._name_counts: dict[str, int] = {}
         self.decisions: list[bool] = []
         self._replay = replay
+        self._record = record
+        self._recall = Recall(recall) if recall is not None else None
+        self._frozen_depth = 0
         # set by the interpreter when f(x0) came out non-finite, to find where
         self.find_nonfinite = False
         self.nonfinite_at: tuple[str, str] | None = None  # (module path, type name)
@@ -154,7 +176,38 @@ class PassContext:
         else:
             answer = bool(question())
         self.decisions.append(answer)
+        if self._record is not None and self._frozen_depth == 0:
+            self._record.decisions.append(answer)
         return answer
+
+    def frozen(self, compute: Callable[[], Any]) -> Any:
+        """What a rule reads from ``x0`` (a mask, indices, statistics, a ratio, a gate,
+        a constant ``c(x0)``): ``compute()``, which reads row 0 only, in a pass that has
+        an ``x0`` row (and recorded when the pass records); the recorded value, in the
+        order the first pass asked, in a probes-only pass (``compute`` is not called).
+        """
+        if self._recall is not None:
+            return self._recall(compute)
+        self._frozen_depth += 1
+        try:
+            value = compute()
+        finally:
+            self._frozen_depth -= 1
+        if self._record is not None:
+            value = self._record.keep(value)
+        return value
+
+    def uncached(self, why: str) -> None:
+        """Say that the op running now reads ``x0`` without :meth:`frozen` (a user
+        rule): a recording pass stops recording, since a probes-only pass could not
+        give that op its ``x0``."""
+        if self._recall is not None:
+            raise ConvscopeError(
+                f"internal: {why} ran in a probes-only pass but not in the pass that "
+                "recorded x0's decisions"
+            )
+        if self._record is not None:
+            self._record.stop(why)
 
     @staticmethod
     def constant(value: Any, like: torch.Tensor) -> torch.Tensor:
@@ -249,17 +302,18 @@ class PassContext:
 
     def mask(self, index: int, like: torch.Tensor) -> torch.Tensor | None:
         """``(rows, 1, ..., 1)`` 0/1 mask of the rows that see source ``index``
-        (``None``: all of them)."""
+        (``None``: all of them); the ``x0`` row, when there is one, sees every source."""
         if self.all_on:
             return None
         if self.all_off:
-            on = torch.zeros(self.rows - 1, dtype=torch.bool, device=like.device)
+            on = torch.zeros(self.rows - self.offset, dtype=torch.bool, device=like.device)
         else:
             if self.codes.device != like.device:
                 self.codes = self.codes.to(like.device)  # once per pass, not per source
             on = (self.codes == ALL_ON) | (self.codes == index)
-        m = torch.cat([torch.ones(1, dtype=torch.bool, device=like.device), on])
-        return m.to(like.dtype).view(self.rows, *([1] * (like.ndim - 1)))
+        if self.offset:
+            on = torch.cat([torch.ones(1, dtype=torch.bool, device=like.device), on])
+        return on.to(like.dtype).view(self.rows, *([1] * (like.ndim - 1)))
 
     def add_constant(self, lin: torch.Tensor, const: Any, op: str) -> torch.Tensor:
         """``lin + const`` with ``const`` a new source: row 0 and the rows whose switch

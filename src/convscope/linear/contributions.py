@@ -85,7 +85,7 @@ class FrozenSystem(Protocol):
         *,
         source_hook: Any = None,
         grad: bool = False,
-    ) -> tuple[torch.Tensor, PassContext]: ...
+    ) -> tuple[torch.Tensor, PassContext]: ...  # probes' outputs: out[ctx.offset:]
 
 
 @dataclass(frozen=True, eq=False)
@@ -232,8 +232,8 @@ def _batched_contributions(li: FrozenSystem, c: int | None, size: int) -> dict[s
         )
         if start == 0:
             probes[0] = li.x0[0]
-        out, _ = li._run(probes, codes[sl])
-        outs.append(out[1:].detach())
+        out, ctx = li._run(probes, codes[sl])
+        outs.append(out[ctx.offset :].detach())
     values = torch.cat(outs)
     names = ["input", *(s.name for s in li.sources)]
     if c is None:

@@ -46,6 +46,7 @@ from torch.overrides import TorchFunctionMode
 from convscope.errors import ConvscopeError
 from convscope.linear import registry
 from convscope.linear.aten import ATEN
+from convscope.linear.cache import CacheMode, DecisionCache, check_cache, default_budget
 from convscope.linear.context import (
     ALL_OFF,
     ALL_ON,
@@ -303,12 +304,24 @@ class LinearInterpreter:
             error when it cannot be on; ``False``: off. A graph reads the parameters
             from where they were at capture: update them in place, or build a new
             interpreter after replacing them.
+        cache: keep what the rules read from ``x0`` (masks as bool, selected indices,
+            statistics, ratios, gates, constants) after the first pass, and run later
+            passes on the probes alone (:mod:`convscope.linear.cache`). ``"auto"``
+            (default): on while it fits ``cache_budget`` and every rule met supports it
+            (user rules do not), else every pass carries ``x0`` as now; off under CUDA
+            graphs, which replay full passes. ``"on"``: the same, but an error when it
+            cannot be on. ``"off"``: every pass carries ``x0``. The results are the
+            same either way (to rounding).
+        cache_budget: at most this many bytes for the cache (``None``: a quarter of the
+            memory free on ``x0``'s device when the interpreter is built).
 
     Attributes:
         output: ``(1, *out_shape)`` ``f(x0)``.
         residual: ``(1, *out_shape)`` ``r(x0) = li(0)``.
         sources: the bias sources in the order a pass meets them (see
             :mod:`convscope.linear.context`).
+        cache_bytes: memory held by the decision cache (0 when it is off).
+        cache_off_because: why the cache is off (``None`` when it is on).
         in_shape, out_shape: shapes of one input and one output, without the batch.
 
     Raises:
@@ -330,6 +343,8 @@ class LinearInterpreter:
         seed: int = 0,
         cuda_graphs: bool | None = None,
         output: Output = None,
+        cache: CacheMode = "auto",
+        cache_budget: int | None = None,
     ) -> None:
         if mode not in _MODES:
             raise ConvscopeError(f"mode must be one of {list(_MODES)}; got {mode!r}")
@@ -347,6 +362,7 @@ class LinearInterpreter:
             )
         _check_output(output)
         check_batch_size(batch_size)
+        check_cache(cache, cache_budget)
         self.model = model
         # the module paths, parameters and buffers, once: the interpreter is of this
         # model as it is now
@@ -360,10 +376,30 @@ class LinearInterpreter:
         self.cuda_graphs = _graphs_wanted(cuda_graphs, model, self.x0)
         self._graphs: OrderedDict[tuple[Any, ...], _Graph] = OrderedDict()
         self._sources: tuple[Source, ...] | None = None
-        out, ctx = self._run(torch.zeros_like(self.x0), [ALL_ON])
+        self._cache: DecisionCache | None = None
+        record = None
+        if cache == "on" and self.cuda_graphs:
+            raise ConvscopeError(
+                "cache='on' cannot be honoured with CUDA graphs, which replay passes that "
+                "carry x0; pass cuda_graphs=False to use the cache, or cache='auto'"
+            )
+        if cache != "off" and not self.cuda_graphs:
+            budget = default_budget(self.x0.device) if cache_budget is None else cache_budget
+            record = DecisionCache(budget)
+        self.cache_off_because: str | None = (
+            "cache='off'" if cache == "off" else "CUDA graphs replay full passes"
+        )
+        out, ctx = self._run(torch.zeros_like(self.x0), [ALL_ON], record=record)
         if not bool(torch.isfinite(out).all()):
             self._refuse_nonfinite(out)
         self._sources = tuple(ctx.sources)
+        if record is not None:
+            if record.usable:
+                self._cache, self.cache_off_because = record, None
+            elif cache == "on":
+                raise ConvscopeError(f"cache='on' cannot be honoured: {record.why_not}")
+            else:
+                self.cache_off_because = record.why_not
         self.output = out[:1].detach()
         self.residual = out[1:2].detach()
         self.out_shape: tuple[int, ...] = tuple(out.shape[1:])
@@ -380,6 +416,10 @@ class LinearInterpreter:
         assert self._sources is not None
         return self._sources
 
+    @property
+    def cache_bytes(self) -> int:
+        return 0 if self._cache is None else self._cache.nbytes
+
     # -- one pass --------------------------------------------------------------------
 
     def _run(
@@ -391,20 +431,48 @@ class LinearInterpreter:
         grad: bool = False,
         replay: list[bool] | None = None,
         find_nonfinite: bool = False,
+        record: DecisionCache | None = None,
+        cached: bool = True,
     ) -> tuple[torch.Tensor, PassContext]:
-        """One forward pass on ``[x0, probes]``; returns the ``(1 + B, *out)`` output.
+        """One forward pass; returns the output and the pass's context.
+
+        The pass runs on ``[x0, probes]`` (output ``(1 + B, *out)``, ``ctx.offset`` 1),
+        or, when the decision cache is on and nothing below asks for ``x0``'s row, on
+        the probes alone (output ``(B, *out)``, ``ctx.offset`` 0): the probes' outputs
+        are ``out[ctx.offset:]`` either way.
 
         ``replay``: the decisions of an earlier pass of this kind, given back while a
         CUDA graph is captured (no random state is touched then: graphs are used only
         when no module is in training mode). ``find_nonfinite``: record the first
         module whose output is not finite in ``ctx.nonfinite_at`` (one check per module:
-        only to explain an error).
+        only to explain an error). ``record``: the cache the first pass fills.
+        ``cached=False``: carry ``x0`` even when the cache is on. Source hooks see the
+        ``x0`` row, so a pass with one always carries it, and so does a pass of one
+        probe (a batch of one sample would make the sample dimension ambiguous).
         """
-        rows = 1 + probes.shape[0]
+        # one probe alone would be a batch of 1, where a reshape cannot tell the sample
+        # dimension from the others of size 1 (transformers' head splits): x0 rides along
+        recall = (
+            self._cache
+            if cached
+            and probes.shape[0] >= 2
+            and source_hook is None
+            and replay is None
+            and not find_nonfinite
+            else None
+        )
         codes_t = torch.as_tensor(codes, dtype=torch.long)
-        ctx = PassContext(rows, self.mode, codes_t, source_hook, replay)
+        if recall is not None:
+            rows = probes.shape[0]
+            ctx = PassContext(rows, self.mode, codes_t, recall=recall)
+            # a copy, as torch.cat makes one below: a model that works in place on its
+            # input must not write into the caller's probes (nor into a leaf of autograd)
+            batch = probes.to(self.x0).clone()
+        else:
+            rows = 1 + probes.shape[0]
+            ctx = PassContext(rows, self.mode, codes_t, source_hook, replay, record=record)
+            batch = torch.cat([self.x0, probes.to(self.x0)])
         ctx.find_nonfinite = find_nonfinite
-        batch = torch.cat([self.x0, probes.to(self.x0)])
         ctx.track(batch)
         seeded = _seeded(self.seed) if replay is None else contextlib.nullcontext()
         with seeded, torch.set_grad_enabled(grad), frozen_pass(self.model, ctx, self._structure):
@@ -496,8 +564,8 @@ class LinearInterpreter:
             if self.cuda_graphs:
                 outs.append(self._replay(("forward", sl.stop - sl.start, code), x1[sl]))
                 continue
-            out, _ = self._run(x1[sl], [code] * (sl.stop - sl.start))
-            outs.append(out[1:])
+            out, ctx = self._run(x1[sl], [code] * (sl.stop - sl.start))
+            outs.append(out[ctx.offset :])
         if not outs:
             return self.output.new_zeros((0, *self.out_shape))
         return torch.cat(outs)
@@ -527,10 +595,10 @@ class LinearInterpreter:
 
         def one_pass(replay: list[bool] | None) -> tuple[torch.Tensor, list[bool]]:
             if y2 is None:
-                out, ctx = self._run(x1, codes, replay=replay)
+                out, ctx = self._run(x1, codes, replay=replay, cached=False)
                 return out[1:], ctx.decisions
             x1.requires_grad_(True)
-            out, ctx = self._run(x1, codes, grad=True, replay=replay)
+            out, ctx = self._run(x1, codes, grad=True, replay=replay, cached=False)
             return _grad_or_zero(out[1:], x1, y2), ctx.decisions
 
         device = self.x0.device
@@ -595,8 +663,8 @@ class LinearInterpreter:
                 continue
             x1 = torch.zeros((b, *self.in_shape), dtype=self.x0.dtype, device=self.x0.device)
             x1.requires_grad_(True)
-            out, _ = self._run(x1, [ALL_OFF] * b, grad=True)
-            grads.append(_grad_or_zero(out[1:], x1, y2[sl]))
+            out, ctx = self._run(x1, [ALL_OFF] * b, grad=True)
+            grads.append(_grad_or_zero(out[ctx.offset :], x1, y2[sl]))
         if not grads:
             return self.x0.new_zeros((0, *self.in_shape))
         return torch.cat(grads)

@@ -227,6 +227,10 @@ def _tracking(rule: Rule) -> Rule:
         from convscope.linear import batchdim
 
         batchdim.require_first(ctx, func, *args, *kwargs.values())
+        # it reads x0 as x[:1], not through ctx.frozen: no probes-only passes
+        ctx.uncached(
+            f"the user rule for {key_name(type(func) if isinstance(func, nn.Module) else func)}"
+        )
         out = rule(ctx, func, args, kwargs)
         ctx.track(list(out.values()) if isinstance(out, Mapping) else out, func)
         return out

@@ -114,9 +114,12 @@ def _split_call(
     ``inplace=None`` means the function takes an ``inplace`` argument (``F.relu``).
     """
     if inplace is None:
-        sig = _SIGNATURES.get(func)
-        if sig is not None:
-            arguments = dict(sig.bind(*args, **kwargs).arguments)
+        if func in _SIGNATURES:
+            names = _parameters(func)[0]
+            if len(args) > len(names) or not set(kwargs) <= set(names):
+                _SIGNATURES[func].bind(*args, **kwargs)  # let inspect word the error
+            arguments = dict(zip(names, args, strict=False))  # what was given, by name
+            arguments.update(kwargs)
             flag = bool(arguments.pop("inplace", False))
             x = arguments.pop("input")
             return x, (), arguments, flag
@@ -143,10 +146,9 @@ def _unit_rule(unit: _Unit, inplace_spec: bool | None) -> Handler:
         if layout != bd.FIRST and (unit.name == "prelu" or _has_tensor(params, kw)):
             layout = bd.require_first(ctx, func, x)  # parameters broadcast along dim 1
         xc = bd.canon(x, layout, ctx.rows)  # x itself unless the samples were moved
-        x0 = xc[:1].detach()
         out: T
         if unit.kind == "relu":
-            mask = (x0 > 0).to(x.dtype)
+            mask = ctx.frozen(lambda: xc[:1].detach() > 0)  # kept as bool
             if inplace and xc is x:
                 return ctx.track(x.mul_(mask), func)
             out = xc * mask
@@ -156,12 +158,25 @@ def _unit_rule(unit: _Unit, inplace_spec: bool | None) -> Handler:
                 return unit.fn(t, *params, **kw)
 
             if unit.kind == "piecewise" or ctx.mode == "taylor":
-                y0, a = _slope(h, x0)
+                with_constant = unit.kind == "smooth" or unit.constant
+
+                def slope() -> tuple[T, T | None]:
+                    x0 = xc[:1].detach()
+                    y0, a = _slope(h, x0)
+                    return a, (y0 - a * x0 if with_constant else None)
+
+                a, c = ctx.frozen(slope)
                 out = xc * a
-                if unit.kind == "smooth" or unit.constant:
-                    out = ctx.add_constant(out, y0 - a * x0, f"{unit.name} c(x0)")
+                if c is not None:
+                    out = ctx.add_constant(out, c, f"{unit.name} c(x0)")
+            elif inplace and xc is x:  # in place, as the unit itself would be
+                out = _ratio(ctx, unit, h, xc, inplace=True)
+                bd.track(ctx, out, func, layout)
+                if unit.gate:
+                    ctx.mark_gate(out)
+                return out
             else:
-                out = _ratio(ctx, unit, h, xc, x0)
+                out = _ratio(ctx, unit, h, xc)
         out = bd.uncanon(out, layout, x.shape, ctx.rows)
         if inplace:
             x.copy_(out)
@@ -178,20 +193,28 @@ def _has_tensor(params: tuple[Any, ...], kw: dict[str, Any]) -> bool:
     return any(isinstance(p, torch.Tensor) and p.ndim > 0 for p in (*params, *kw.values()))
 
 
-def _ratio(ctx: PassContext, unit: _Unit, h: Callable[[T], T], x: T, x0: T) -> T:
-    """Freeze rule of a smooth unit: ``h(x0) / x0`` times the input, no constant."""
-    y0 = h(x0).detach()
-    zero = x0 == 0
-    if not ctx.decide(zero.any):
-        return x * (y0 / x0)
-    # at x0 == 0 the ratio is the derivative; if h(0) != 0 (sigmoid) the value there
-    # cannot come from a multiple of 0, so it stays as a constant
-    _, d = _slope(h, x0)
-    a = torch.where(zero, d, y0 / torch.where(zero, torch.ones_like(x0), x0))
-    out = x * a
-    c = torch.where(zero, y0, torch.zeros_like(y0))
-    if ctx.decide(c.ne(0).any):
-        out = ctx.add_constant(out, c, f"{unit.name} h(0)")
+def _ratio(ctx: PassContext, unit: _Unit, h: Callable[[T], T], x: T, inplace: bool = False) -> T:
+    """Freeze rule of a smooth unit: ``h(x0) / x0`` times the input, no constant
+    (``inplace``: into ``x``)."""
+
+    def ratio() -> tuple[T, T | None]:
+        x0 = x[:1].detach()
+        y0 = h(x0).detach()
+        zero = x0 == 0
+        if not ctx.decide(zero.any):
+            return y0 / x0, None
+        # at x0 == 0 the ratio is the derivative; if h(0) != 0 (sigmoid) the value there
+        # cannot come from a multiple of 0, so it stays as a constant
+        _, d = _slope(h, x0)
+        a = torch.where(zero, d, y0 / torch.where(zero, torch.ones_like(x0), x0))
+        c = torch.where(zero, y0, torch.zeros_like(y0))
+        return a, (c if ctx.decide(c.ne(0).any) else None)
+
+    a, c = ctx.frozen(ratio)
+    out = x.mul_(a) if inplace else x * a
+    if c is not None:
+        with_c = ctx.add_constant(out, c, f"{unit.name} h(0)")
+        out = x.copy_(with_c) if inplace else with_c
     return out
 
 
@@ -306,15 +329,19 @@ def _pool_rule(nd: int, adaptive: bool) -> Handler:
         bd.require_first(ctx, func, x)
         params = args[1 : 1 + n_params]
         kw = {k: v for k, v in kwargs.items() if k != "return_indices"}
-        x0 = x[:1].detach()
-        reference = func(x0, *args[1:], **kwargs)
-        _, idx = with_indices(x0, *params, **kw, return_indices=True)
+
+        def selected() -> tuple[T, bool]:
+            x0 = x[:1].detach()
+            pair = isinstance(func(x0, *args[1:], **kwargs), tuple)
+            return with_indices(x0, *params, **kw, return_indices=True)[1], pair
+
+        idx, pair = ctx.frozen(selected)
         rows, channels = x.shape[0], x.shape[1]
         flat_idx = idx.reshape(1, channels, -1).expand(rows, -1, -1)
         out = x.reshape(rows, channels, -1).gather(2, flat_idx)
         out = out.reshape(rows, *idx.shape[1:])
         ctx.track(out, func)
-        if isinstance(reference, tuple):
+        if pair:
             return out, idx.expand(rows, *idx.shape[1:])
         return out
 
@@ -327,11 +354,35 @@ def _pool_rule(nd: int, adaptive: bool) -> Handler:
 def _bind(
     func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> dict[str, Any]:
+    """``func``'s arguments by name, defaults filled in (``Signature.bind`` is slow
+    enough to show in a pass: the names and defaults are looked up once per function)."""
+    names, defaults = _parameters(func)
+    if len(args) > len(names) or not set(kwargs) <= set(names):
+        sig = _signature(func)  # let inspect word the error
+        assert sig is not None
+        sig.bind(*args, **kwargs)
+    bound = dict(zip(names, args, strict=False))
+    for key, value in kwargs.items():
+        if key in bound:
+            raise TypeError(f"{op_name(func)} got multiple values for argument {key!r}")
+        bound[key] = value
+    for key in names[len(args) :]:
+        if key not in bound:
+            if key not in defaults:
+                raise TypeError(f"{op_name(func)} missing a required argument: {key!r}")
+            bound[key] = defaults[key]
+    return bound
+
+
+@functools.lru_cache(maxsize=256)
+def _parameters(func: Callable[..., Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
     sig = _signature(func)
     assert sig is not None
-    ba = sig.bind(*args, **kwargs)
-    ba.apply_defaults()
-    return dict(ba.arguments)
+    names = tuple(sig.parameters)
+    defaults = {
+        k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty
+    }
+    return names, defaults
 
 
 def _channel_view(t: T | None, ndim: int) -> T | None:
@@ -339,12 +390,20 @@ def _channel_view(t: T | None, ndim: int) -> T | None:
 
 
 def _affine_norm(
-    ctx: PassContext, func: Callable[..., Any], x: T, scale: T, shift: T, name: str, call: Any
+    ctx: PassContext,
+    func: Callable[..., Any],
+    x: T,
+    affine: Callable[[], tuple[T, T]],
+    name: str,
+    call: Any,
 ) -> T:
-    """``x * scale + shift`` (eval batch norm, instance norm on running statistics)."""
+    """``x * scale + shift`` (eval batch norm, instance norm on running statistics);
+    ``affine()`` gives ``(scale, shift)``, asked for only when the constant is not
+    added as usual."""
     if ctx.plain:
         ctx.new_source(f"{name} shift")
         return ctx.track(call(), func)
+    scale, shift = affine()
     return ctx.track(ctx.add_constant(x * scale, shift, f"{name} shift"), func)
 
 
@@ -353,7 +412,7 @@ def _normalize(
     func: Callable[..., Any],
     name: str,
     x: T,
-    y0: T,
+    y0: Callable[[T], T],
     core: Callable[[T], T],
     dims: tuple[int, ...],
     eps: float,
@@ -363,26 +422,37 @@ def _normalize(
     """A norm with statistics of ``x0``: freeze them, or expand exactly (taylor).
 
     ``core`` reshapes ``x`` so the statistics are taken over ``dims`` (group norm
-    folds channels into groups); the affine ``weight``/``bias`` are broadcast views.
+    folds channels into groups); the affine ``weight``/``bias`` are broadcast views;
+    ``y0(x0)`` is the norm's output at ``x0`` (taylor mode's constant).
     """
     xc = core(x)
-    xc0 = xc[:1].detach()
-    mean0 = xc0.mean(dims, keepdim=True)
-    rstd0 = ((xc0 - mean0).square().mean(dims, keepdim=True) + eps).rsqrt()
-    if ctx.mode == "freeze":
-        lin = (xc * rstd0).reshape(x.shape)
+
+    def statistics() -> tuple[T, T]:
+        xc0 = xc[:1].detach()
+        mean0 = xc0.mean(dims, keepdim=True)
+        rstd0 = ((xc0 - mean0).square().mean(dims, keepdim=True) + eps).rsqrt()
+        if ctx.mode == "taylor":
+            return (xc0 - mean0) * rstd0, rstd0
         const = (-mean0 * rstd0).expand_as(xc0).reshape(1, *x.shape[1:])
         if weight is not None:
-            lin, const = lin * weight, const * weight
+            const = const * weight
         if bias is not None:
             const = const + bias
+        return const, rstd0
+
+    first, rstd0 = ctx.frozen(statistics)
+    if ctx.mode == "freeze":
+        lin = (xc * rstd0).reshape(x.shape)
+        if weight is not None:
+            lin = lin * weight
+        const = first
     else:
-        xhat0 = (xc0 - mean0) * rstd0
+        xhat0 = first
         centred = xc - xc.mean(dims, keepdim=True)
         lin = ((centred - xhat0 * (xhat0 * xc).mean(dims, keepdim=True)) * rstd0).reshape(x.shape)
         if weight is not None:
             lin = lin * weight
-        const = y0 - lin[:1].detach()
+        const = ctx.frozen(lambda: y0(x[:1].detach()) - lin[:1].detach())
     return ctx.track(ctx.add_constant(lin, const, f"{name} shift"), func)
 
 
@@ -406,11 +476,19 @@ def _batch_norm(
     x: T = a["input"]
     bd.require_first(ctx, func, x)
     if not a["training"]:
-        scale, shift = _running_affine(a, x)
-        return _affine_norm(ctx, func, x, scale, shift, "batch_norm", lambda: func(*args, **kwargs))
+        return _affine_norm(
+            ctx,
+            func,
+            x,
+            lambda: _running_affine(a, x),
+            "batch_norm",
+            lambda: func(*args, **kwargs),
+        )
+
     # train mode: the statistics of x0 alone; no running statistics are updated
-    x0 = x[:1].detach()
-    y0 = F.batch_norm(x0, None, None, a["weight"], a["bias"], True, 0.0, a["eps"])
+    def y0(x0: T) -> T:
+        return F.batch_norm(x0, None, None, a["weight"], a["bias"], True, 0.0, a["eps"])
+
     w, b = _channel_view(a["weight"], x.ndim), _channel_view(a["bias"], x.ndim)
     dims = tuple(range(2, x.ndim))
     return _normalize(ctx, func, "batch_norm", x, y0, lambda t: t, dims, a["eps"], w, b)
@@ -424,12 +502,18 @@ def _instance_norm(
     x: T = a["input"]
     bd.require_first(ctx, func, x)
     if not a["use_input_stats"]:
-        scale, shift = _running_affine(a, x)
         return _affine_norm(
-            ctx, func, x, scale, shift, "instance_norm", lambda: func(*args, **kwargs)
+            ctx,
+            func,
+            x,
+            lambda: _running_affine(a, x),
+            "instance_norm",
+            lambda: func(*args, **kwargs),
         )
-    x0 = x[:1].detach()
-    y0 = F.instance_norm(x0, None, None, a["weight"], a["bias"], True, 0.0, a["eps"])
+
+    def y0(x0: T) -> T:
+        return F.instance_norm(x0, None, None, a["weight"], a["bias"], True, 0.0, a["eps"])
+
     w, b = _channel_view(a["weight"], x.ndim), _channel_view(a["bias"], x.ndim)
     dims = tuple(range(2, x.ndim))
     return _normalize(ctx, func, "instance_norm", x, y0, lambda t: t, dims, a["eps"], w, b)
@@ -443,7 +527,10 @@ def _group_norm(
     x: T = a["input"]
     bd.require_first(ctx, func, x)
     groups = a["num_groups"]
-    y0 = F.group_norm(x[:1].detach(), groups, a["weight"], a["bias"], a["eps"])
+
+    def y0(x0: T) -> T:
+        return F.group_norm(x0, groups, a["weight"], a["bias"], a["eps"])
+
     w, b = _channel_view(a["weight"], x.ndim), _channel_view(a["bias"], x.ndim)
     return _normalize(
         ctx,
@@ -469,7 +556,10 @@ def _layer_norm(
     layout = _trailing_layout(ctx, func, x, len(shape))
     xc = bd.canon(x, layout, ctx.rows)
     dims = tuple(range(xc.ndim - len(shape), xc.ndim))
-    y0 = F.layer_norm(xc[:1].detach(), shape, a["weight"], a["bias"], a["eps"])
+
+    def y0(x0: T) -> T:  # x0 in the canonical view
+        return F.layer_norm(x0, shape, a["weight"], a["bias"], a["eps"])
+
     out = _normalize(
         ctx, func, "layer_norm", xc, y0, lambda t: t, dims, a["eps"], a["weight"], a["bias"]
     )
@@ -498,18 +588,24 @@ def _rms_norm(
     x = bd.canon(x_in, layout, ctx.rows)
     eps = a["eps"] if a["eps"] is not None else torch.finfo(x.dtype).eps
     dims = tuple(range(x.ndim - len(shape), x.ndim))
-    x0 = x[:1].detach()
-    r0 = (x0.square().mean(dims, keepdim=True) + eps).rsqrt()
     weight = a["weight"]
+
+    def statistics() -> tuple[T, T]:
+        x0 = x[:1].detach()
+        r0 = (x0.square().mean(dims, keepdim=True) + eps).rsqrt()
+        return r0, x0 * r0
+
+    r0, xh0 = ctx.frozen(statistics)
     if ctx.mode == "freeze":
         out = x * r0 if weight is None else x * r0 * weight
     else:
-        xh0 = x0 * r0
         lin = (x - xh0 * (xh0 * x).mean(dims, keepdim=True)) * r0
         if weight is not None:
             lin = lin * weight
-        y0 = F.rms_norm(x0, shape, weight, a["eps"])
-        out = ctx.add_constant(lin, y0 - lin[:1].detach(), "rms_norm c(x0)")
+        const = ctx.frozen(
+            lambda: F.rms_norm(x[:1].detach(), shape, weight, a["eps"]) - lin[:1].detach()
+        )
+        out = ctx.add_constant(lin, const, "rms_norm c(x0)")
     return bd.track(ctx, bd.uncanon(out, layout, x_in.shape, ctx.rows), func, layout)
 
 
@@ -527,17 +623,25 @@ def _normalize_p(
         raise bd.refuse(ctx, func, "normalizes over the batch dimension")
     x = bd.canon(x_in, layout, ctx.rows)
     d = bd.canon_dim(dim, layout, x_in.ndim)
-    x0 = x[:1].detach()
-    n0 = x0.norm(p, d, keepdim=True)
-    denom = n0.clamp_min(eps)
+
+    def statistics() -> tuple[T, T | None, T | None]:
+        x0 = x[:1].detach()
+        n0 = x0.norm(p, d, keepdim=True)
+        denom = n0.clamp_min(eps)
+        if ctx.mode == "freeze":
+            return denom, None, None
+        # d||x||_p = sum(sign(x0) |x0|^(p-1) dx) / ||x0||^(p-1), where the norm exceeds eps
+        weight = x0.sign() * x0.abs().pow(p - 1) / n0.pow(p - 1).clamp_min(eps**p)
+        return denom, weight * (n0 > eps).to(x.dtype), x0 / denom.square()
+
+    denom, weight, scaled0 = ctx.frozen(statistics)
     if ctx.mode == "freeze":
         out = x / denom
     else:
-        # d||x||_p = sum(sign(x0) |x0|^(p-1) dx) / ||x0||^(p-1), where the norm exceeds eps
-        weight = x0.sign() * x0.abs().pow(p - 1) / n0.pow(p - 1).clamp_min(eps**p)
-        dn = (weight * x).sum(d, keepdim=True) * (n0 > eps).to(x.dtype)
-        lin = x / denom - x0 * dn / denom.square()
-        out = ctx.add_constant(lin, x0 / denom - lin[:1].detach(), "normalize c(x0)")
+        assert weight is not None and scaled0 is not None
+        lin = x / denom - scaled0 * (weight * x).sum(d, keepdim=True)
+        const = ctx.frozen(lambda: x[:1].detach() / denom - lin[:1].detach())
+        out = ctx.add_constant(lin, const, "normalize c(x0)")
     return bd.track(ctx, bd.uncanon(out, layout, x_in.shape, ctx.rows), func, layout)
 
 
@@ -572,7 +676,7 @@ def _dropout_rule(multiplicative: bool) -> Handler:
         if func not in _ELEMENTWISE_DROPOUT:  # channel dropout: one draw per (sample, channel)
             layout = bd.require_first(ctx, func, x)
         xc = bd.canon(x, layout, ctx.rows)
-        mask = func(torch.ones_like(xc[:1]), p, True)
+        mask = ctx.frozen(lambda: func(torch.ones_like(xc[:1]), p, True))
         if inplace and xc is x:
             return ctx.track(x.mul_(mask), func)
         out = bd.uncanon(xc * mask, layout, x.shape, ctx.rows)
@@ -630,9 +734,8 @@ def _mul_div(
     if not (ta and tb):
         result = func(*args, **kwargs)
         return bd.track(ctx, a if inplace else result, func, layout)
-    rows = ctx.rows
-    a0 = bd.row0_full(a, bd.layout_of(ctx, a), rows)
-    b0 = bd.row0_full(b, bd.layout_of(ctx, b), rows)
+    a0 = bd.row0_full(ctx, a, bd.layout_of(ctx, a))
+    b0 = bd.row0_full(ctx, b, bd.layout_of(ctx, b))
     out: T
     if divide:
         if ctx.mode == "freeze":
@@ -827,9 +930,8 @@ def _bilinear(
     if func in _RMATMUL:  # x.__rmatmul__(y) is y @ x: y is the first factor
         slots.reverse()
     a, b = leaves[slots[0]], leaves[slots[1]]
-    rows = ctx.rows
-    a0 = bd.row0_full(a, bd.layout_of(ctx, a), rows)
-    b0 = bd.row0_full(b, bd.layout_of(ctx, b), rows)
+    a0 = bd.row0_full(ctx, a, bd.layout_of(ctx, a))
+    b0 = bd.row0_full(ctx, b, bd.layout_of(ctx, b))
 
     def f(x: T, y: T) -> T:
         new_args, new_kwargs = _rebuild((args, kwargs), {slots[0]: x, slots[1]: y}, [0])
@@ -868,19 +970,29 @@ def _softmax_rule(log: bool) -> Handler:
             raise bd.refuse(ctx, func, "normalizes over the batch dimension")
         xc = bd.canon(x, layout, ctx.rows)
         dc = bd.canon_dim(int(dim), layout, x.ndim)
-        x0 = xc[:1].detach()
-        s0 = torch.softmax(x0, dc)
         name = "log_softmax" if log else "softmax"
+
+        def at_x0() -> T:
+            x0 = xc[:1].detach()
+            if ctx.mode == "freeze" and log:  # the normalizer of x0: z - logsumexp(z0)
+                return -torch.logsumexp(x0, dc, keepdim=True)
+            return torch.softmax(x0, dc)
+
+        s0 = ctx.frozen(at_x0)
         if ctx.mode == "freeze":
-            if log:  # the normalizer of x0: z - logsumexp(z0)
-                out = ctx.add_constant(xc, -torch.logsumexp(x0, dc, keepdim=True), f"{name} shift")
+            if log:
+                out = ctx.add_constant(xc, s0, f"{name} shift")
             else:  # a gate decided by x0: its value, for every probe
                 out = ctx.add_constant(torch.zeros_like(xc), s0, f"{name} gate")
         else:
             mean = (s0 * xc).sum(dc, keepdim=True)
             lin = xc - mean if log else s0 * (xc - mean)
-            y0 = torch.log_softmax(x0, dc) if log else s0
-            out = ctx.add_constant(lin, y0 - lin[:1].detach(), f"{name} c(x0)")
+
+            def const() -> T:
+                y0 = torch.log_softmax(xc[:1].detach(), dc) if log else s0
+                return y0 - lin[:1].detach()
+
+            out = ctx.add_constant(lin, ctx.frozen(const), f"{name} c(x0)")
         out = bd.uncanon(out, layout, x.shape, ctx.rows)
         bd.track(ctx, out, func, layout)
         if not log:
@@ -912,8 +1024,12 @@ def _select_rule(largest: bool) -> Handler:
         keepdim = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
         x = bd.canon(x_in, layout, ctx.rows)
         dc = bd.canon_dim(dim, layout, x_in.ndim)
-        x0 = x[:1].detach()
-        idx = x0.argmax(dc, keepdim=True) if largest else x0.argmin(dc, keepdim=True)
+
+        def selected() -> T:
+            x0 = x[:1].detach()
+            return x0.argmax(dc, keepdim=True) if largest else x0.argmin(dc, keepdim=True)
+
+        idx = ctx.frozen(selected)
         shape = list(x.shape)
         shape[dc] = 1
         full_idx = idx.expand(*shape)
@@ -967,13 +1083,16 @@ def _sort_rule(top: bool) -> Handler:
             raise bd.refuse(ctx, func, "sorts along the batch dimension")
         x = bd.canon(x_in, layout, ctx.rows)
         dc = bd.canon_dim(dim, layout, x_in.ndim)
-        x0 = x[:1].detach()
-        if top:
-            _, idx = torch.topk(x0, a["k"], dc, a["largest"], a["sorted"])
-        else:
-            _, idx = torch.sort(
+
+        def order() -> T:
+            x0 = x[:1].detach()
+            if top:
+                return torch.topk(x0, a["k"], dc, a["largest"], a["sorted"])[1]
+            return torch.sort(
                 x0, dim=dc, descending=a["descending"], stable=a.get("stable", False)
-            )
+            )[1]
+
+        idx = ctx.frozen(order)
         shape = list(x.shape)
         shape[dc] = idx.shape[dc]
         full_idx = idx.expand(shape)
