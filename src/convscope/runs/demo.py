@@ -738,15 +738,15 @@ def _decoding_section(d: dict[str, Any]) -> Section:
                                f"Reproduce: {d['command']}."])  # fmt: skip
     rows = [[mode, f"{v['mean']:.4f} ± {v['std']:.4f}"]
             for mode, v in d["reconstruction_error"].items()]  # fmt: skip
-    k, c, h, w = d["filters_shape"]
+    k, _, h, w = d["filters_shape"]
     return Section(
         title,
         [
             why_lenet,
             f"Each of the {k} filters of {d['layer']} (the paper's layer 5) is a pattern "
             "over the maps of the layer below; substituting the lower filters into it, layer "
-            f"by layer ({'; '.join(d['chain'])}), gives one {h}x{w} pattern over the image "
-            f"({c} channel). How to read it: a tile is what that "
+            f"by layer ({'; '.join(d['chain'])}), gives one {h}x{w} pattern over the "
+            "image. How to read it: a tile is what that "
             "filter looks for (red: bright pixels there raise its response, blue: lower it); "
             "the error says how far correlating an image with the tile is from the filter's "
             "true response, both min-max normalised (0: exact). Seed 003 Table 1 reports "
@@ -835,8 +835,9 @@ def _faithfulness_section(f: dict[str, Any]) -> Section:
             "gradients are Captum's, lrp_epsilon_plus Zennit's. How to read it: compare a "
             "column's numbers, taking the intervals into account: with this few digits, "
             "overlapping intervals are a tie.",
-            f"Reproduce at full size (every method and metric, all 1,000 test digits): "
-            f"{g['command']} (and {f['regular_cnn']['command']}).",
+            "Reproduce at full size (every method and metric over all 1,000 test digits, "
+            f"which takes long on a CPU; --limit 64 for a sample): {g['command']} (and "
+            f"{f['regular_cnn']['command']}).",
         ],
         tables,
         [Figure(f"{v['folder']}/examples.png",
