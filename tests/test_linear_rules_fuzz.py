@@ -454,10 +454,11 @@ def test_rule_gives_the_probes_the_same_from_the_decision_cache(
         return
     xs = _inputs(case, seed=zlib.crc32(op_name(func).encode()) % 1000)
     cache = DecisionCache(1 << 30)
-    full, layout, _ = _pass(func, handler, case, mode, xs, record=cache)
+    full, layout, first = _pass(func, handler, case, mode, xs, record=cache)
     assert cache.usable
+    cache.sources = tuple(first.sources)  # what the interpreter keeps of its first pass
     probes, layout_p, ctx = _pass(func, handler, case, mode, [x[1:] for x in xs], recall=cache)
-    assert ctx.offset == 0 and layout_p == layout
+    assert ctx.offset == 0 and layout_p == layout and ctx.sources == first.sources
     assert ctx._recall is not None and ctx._recall.next == len(cache.values)  # all used
     expected = bd.canon(full, layout, ROWS)[1:]
     got = bd.canon(probes, layout, ROWS - 1)

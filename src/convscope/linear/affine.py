@@ -448,6 +448,9 @@ def _with_bias(
         ctx.new_source(f"{name} bias")
         return bd.track(ctx, func(*args, **kwargs), func, layout)
     lin = func(*bare_args, **bare_kwargs)
+    if ctx.silent:  # no row adds the bias: leave it out rather than add it times 0
+        ctx.new_source(f"{name} bias")
+        return bd.track(ctx, lin, func, layout)
     const = bias if name == "linear" else bias.view(-1, *([1] * (x.ndim - 2)))
     return bd.track(ctx, bd.add_constant(ctx, lin, layout, const, f"{name} bias"), func, layout)
 

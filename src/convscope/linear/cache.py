@@ -99,6 +99,7 @@ class DecisionCache:
         self.budget = budget
         self.values: list[Any] = []
         self.decisions: list[bool] = []
+        self.sources: tuple[Any, ...] = ()  # the recorded pass's bias sources
         self.nbytes = 0
         self.why_not: str | None = None
 

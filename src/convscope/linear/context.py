@@ -291,8 +291,28 @@ class PassContext:
         """Every probe sees every source and nobody listens: add constants as usual."""
         return self.all_on and self.source_hook is None
 
+    @property
+    def silent(self) -> bool:
+        """No row sees any source (``li.linear``, columns, rows on the probes alone):
+        constants can be left out instead of masked to zero."""
+        return self.all_off and not self.offset and self.source_hook is None
+
     def new_source(self, op: str) -> int:
-        """Register the next source met in this pass and return its index."""
+        """Register the next source met in this pass and return its index.
+
+        A probes-only pass runs without module-path hooks (they cost a slow module call
+        each): its sources are the recorded pass's, in order."""
+        if self._recall is not None:
+            known = self._recall.cache.sources
+            i = len(self.sources)
+            if i >= len(known):
+                raise ConvscopeError(
+                    f"this pass met more than the {len(known)} bias sources of the first: "
+                    "the model does not compute the same graph for x0 every time (random "
+                    "or data-dependent control flow?)"
+                )
+            self.sources.append(known[i])
+            return i
         base = self.path or "(root)"
         n = self._name_counts.get(base, 0) + 1
         self._name_counts[base] = n

@@ -156,7 +156,10 @@ def frozen_pass(
     types and autograd.Functions to their rules
     (:func:`convscope.linear.registry.installed`); all of it is undone in ``finally``.
     With ``ctx.find_nonfinite`` the forward hook also records the first module whose
-    output is not finite (``ctx.nonfinite_at``).
+    output is not finite (``ctx.nonfinite_at``). A probes-only pass (``ctx.offset`` 0)
+    goes without the two hooks, which put every module call on PyTorch's slow path: its
+    sources are the first pass's, and an error in it is raised again from a pass that
+    carries ``x0``, with its module path (:meth:`LinearInterpreter._run`).
     """
     from torch.nn.modules.module import (
         register_module_forward_hook,
@@ -191,8 +194,9 @@ def frozen_pass(
             ctx.stack.pop()
 
     try:
-        handles.append(register_module_forward_pre_hook(enter))
-        handles.append(register_module_forward_hook(leave, always_call=True))
+        if ctx.offset:  # a probes-only pass knows its sources and raises nothing new
+            handles.append(register_module_forward_pre_hook(enter))
+            handles.append(register_module_forward_hook(leave, always_call=True))
         for p, _ in flags:
             p.requires_grad_(False)
         try:
@@ -394,6 +398,7 @@ class LinearInterpreter:
             self._refuse_nonfinite(out)
         self._sources = tuple(ctx.sources)
         if record is not None:
+            record.sources = self._sources
             if record.usable:
                 self._cache, self.cache_off_because = record, None
             elif cache == "on":
@@ -461,6 +466,26 @@ class LinearInterpreter:
             and not find_nonfinite
             else None
         )
+        if recall is not None:
+            try:
+                return self._pass(probes, codes, grad, recall)
+            except ConvscopeError:
+                # the same pass with x0 and module paths, for the error with its module
+                self._run(probes, codes, grad=grad, cached=False)
+                raise
+        return self._pass(probes, codes, grad, None, source_hook, replay, find_nonfinite, record)
+
+    def _pass(
+        self,
+        probes: torch.Tensor,
+        codes: Sequence[int] | torch.Tensor,
+        grad: bool,
+        recall: DecisionCache | None,
+        source_hook: SourceHook | None = None,
+        replay: list[bool] | None = None,
+        find_nonfinite: bool = False,
+        record: DecisionCache | None = None,
+    ) -> tuple[torch.Tensor, PassContext]:
         codes_t = torch.as_tensor(codes, dtype=torch.long)
         if recall is not None:
             rows = probes.shape[0]
