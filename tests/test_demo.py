@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import QuickDemo
 
 from convscope.data import load_mnist_subset
 from convscope.errors import ConvscopeError
@@ -15,9 +16,9 @@ from convscope.models import load_checkpoint
 from convscope.runs import demo
 
 
-def test_quick_demo_writes_a_complete_report(tmp_path: Path) -> None:
-    lines: list[str] = []
-    res = demo.run(tmp_path, quick=True, log=lines.append, progress=False)
+def test_quick_demo_writes_a_complete_report(quick_demo: QuickDemo) -> None:
+    # the session's one quick demo (tests/conftest.py), shared with the browser test
+    tmp_path, res, lines = quick_demo.out, quick_demo.result, quick_demo.lines
     m = res.metrics
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == m and res.out == tmp_path
