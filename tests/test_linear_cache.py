@@ -273,3 +273,40 @@ def test_a_model_that_writes_into_its_input_leaves_the_probes_alone() -> None:
     assert torch.equal(probes, x[1:])  # the caller's probes are as they were
     assert rel_err(out, off(x[1:])) < TOL
     assert rel_err(on.rows([0, 5]), off.rows([0, 5])) < TOL  # a probe batch that needs grad
+
+
+# -- probes per pass from a memory budget ------------------------------------------------------
+
+
+def test_auto_batch_size_fits_the_memory_budget() -> None:
+    model, x = _everything(False)
+    probe = LinearInterpreter(model, x[:1])
+    per = probe.bytes_per_probe
+    # every input-dependent tensor of a probe counts: at least its input and its output
+    assert per >= x[0].numel() * 8 + probe.output.numel() * 8
+    li = LinearInterpreter(model, x[:1], batch_size="auto", memory_budget=3 * per + per // 2)
+    assert li.batch_size == 3
+    assert _batch_sizes(model, lambda: li.linear(x[1:])) == [3, 2]  # 4 probes: 3, then 1 + x0
+    fixed = LinearInterpreter(model, x[:1], batch_size=32)
+    assert rel_err(li.linear(x[1:]), fixed.linear(x[1:])) < TOL
+    assert rel_err(li.rows([0, 1, 2, 3]), fixed.rows([0, 1, 2, 3])) < TOL
+    assert LinearInterpreter(model, x[:1], batch_size="auto", memory_budget=1).batch_size == 1
+    default = LinearInterpreter(model, x[:1], batch_size="auto")
+    assert 1 <= default.batch_size <= 1024
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": "big"}, "batch_size must be an integer >= 1; got 'big'"),
+        (
+            {"batch_size": "auto", "memory_budget": 0},
+            "memory_budget must be a number of bytes >= 1",
+        ),
+        ({"memory_budget": 2.5}, "memory_budget must be a number of bytes >= 1"),
+    ],
+)
+def test_bad_batch_settings_are_refused(kwargs: dict[str, object], message: str) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU()).double()
+    with pytest.raises(ConvscopeError, match=message):
+        LinearInterpreter(model, photos(8)[:1], **kwargs)  # type: ignore[arg-type]

@@ -148,6 +148,9 @@ class PassContext:
         self._layouts: dict[int, Any] = {}  # where the sample index is, when not first
         self._name_counts: dict[str, int] = {}
         self.decisions: list[bool] = []
+        self.tracked_bytes = 0
+        """Bytes of every input-dependent tensor the pass made (views counted too): an
+        upper estimate of what a pass that keeps them for its backward holds."""
         self._replay = replay
         self._record = record
         self._recall = Recall(recall) if recall is not None else None
@@ -266,6 +269,7 @@ class PassContext:
             else:
                 self._layouts.pop(id(out), None)
             self._tracked[id(out)] = weakref.ref(out)
+            self.tracked_bytes += out.numel() * out.element_size()
         elif isinstance(out, (list, tuple)):
             for o in out:
                 self.track(o, func, layout)

@@ -26,7 +26,8 @@ scaled so that its pixels sum to ``y_c``. ``Q_s^T e_c`` weights the bias map at 
 to the source's contribution), and ``F_s^T`` back-projects that map to the input with
 the transposed interpreter of the sub-network input -> ``s``. The first term sums to
 ``(F x0)_c`` on its own; the back-projected bias maps do not keep their sums, hence
-the final scaling. Pixel vote: the target whose discussion is largest at a pixel.
+the final scaling. Pixel vote: the target whose discussion is largest at a pixel; a
+pixel where several targets tie for the largest (all 0, say) abstains with -1.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from convscope.errors import ConvscopeError
 from convscope.linear.context import ALL_OFF, ALL_ON, PassContext, Source, check_batch_size
 
 __all__ = [
+    "ABSTAIN",
     "ContributionHistogram",
     "Contributions",
     "FrozenSystem",
@@ -55,6 +57,9 @@ __all__ = [
     "residual_share",
     "votes",
 ]
+
+ABSTAIN = -1
+"""The vote of a pixel with no say: its largest discussion is attained by several targets."""
 
 
 class FrozenSystem(Protocol):
@@ -148,10 +153,16 @@ class Contributions(Mapping[str, torch.Tensor]):
 class PixelVotes:
     """Pixel votes of a classifier and the discussions behind them (seed 001 Fig. 3).
 
+    A pixel votes for the target whose discussion is largest there. Where the largest
+    discussion is attained by more than one target (an exact tie, e.g. every discussion
+    0 on a black background that nothing reaches) the pixel has no say and abstains:
+    its vote is -1 (``ABSTAIN``).
+
     Attributes:
         targets: ``(T,)`` the classes that took part, best score first.
         discussions: ``(T, *spatial)`` each target's pixel discussion (sums to its score).
-        votes: ``(*spatial)`` the class index each pixel votes for.
+        votes: ``(*spatial)`` the class index each pixel votes for, -1 where the largest
+            discussion is tied (a pixel with no say).
         scores: ``(T,)`` the targets' scores.
     """
 
@@ -161,19 +172,28 @@ class PixelVotes:
     scores: torch.Tensor
 
     def share(self, c: int) -> float:
-        """The fraction of pixels voting for class ``c``."""
+        """The fraction of all pixels voting for class ``c`` (abstentions included in the
+        count of pixels)."""
         return float((self.votes == c).double().mean())
 
     @property
+    def abstained(self) -> float:
+        """The fraction of pixels that abstain (vote -1: their largest discussion is tied)."""
+        return self.share(ABSTAIN)
+
+    @property
     def shares(self) -> dict[int, float]:
-        """Vote share of every target, in target order; the shares sum to 1."""
+        """Vote share of every target, in target order, as a fraction of all pixels; the
+        shares sum to ``1 - abstained``."""
         return {int(c): self.share(int(c)) for c in self.targets}
 
     @property
     def most_voted(self) -> int:
-        """The target with the most pixel votes (the first such on a tie)."""
+        """The target with the most pixel votes (the first such on a tie); abstentions do
+        not count. -1 when no pixel votes at all (every pixel abstains)."""
         shares = self.shares
-        return max(shares, key=lambda c: shares[c])
+        best = max(shares, key=lambda c: shares[c])
+        return best if shares[best] > 0 else ABSTAIN
 
 
 def _target(li: FrozenSystem, target: int | None) -> int:
@@ -474,6 +494,9 @@ def pixel_votes(
 ) -> torch.Tensor:
     """The target each pixel votes for: the largest pixel discussion among the targets.
 
+    A pixel where the largest discussion is attained by more than one target (an exact
+    tie, e.g. all of them 0) has no say and abstains (-1).
+
     Args:
         li: the interpreter.
         targets: output indices to choose from; ``None``: the ``top`` largest outputs.
@@ -481,8 +504,9 @@ def pixel_votes(
         batch_size: targets per pass.
 
     Returns:
-        ``(*spatial)`` integer tensor of output indices, e.g. ``(H, W)``; the ``votes``
-        of :func:`votes`.
+        ``(*spatial)`` integer tensor, e.g. ``(H, W)``: the class index each pixel votes
+        for, -1 where the largest discussion is tied (a pixel with no say); the
+        ``votes`` of :func:`votes`.
     """
     return votes(li, targets, top=top, batch_size=batch_size).votes
 
@@ -511,4 +535,11 @@ def votes(
         t = _targets(li, targets)
     pd = pixel_discussion(li, t, batch_size=batch_size)
     t = t.to(pd.device)
-    return PixelVotes(t, pd, t[pd.argmax(0)], li.output.reshape(-1)[t].detach())
+    return PixelVotes(t, pd, _vote(t, pd), li.output.reshape(-1)[t].detach())
+
+
+def _vote(t: torch.Tensor, pd: torch.Tensor) -> torch.Tensor:
+    """``t[argmax]`` per pixel, ``ABSTAIN`` where more than one target attains the maximum
+    (argmax alone would hand every tie, all-zero pixels included, to the first target)."""
+    tied = (pd == pd.amax(0)).sum(0) > 1
+    return torch.where(tied, torch.full_like(t[:1], ABSTAIN), t[pd.argmax(0)])

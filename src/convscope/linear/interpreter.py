@@ -37,7 +37,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -271,6 +271,7 @@ class _Graph:
 
 
 _MAX_GRAPHS = 4
+_MAX_AUTO_BATCH = 1024
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -295,7 +296,12 @@ class LinearInterpreter:
             a callable ``output(model_output) -> tensor`` (it runs inside the pass, so
             torch ops in it are interpreted like the model's own). ``None``: the model
             must return one tensor.
-        batch_size: at most this many probes per forward pass (bounds memory).
+        batch_size: at most this many probes per forward pass (bounds memory), or
+            ``"auto"``: as many as fit ``memory_budget``, from the bytes one probe's
+            input-dependent tensors took in the first pass (an upper estimate of what a
+            pass and its backward keep), at most 1024.
+        memory_budget: bytes a pass may take with ``batch_size="auto"`` (``None``: a
+            quarter of the memory free on ``x0``'s device).
         seed: every pass draws its random numbers (train-mode dropout masks) from
             this seed, so all passes freeze the same mask; the caller's random state
             is restored afterwards.
@@ -343,12 +349,13 @@ class LinearInterpreter:
         x0: torch.Tensor,
         mode: Mode = "freeze",
         *,
-        batch_size: int = 32,
+        batch_size: int | Literal["auto"] = 32,
         seed: int = 0,
         cuda_graphs: bool | None = None,
         output: Output = None,
         cache: CacheMode = "auto",
         cache_budget: int | None = None,
+        memory_budget: int | None = None,
     ) -> None:
         if mode not in _MODES:
             raise ConvscopeError(f"mode must be one of {list(_MODES)}; got {mode!r}")
@@ -365,14 +372,23 @@ class LinearInterpreter:
                 "finite image to take its decisions from"
             )
         _check_output(output)
-        check_batch_size(batch_size)
+        if batch_size != "auto":
+            check_batch_size(batch_size)
         check_cache(cache, cache_budget)
+        if memory_budget is not None and (
+            isinstance(memory_budget, bool)
+            or not isinstance(memory_budget, int)
+            or memory_budget < 1
+        ):
+            raise ConvscopeError(
+                f"memory_budget must be a number of bytes >= 1 (or None); got {memory_budget!r}"
+            )
         self.model = model
         # the module paths, parameters and buffers, once: the interpreter is of this
         # model as it is now
         self._structure = walk(model)
         self.mode: Mode = mode
-        self.batch_size = batch_size
+        self.batch_size = 32 if batch_size == "auto" else batch_size
         self.seed = seed
         self.output_selector: Output = output
         self.x0 = x0.detach()
@@ -408,6 +424,13 @@ class LinearInterpreter:
         self.output = out[:1].detach()
         self.residual = out[1:2].detach()
         self.out_shape: tuple[int, ...] = tuple(out.shape[1:])
+        self.bytes_per_probe = max(1, ctx.tracked_bytes // ctx.rows)
+        """What one probe's input-dependent tensors took in the first pass."""
+        if batch_size == "auto":
+            budget = memory_budget
+            if budget is None:
+                budget = max(1, default_budget(self.x0.device) - self.cache_bytes)
+            self.batch_size = max(1, min(_MAX_AUTO_BATCH, budget // self.bytes_per_probe))
 
     def __repr__(self) -> str:
         return (

@@ -148,7 +148,8 @@ def _unit_rule(unit: _Unit, inplace_spec: bool | None) -> Handler:
         xc = bd.canon(x, layout, ctx.rows)  # x itself unless the samples were moved
         out: T
         if unit.kind == "relu":
-            mask = ctx.frozen(lambda: xc[:1].detach() > 0)  # kept as bool
+            # kept as bool (a byte per value), multiplied as x's dtype (faster than bool)
+            mask = ctx.frozen(lambda: xc[:1].detach() > 0).to(x.dtype)
             if inplace and xc is x:
                 return ctx.track(x.mul_(mask), func)
             out = xc * mask
