@@ -222,6 +222,28 @@ def test_a_user_rule_turns_the_cache_off_and_cache_on_says_why() -> None:
             LinearInterpreter(model, x[:1], cache="on")
 
 
+def _round_rule_frozen(ctx, func, args, kwargs):  # type: ignore[no-untyped-def]
+    x = args[0]
+    c = ctx.frozen(lambda: torch.round(x[:1]) - x[:1])
+    return ctx.add_constant(x, c, "round c(x0)")
+
+
+def test_a_cacheable_user_rule_keeps_the_cache_and_gives_the_same_answers() -> None:
+    torch.manual_seed(0)
+    model, x = _Rounding().double().eval(), photos(8)[:4]
+    with use_rule(_Round, _round_rule):
+        off = LinearInterpreter(model, x[:1], cache="off")
+        want, want_r = off(x[1:]), off.residual
+    with use_rule(_Round, _round_rule_frozen, cacheable=True):
+        on = LinearInterpreter(model, x[:1], cache="on")
+        assert on.cache_off_because is None and on.cache_bytes > 0
+        assert _batch_sizes(model, lambda: on(x[1:])) == [3]  # probes alone
+        assert rel_err(on(x[1:]), want) < TOL and rel_err(on.residual, want_r) < TOL
+        # the constant is really the rounding error at x0 (not zero), so a wrong recall shows
+        assert float((on(x[1:]) - on.linear(x[1:]) - on.residual).abs().max()) < 1e-12
+        assert float(on.residual.abs().max()) > 1e-3
+
+
 def test_a_cache_over_its_budget_is_dropped() -> None:
     model, x = torchvision_model("resnet18")
     small = LinearInterpreter(model, x[:1], cache_budget=1000)

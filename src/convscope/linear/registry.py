@@ -69,6 +69,15 @@ A ReLU-like Function with a custom backward keeps the mask of ``x0`` instead::
         x = args[0]
         return x * (x[:1] > 0).to(x.dtype)
 
+The same rule written for the decision cache reads ``x0`` through ``ctx.frozen`` (the
+callable runs only in a pass that has row 0; a pass of the probes alone gets its
+recorded result back) and is registered with ``cacheable=True``::
+
+    @cs.linear.register_rule(MyReLU, cacheable=True)
+    def my_relu_rule(ctx, func, args, kwargs):
+        x = args[0]
+        return x * ctx.frozen(lambda: x[:1] > 0).to(x.dtype)
+
 And a module type (its forward calls something the interpreter does not know)::
 
     def binarize_rule(ctx, module, args, kwargs):
@@ -218,8 +227,9 @@ def _kind(key: Any) -> Literal["op", "module", "function"]:
     )
 
 
-def _tracking(rule: Rule) -> Rule:
-    """``rule`` with every tensor it returns (also in a tuple, list or dict) tracked."""
+def _tracking(rule: Rule, cacheable: bool = False) -> Rule:
+    """``rule`` with every tensor it returns (also in a tuple, list or dict) tracked;
+    unless ``cacheable``, a pass that meets it records no decision cache."""
 
     def dispatch(ctx: PassContext, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # a user rule reads x0 as x[:1]: refuse inputs whose samples are not first
@@ -228,9 +238,10 @@ def _tracking(rule: Rule) -> Rule:
 
         batchdim.require_first(ctx, func, *args, *kwargs.values())
         # it reads x0 as x[:1], not through ctx.frozen: no probes-only passes
-        ctx.uncached(
-            f"the user rule for {key_name(type(func) if isinstance(func, nn.Module) else func)}"
-        )
+        if not cacheable:
+            ctx.uncached(
+                f"the user rule for {key_name(type(func) if isinstance(func, nn.Module) else func)}"
+            )
         out = rule(ctx, func, args, kwargs)
         ctx.track(list(out.values()) if isinstance(out, Mapping) else out, func)
         return out
@@ -241,7 +252,7 @@ def _tracking(rule: Rule) -> Rule:
 # -- the public API -----------------------------------------------------------------------
 
 
-def register_rule(key: Any, rule: Rule | None = None) -> Any:
+def register_rule(key: Any, rule: Rule | None = None, *, cacheable: bool = False) -> Any:
     """Teach the linear interpreter an op, an autograd.Function or a module type.
 
     Args:
@@ -250,6 +261,11 @@ def register_rule(key: Any, rule: Rule | None = None) -> Any:
             rule replaces the forward of its instances). See the module docstring.
         rule: ``rule(ctx, func, args, kwargs) -> output``. Omitted: returns a decorator
             that registers the function it decorates.
+        cacheable: the rule reads ``x0`` only through ``ctx.frozen(lambda: ...)`` (a
+            callable that reads row 0 and returns what the rule needs of it), never as
+            ``x[:1]`` directly; then an interpreter keeps its decision cache and runs the
+            rule on the probes alone too (:mod:`convscope.linear.cache`). Otherwise a
+            model with this rule runs every pass with ``x0``.
 
     Returns:
         ``rule`` (so it can be used as a decorator).
@@ -262,7 +278,7 @@ def register_rule(key: Any, rule: Rule | None = None) -> Any:
     if rule is None:
 
         def decorate(fn: _R) -> _R:
-            register_rule(key, fn)
+            register_rule(key, fn, cacheable=cacheable)
             return fn
 
         return decorate
@@ -284,7 +300,7 @@ def register_rule(key: Any, rule: Rule | None = None) -> Any:
             f"{key_name(key)} already has a built-in rule: exported programs' ATen ops run "
             "the rule of their torch-level op (convscope.linear.aten)"
         )
-    new = _Entry(rule, _tracking(rule), "user")
+    new = _Entry(rule, _tracking(rule, cacheable), "user")
     _ENTRIES[key] = new
     if kind == "op":
         DISPATCH[key] = new.dispatch
@@ -315,9 +331,9 @@ def unregister_rule(key: Any) -> None:
 
 
 @contextlib.contextmanager
-def use_rule(key: Any, rule: Rule) -> Iterator[Rule]:
+def use_rule(key: Any, rule: Rule, *, cacheable: bool = False) -> Iterator[Rule]:
     """Register ``rule`` for ``key`` inside a ``with`` block, and remove it afterwards."""
-    register_rule(key, rule)
+    register_rule(key, rule, cacheable=cacheable)
     try:
         yield rule
     finally:
