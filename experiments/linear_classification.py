@@ -86,10 +86,10 @@ def analyse(
             rows["residual_share" + tag].append(li.residual_share(c))
             groups = group_contributions(li.contributions(target=c), key=_layer_key)
             (shares if tag == "" else shares_adv).append(groups)
-            votes = li.pixel_votes(top=10)
-            counts = torch.bincount(votes.reshape(-1), minlength=10)
-            rows["vote_top1" + tag].append(float(counts[c] / votes.numel()))
-            rows["top1_wins" + tag].append(bool(int(counts.argmax()) == c))
+            pv = li.votes(top=10)  # a pixel with no say (tied discussions) votes -1
+            votes = pv.votes
+            rows["vote_top1" + tag].append(pv.share(c))
+            rows["top1_wins" + tag].append(pv.most_voted == c)
             if i < votes_for:
                 top2 = li.output[0].topk(2).indices.tolist()
                 examples.append(
@@ -239,7 +239,9 @@ def summary(results: dict[str, Any], eps: float, n: int, seconds: float) -> str:
         "## Pixel votes (Fig. 3 and 10 analogue)",
         "",
         "Each pixel votes for the class whose pixel discussion is largest there (all 10 "
-        "classes take part). Figures: `votes_<model>.png` (clean), `fgsm_<model>.png`.",
+        "classes take part; a pixel where several tie for the largest, e.g. all 0, "
+        "abstains, and shares are of all pixels). Figures: `votes_<model>.png` (clean), "
+        "`fgsm_<model>.png`.",
         "",
         "| model | pixels voting for top-1 (mean) | top-1 is the most voted | after FGSM: pixels "
         "for the new top-1 | new top-1 most voted | attack changed the prediction |",

@@ -182,7 +182,7 @@ def test_user_factory_through_linear_votes(
     li, _ = frozen(user["spec"], user["image"])
     assert torch.equal(torch.tensor(m["votes"]), li.pixel_votes(top=3))
     assert m["targets"] == li.output[0].topk(3).indices.tolist()
-    assert sum(m["vote_share"].values()) == pytest.approx(1.0)
+    assert sum(m["vote_share"].values()) + m["abstained"] == pytest.approx(1.0)
     pv = linear_votes.run(user["spec"], user["image"], tmp_path / "py", top=3).result
     # each discussion sums to its score (seed 001 eq. 18, scaled)
     sums = pv.discussions.flatten(1).sum(1)

@@ -237,6 +237,63 @@ def test_pixel_votes_pick_the_largest_discussion(
     assert set(li.pixel_votes([1, 2]).unique().tolist()) <= {1, 2}
 
 
+# A bias-free linear model on a 4x4 image of ones: pixel p's discussion of class c is
+# W[c, p] exactly (integer weights, so the scaling to the score is exactly 1). Columns
+# 0-5 are 0 for every class (pixels with no say), 6 and 7 tie for the largest between
+# two classes; the rest have a strict maximum (8 with a tie below it).
+_TIE_W = [
+    # pixel: 0  1  2  3  4  5  6  7  8  9  10  11 12 13 14 15
+    [0, 0, 0, 0, 0, 0, 2, 1, 5, 0, -1, 3, 0, 1, 2, 0],  # class 0, score 13
+    [0, 0, 0, 0, 0, 0, 2, 3, 1, 5, -1, 0, 0, 2, 1, 1],  # class 1, score 14: the top-1
+    [0, 0, 0, 0, 0, 0, 1, 3, 1, 0, 0, 0, 2, 0, 0, 2],  # class 2, score 9
+]
+_TIE_VOTES = [-1] * 8 + [0, 1, 2, 0, 2, 1, 0, 2]
+
+
+def _tie_model() -> nn.Module:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3, bias=False))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor(_TIE_W, dtype=torch.float64))
+    return net.eval()
+
+
+def test_tied_pixels_abstain() -> None:
+    li = LinearInterpreter(_tie_model(), torch.ones(1, 1, 4, 4))
+    pv = li.votes()  # top-10 of 3 outputs: all three, best first
+    assert pv.targets.tolist() == [1, 0, 2]
+    assert torch.equal(pv.discussions, torch.tensor(_TIE_W).double()[[1, 0, 2]].view(3, 4, 4))
+    expected = torch.tensor(_TIE_VOTES).view(4, 4)
+    assert torch.equal(pv.votes, expected)
+    assert torch.equal(li.pixel_votes(), expected)
+    # the abstaining pixels are exactly those whose largest discussion is attained twice
+    d = pv.discussions
+    tied = (d == d.amax(0)).sum(0) > 1
+    assert torch.equal(pv.votes == -1, tied)
+    assert pv.abstained == 0.5
+    assert pv.shares == {1: 2 / 16, 0: 3 / 16, 2: 3 / 16}
+    assert sum(pv.shares.values()) + pv.abstained == pytest.approx(1.0, abs=1e-15)
+    # abstentions are nobody's votes: argmax alone would give these 8 pixels to the top-1
+    # class (10 of 16 votes); class 0 and 2 lead with 3 each, 0 first in target order
+    assert pv.most_voted == 0
+    # a strict maximum is a vote for that target, whatever its rank among the scores
+    for p, c in ((8, 0), (9, 1), (10, 2), (12, 2)):
+        assert int(pv.votes.reshape(-1)[p]) == c
+        assert int(d.reshape(3, -1)[:, p].argmax()) == [1, 0, 2].index(c)
+    # among two targets, pixel 6 (2 vs 2) still ties; 7 (3 vs 1) no longer does
+    two = li.pixel_votes([0, 1]).reshape(-1)
+    assert int(two[6]) == -1 and int(two[7]) == 1 and int(two[0]) == -1
+    # one target: no tie is possible, every pixel votes for it
+    assert torch.equal(li.pixel_votes([2]), torch.full((4, 4), 2))
+
+
+def test_no_votes_at_all() -> None:
+    # x0 = 0 on a bias-free model: every discussion is 0, every pixel abstains
+    pv = LinearInterpreter(_tie_model(), torch.zeros(1, 1, 4, 4)).votes(top=2)
+    assert torch.equal(pv.votes, torch.full((4, 4), -1))
+    assert pv.abstained == 1.0 and set(pv.shares.values()) == {0.0}
+    assert pv.most_voted == -1
+
+
 def test_taylor_sources_include_the_constants_of_smooth_units() -> None:
     torch.manual_seed(12)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), nn.Conv2d(4, 2, 1, bias=False))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -65,6 +66,33 @@ def test_pixel_votes_figure(tmp_path: Path) -> None:
     _saved(fig, tmp_path, "votes.png")
     with pytest.raises(ConvscopeError):
         lf.plot_pixel_votes(images, votes[:1], [[1]])
+
+
+def test_abstaining_pixels_are_grey_and_in_the_legend(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    img = rng.random((6, 6))
+    votes = rng.integers(0, 3, (6, 6))
+    votes[:2] = -1  # 12 of 36 pixels have no say
+    fig = lf.plot_pixel_votes([img], [votes], [[0, 1]], [f"c{i}" for i in range(3)])
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["c0", "c1", "c2", "no say (tied)"]  # -1 is no class of the legend
+    (vote_map,) = [ax for ax in fig.axes if ax.get_title() == "votes"]
+    im = vote_map.images[0]
+    rgba = im.cmap(im.norm(np.asarray(im.get_array())))
+    assert np.allclose(rgba[:2, :, :3], to_rgb(lf._NO_SAY))
+    assert not np.isclose(rgba[2:, :, :3], to_rgb(lf._NO_SAY)).all(-1).any()
+    titles = [ax.get_title() for ax in fig.axes]
+    assert f"votes for c0: {100 * float((votes == 0).mean()):.0f}%" in titles
+    _saved(fig, tmp_path, "abstain.png")
+    # no abstaining pixel: no legend entry for them
+    fig = lf.plot_pixel_votes([img], [np.abs(votes)], [[0]], [f"c{i}" for i in range(3)])
+    assert "no say (tied)" not in [t.get_text() for t in fig.legends[0].get_texts()]
+    # the attack figure too
+    fig = lf.plot_attack(img, img, votes, np.abs(votes), (0, 1), ["input", "fc"],
+                         np.array([0.5, 0.5]), np.array([0.4, 0.6]))  # fmt: skip
+    labels = [t.get_text() for t in fig.legends[-1].get_texts()]
+    assert "no say (tied)" in labels and "-1" not in labels
+    _saved(fig, tmp_path, "attack_abstain.png")
 
 
 def test_contribution_histogram_and_residual_figures(tmp_path: Path) -> None:

@@ -469,11 +469,13 @@ def test_votes_data_rows_and_frequency_map(tmp_path: Path) -> None:
         top1 = int(pv.targets[0])
         assert row["top1"] == top1 and row["most_voted"] == pv.most_voted
         assert row["top1_vote_share"] == pytest.approx(pv.share(top1), abs=0)
+        assert row["abstained"] == pytest.approx(pv.abstained, abs=0)
         mask = np.unpackbits(np.frombuffer(row["top1_mask"], np.uint8), count=784)
         assert np.array_equal(mask.reshape(28, 28), (pv.votes == top1).numpy())
         masks.append(mask.reshape(28, 28))
     np.testing.assert_allclose(summary["vote_frequency"], np.mean(masks, 0), atol=1e-15)
     assert summary["top1_wins"] == pytest.approx(np.mean(table.column("top1_wins").to_pylist()))
+    assert summary["abstained"]["mean"] == pytest.approx(np.mean(table.column("abstained")))
     assert f"the top-1 class wins the vote in {100 * summary['top1_wins']:.1f}%" in r.stdout
     assert "vote_frequency.png" in (out / "report.html").read_text()
 

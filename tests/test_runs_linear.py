@@ -157,7 +157,8 @@ def test_votes_are_the_interpreters(
     assert torch.equal(torch.tensor(m["votes"]), gfnn_li.pixel_votes(top=3))
     assert m["targets"] == gfnn_li.output[0].topk(3).indices.tolist()
     assert m["target_names"] == [f"digit {c}" for c in m["targets"]]
-    assert sum(m["vote_share"].values()) == pytest.approx(1.0)
+    assert m["abstained"] == pytest.approx(float((torch.tensor(m["votes"]) == -1).double().mean()))
+    assert sum(m["vote_share"].values()) + m["abstained"] == pytest.approx(1.0)
     assert m["top1_wins"] == (m["most_voted"] == m["top1"])
 
 

@@ -720,6 +720,9 @@ def linear_votes(
 ) -> None:
     """Pixel discussions and votes of a classifier, with the masked images (seed 001 Fig. 3).
 
+    Each pixel votes for the class whose discussion is largest there; a pixel where
+    several classes tie for the largest (all 0, say) has no say and abstains (-1).
+
     With --data: how often the pixels of every image of a dataset vote for its top-1
     class (a per-pixel frequency map, a histogram, a per-class table); torchrun splits the
     images between processes.
@@ -734,7 +737,8 @@ def linear_votes(
         if dres.rank == 0:
             s = dres.summary
             typer.echo(f"top-1 vote share over {s['images']} images: mean "
-                       f"{100 * s['top1_vote_share']['mean']:.1f}%; the top-1 class wins the "
+                       f"{100 * s['top1_vote_share']['mean']:.1f}% (no say: "
+                       f"{100 * s['abstained']['mean']:.1f}%); the top-1 class wins the "
                        f"vote in {100 * s['top1_wins']:.1f}% of them")  # fmt: skip
             _done(out / "report.html", "the report")
         return
@@ -744,8 +748,10 @@ def linear_votes(
         m = res.metrics
         name = dict(zip(m["targets"], m["target_names"], strict=True))
         share = m["vote_share"][name[m["top1"]]]
+        most = name.get(m["most_voted"], "none (every pixel abstains)")
         typer.echo(f"top-1 {name[m['top1']]} gets {100 * share:.1f}% of the pixel "
-                   f"votes; most voted: {name[m['most_voted']]}")  # fmt: skip
+                   f"votes, {100 * m['abstained']:.1f}% of the pixels have no say (tied); "
+                   f"most voted: {most}")  # fmt: skip
     _done(out)
 
 

@@ -1,7 +1,8 @@
 """Figures for the linear interpreter (seed 001). Drawing only: arrays in, figures out.
 
 - :func:`plot_pixel_votes`: Fig. 3 / 9 / 10, the class each pixel votes for as a coloured
-  map and the image masked to the pixels that vote for a class;
+  map (pixels that abstain, vote -1, in dark grey) and the image masked to the pixels
+  that vote for a class;
 - :func:`plot_contribution_histogram`: Fig. 4 / 8, the share of a score that the input and
   each layer's biases carry, averaged over images (several series side by side, e.g. clean
   and attacked images);
@@ -20,7 +21,7 @@ its own symmetric scale. Maps with 3 channels are drawn as colour around mid gre
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from matplotlib import pyplot as plt
@@ -48,6 +49,10 @@ __all__ = [
 # of MNIST digits that do vote stay visible against it.
 _NOT_VOTING = np.array([0.85, 0.85, 0.87])
 _OTHER = "#bdbdbd"  # votes for a class outside the legend
+# Pixels that abstain (vote -1: their largest discussion is tied, e.g. all 0): a dark
+# neutral grey, apart from _OTHER and from tab10's / tab20's mid and light greys.
+_NO_SAY = "#4d4d4d"
+_NO_SAY_LABEL = "no say (tied)"
 
 
 def _hwc(image: np.ndarray) -> np.ndarray:
@@ -109,9 +114,23 @@ def _vote_map(
     index = np.full(votes.shape, len(classes), dtype=np.int64)
     for i, c in enumerate(classes):
         index[votes == c] = i
-    cmap = ListedColormap([*colours, to_rgb(_OTHER)])
-    ax.imshow(index, cmap=cmap, vmin=-0.5, vmax=len(classes) + 0.5, interpolation="nearest")
+    index[votes < 0] = len(classes) + 1  # abstaining pixels
+    cmap = ListedColormap([*colours, to_rgb(_OTHER), to_rgb(_NO_SAY)])
+    ax.imshow(index, cmap=cmap, vmin=-0.5, vmax=len(classes) + 1.5, interpolation="nearest")
     ax.axis("off")
+
+
+def _legend_handles(
+    legend: Sequence[int],
+    colours: Sequence[tuple[float, float, float]],
+    name: Callable[[int], str],
+    votes: Iterable[np.ndarray],
+) -> list[Patch]:
+    """One patch per legend class, and one for abstaining pixels where a map has any."""
+    handles = [Patch(color=col, label=name(c)) for c, col in zip(legend, colours, strict=True)]
+    if any((np.asarray(v) < 0).any() for v in votes):
+        handles.append(Patch(color=_NO_SAY, label=_NO_SAY_LABEL))
+    return handles
 
 
 @styled
@@ -128,19 +147,21 @@ def plot_pixel_votes(
     """Seed 001 Fig. 3 / 9: what each pixel votes for, one row per image.
 
     Each row: the image, (optionally) the pixel discussion of its first class, the vote
-    map (one colour per class), then the image masked to the pixels that vote for each
-    class in ``classes[i]`` with the share of pixels that do.
+    map (one colour per class, abstaining pixels dark grey), then the image masked to
+    the pixels that vote for each class in ``classes[i]`` with the share of all pixels
+    that do.
 
     Args:
         images: ``N`` images ``(H, W)`` or ``(H, W, 3)`` in [0, 1].
-        votes: ``N`` maps ``(H, W)`` of class indices.
+        votes: ``N`` maps ``(H, W)`` of class indices, -1 where a pixel abstains (its
+            largest discussion is tied): drawn dark grey, "no say (tied)" in the legend.
         classes: per image, the classes to show masked images for (e.g. the top-2 scores).
         class_names: names of all classes (default: the indices).
         discussions: ``N`` signed maps ``(H, W)``, the discussion of ``classes[i][0]``.
         row_titles: one title per image, over its first panel.
         legend: classes that get a colour in the vote maps, in order (default: every
             class that appears in ``classes`` or in the votes, at most 20); votes for
-            other classes are grey.
+            other classes are light grey.
 
     Returns:
         The figure.
@@ -160,12 +181,13 @@ def plot_pixel_votes(
         for row in classes:
             seen.extend(int(c) for c in row if int(c) not in seen)
         for v in votes:
-            counts = np.bincount(np.asarray(v).ravel().astype(np.int64))
+            flat = np.asarray(v).ravel().astype(np.int64)
+            counts = np.bincount(flat[flat >= 0])
             for c in np.argsort(-counts):
                 if counts[c] and int(c) not in seen:
                     seen.append(int(c))
         legend = seen[:20]
-    legend = [int(c) for c in legend]
+    legend = [int(c) for c in legend if int(c) >= 0]
     colours = vote_colours(len(legend))
     k = max(len(row) for row in classes)
     extra = 1 if discussions is not None else 0
@@ -188,11 +210,11 @@ def plot_pixel_votes(
                 share = float((v == c).mean())
                 ax.imshow(masked_image(img, v, c))
                 ax.set_title(f"votes for {name(c)}: {100 * share:.0f}%", fontsize=8)
-    handles = [Patch(color=col, label=name(c)) for c, col in zip(legend, colours, strict=True)]
+    handles = _legend_handles(legend, colours, name, votes)
     fig.legend(
         handles=handles,
         loc="lower center",
-        ncol=min(len(handles), 10),
+        ncol=min(len(handles), 11),  # ten classes and "no say" on one row
         fontsize=7,
         frameon=False,
         bbox_to_anchor=(0.5, 0.0),
@@ -564,7 +586,8 @@ def plot_attack(
 
     Args:
         clean, adversarial: ``(H, W)`` or ``(H, W, 3)`` in [0, 1].
-        votes_clean, votes_adversarial: ``(H, W)`` class per pixel.
+        votes_clean, votes_adversarial: ``(H, W)`` class per pixel, -1 where a pixel
+            abstains (drawn dark grey, "no say (tied)" in the legend).
         classes: ``(clean top-1, attacked top-1)``.
         names: the sources (``"input"`` and layer groups).
         shares_clean, shares_adversarial: ``(L,)`` each source's share of its top-1 score.
@@ -582,7 +605,7 @@ def plot_attack(
     c0, c1 = (int(c) for c in classes)
     legend: list[int] = []
     for c in (c0, c1, *np.unique(votes_clean).tolist(), *np.unique(votes_adversarial).tolist()):
-        if int(c) not in legend:
+        if int(c) >= 0 and int(c) not in legend:
             legend.append(int(c))
     legend = legend[:20]
     colours = vote_colours(len(legend))
@@ -613,12 +636,12 @@ def plot_attack(
     ax.set_xticks(pos, list(names), fontsize=7, rotation=30)
     ax.set_ylabel("share of the top-1 score", fontsize=8)
     ax.legend(fontsize=7)
-    handles = [Patch(color=col, label=name(c)) for c, col in zip(legend, colours, strict=True)]
+    handles = _legend_handles(legend, colours, name, [votes_clean, votes_adversarial])
     fig.legend(
         handles=handles,
         loc="upper center",
         bbox_to_anchor=(0.5, 0.96),
-        ncol=min(10, len(handles)),
+        ncol=min(11, len(handles)),
         fontsize=7,
         frameon=False,
     )

@@ -512,10 +512,6 @@ def _linear(
         pv = li.votes(top=VOTE_TOP)
         s1, u1, v1 = li.svd(k=1, method="randomized")
         top1 = int(pv.targets[0])
-        # a pixel whose discussion is the same for every class (0 on a black background
-        # when nothing below carries a bias) has no say; argmax counts it for the top-1 class
-        tied = pv.discussions.amax(0) == pv.discussions.amin(0)
-        said = ~tied
         digit = {
             "index": 0,
             "label": int(test_set.labels[0]),
@@ -523,10 +519,7 @@ def _linear(
             "targets": [int(t) for t in pv.targets],
             "vote_share": {str(c): v for c, v in pv.shares.items()},
             "most_voted": pv.most_voted,
-            "tied_share": float(tied.double().mean()),
-            "top1_share_of_untied": float(
-                ((pv.votes == top1) & said).sum() / max(1, int(said.sum()))
-            ),
+            "abstained": pv.abstained,
             "s1": float(s1[0]),
             "u1": _np(u1[0]).tolist(),
         }
@@ -564,8 +557,8 @@ def _linear_section(linear: dict[str, Any], classes: list[str]) -> Section:
     g, c = linear["gfnn"], linear["regular_cnn"]
     one = [
         [label, classes[d["top1"]], f"{100 * d['vote_share'][str(d['top1'])]:.1f}%",
-         f"{100 * d['tied_share']:.1f}%", f"{100 * d['top1_share_of_untied']:.1f}%",
-         classes[d["most_voted"]], f"{d['s1']:.4f}",
+         f"{100 * d['abstained']:.1f}%",
+         classes[d["most_voted"]] if d["most_voted"] >= 0 else "none", f"{d['s1']:.4f}",
          classes[int(np.argmax(np.abs(d["u1"])))]]
         for label, d in (("GFNN", g["digit"]), ("regular CNN", c["digit"]))
     ]  # fmt: skip
@@ -584,9 +577,10 @@ def _linear_section(linear: dict[str, Any], classes: list[str]) -> Section:
             "pair of F (seed 001 Fig. 5): v1 is the input pattern F amplifies most, by s1, "
             "and u1 how that pattern moves each class score. How to read the votes: a pixel "
             "coloured like the top-1 class supports the decision; a network whose pixels "
-            "vote for many classes is less sure where the digit is. A pixel whose discussion "
-            "is equal for every class (often 0, on the black background) has no say but is "
-            "counted for the top-1 class, hence the share among the other pixels beside it.",
+            "vote for many classes is less sure where the digit is. A pixel where several "
+            "classes tie for the largest discussion (often all 0, on the black background) "
+            "has no say and abstains: it is drawn dark grey and counted apart (vote shares "
+            "are of all pixels; they and the pixels with no say add up to 100%).",
             f"Reproduce at full size: {g['command']} (and {c['command']}); the votes of "
             "every test digit: convscope linear votes --model gfnn.pt --data mnist-subset "
             "--out votes; singular pairs of one image: convscope linear svd --model gfnn.pt "
@@ -603,7 +597,6 @@ def _linear_section(linear: dict[str, Any], classes: list[str]) -> Section:
                     "top-1",
                     "its vote share",
                     "pixels with no say",
-                    "its share of the others",
                     "most voted",
                     "s1",
                     "class u1 moves most",
@@ -622,7 +615,8 @@ def _linear_section(linear: dict[str, Any], classes: list[str]) -> Section:
             Figure(
                 "linear_votes.png",
                 "The first test digit: the top-1 class's pixel "
-                "discussion, what each pixel votes for, the pixels voting for the top two.",
+                "discussion, what each pixel votes for (dark grey: no say), the pixels voting "
+                "for the top two.",
             ),
             Figure("linear_svd.png", "The top singular pair of F at the same digit."),
         ],  # fmt: skip

@@ -46,9 +46,12 @@ def run(
     Returns:
         The :class:`~convscope.runs.RunResult`; ``result`` is the
         :class:`~convscope.linear.PixelVotes`. Its metrics hold ``targets`` (class
-        indices, best first) and ``target_names``, ``vote_share`` (by class name; the
-        shares sum to 1), ``top1``, ``most_voted``, ``top1_wins`` and ``votes`` (the
-        (H, W) map of class indices).
+        indices, best first) and ``target_names``, ``vote_share`` (by class name, each a
+        fraction of all pixels), ``abstained`` (the fraction of pixels with no say: their
+        largest discussion is tied; the shares and it sum to 1), ``top1``,
+        ``most_voted`` (abstentions do not count; -1 when no pixel votes),
+        ``top1_wins`` and ``votes`` (the (H, W) map of class indices, -1 where a pixel
+        abstains).
     """
     import torch
 
@@ -61,10 +64,15 @@ def run(
         progress=s.progress,
         row=lambda r: [r.metrics["target_names"][0],
                        f"{100 * r.metrics['vote_share'][r.metrics['target_names'][0]]:.1f}%",
-                       s.model.class_name(r.metrics["most_voted"])],
-        headers=["top-1", "its vote share", "most voted"],
+                       f"{100 * r.metrics['abstained']:.1f}%",
+                       _most_voted(s.model.class_name, r.metrics["most_voted"])],
+        headers=["top-1", "its vote share", "no say", "most voted"],
         title=f"{s.model.short_name}: pixel votes",
     )  # fmt: skip
+
+
+def _most_voted(name: Any, c: int) -> str:
+    return "none (every pixel abstains)" if c < 0 else str(name(c))
 
 
 def _check_classifier(li: Any) -> None:
@@ -88,6 +96,7 @@ def _one(
         targets=targets,
         target_names=[name(c) for c in targets],
         vote_share={name(c): v for c, v in pv.shares.items()},
+        abstained=pv.abstained,
         top1=top1,
         most_voted=winner,
         top1_wins=winner == top1,
@@ -130,12 +139,15 @@ def run_data(
     Each image is frozen on its own (float64) and its pixels vote among the ``top``
     classes (seed 001 Fig. 3). Writes ``per_image.parquet`` (index, label, path, top-1
     class, its vote share, the most voted class, whether the top-1 class wins the vote,
-    the label's vote share, and the map of pixels voting for the top-1 class, bit-packed
-    row-major as ``top1_mask``), ``summary.json`` (vote share statistics and histogram,
-    how often the top-1 class wins, a per-class table, and the per-pixel frequency of
-    voting for the top-1 class), ``vote_frequency.png``, ``vote_shares.png`` and
-    ``report.html``. Resumes and shards like every dataset run
-    (:mod:`convscope.runs.dataset_run`).
+    the label's vote share, the share of pixels that abstain (``abstained``: their largest
+    discussion is tied, e.g. all 0), and the map of pixels voting for the top-1 class,
+    bit-packed row-major as ``top1_mask``); vote shares are fractions of all pixels.
+    ``summary.json`` holds vote share statistics and histogram, how often the top-1
+    class wins, the abstained share's statistics, a per-class table, and the per-pixel
+    frequency of voting for the top-1 class; then ``vote_frequency.png``,
+    ``vote_shares.png`` and ``report.html``. Resumes and shards like every dataset run
+    (:mod:`convscope.runs.dataset_run`); a folder written before tied pixels abstained
+    holds another run and is not resumed.
 
     Args:
         model, out, mode, output, top, **options: As in :func:`run`.
@@ -164,7 +176,7 @@ def run_data(
                 "top": top, "image_shape": list(p.data.shape[1:])}  # fmt: skip
         analysis = DatasetAnalysis(
             command="linear votes",
-            config={**p.config, "mode": mode, "top": top, "output": shown},
+            config={**p.config, "mode": mode, "top": top, "output": shown, "ties": "abstain"},
             rows=rows,
             summarise=lambda table: {**head, **summarise_votes(table, names, p.data.shape[1:])},
             report=lambda o, summary: _data_report(o, summary, p.model.name, data, split),
@@ -194,6 +206,7 @@ def _vote_row(
         "most_voted": pv.most_voted,
         "top1_wins": pv.most_voted == top1,
         "label_vote_share": pv.share(label) if label in targets else 0.0,
+        "abstained": pv.abstained,
         "top1_mask": np.packbits(mask.reshape(-1)).tobytes(),
     }
 
@@ -223,6 +236,7 @@ def summarise_votes(table: Any, names: list[str] | None, shape: tuple[int, ...])
         "top1_vote_share_histogram": histogram(share),
         "top1_wins": float(wins.mean()),
         "label_vote_share": stats(column(table, "label_vote_share")[known]),
+        "abstained": stats(column(table, "abstained")),
         "per_class": per_class(top1, {"top1_vote_share": share, "top1_wins": wins}, names),
         "vote_frequency": vote_frequency(table, shape).tolist(),
     }
@@ -249,10 +263,12 @@ def _data_report(o: Outputs, s: dict[str, Any], model: str, data: str, split: st
     sections = [
         Section("How often the pixels vote for the prediction", [
             f"{s['images']} images of {data} ({split}); each pixel votes for the class, among "
-            f"the top {s['top']}, its pixel discussion favours most. On average "
-            f"{100 * share['mean']:.1f}% of an image's pixels vote for its top-1 class "
-            f"(median {100 * share['median']:.1f}%), and the top-1 class wins the vote in "
-            f"{100 * s['top1_wins']:.1f}% of the images.",
+            f"the top {s['top']}, its pixel discussion favours most; a pixel where several "
+            "classes tie for the largest discussion (all 0, say) has no say and abstains. "
+            f"On average {100 * share['mean']:.1f}% of an image's pixels vote for its "
+            f"top-1 class (median {100 * share['median']:.1f}%) and "
+            f"{100 * s['abstained']['mean']:.1f}% abstain; the top-1 class wins the vote "
+            f"in {100 * s['top1_wins']:.1f}% of the images.",
             "The map: for each pixel, the fraction of images in which it votes for the "
             "image's top-1 class. One row per image is in per_image.parquet."],
             figures=[Figure(f"vote_frequency.{fmt}"), Figure(f"vote_shares.{fmt}")]),
