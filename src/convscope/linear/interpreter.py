@@ -427,12 +427,12 @@ class LinearInterpreter:
         self.bytes_per_probe = max(1, ctx.tracked_bytes // ctx.rows)
         """What one probe's input-dependent tensors took in the first pass."""
         if batch_size == "auto":
-            budget: int = (
+            mem: int = (
                 max(1, default_budget(self.x0.device) - self.cache_bytes)
                 if memory_budget is None
                 else memory_budget
             )
-            self.batch_size = max(1, min(_MAX_AUTO_BATCH, budget // self.bytes_per_probe))
+            self.batch_size = max(1, min(_MAX_AUTO_BATCH, mem // self.bytes_per_probe))
 
     def __repr__(self) -> str:
         return (
