@@ -2,8 +2,11 @@
 
 Per model (untrained torchvision models, float32, eval mode, random images):
 
-- forward ratio: one interpreter pass on ``[x0, p_1 .. p_B]`` (``li(x1)`` with ``B``
-  probes) over one plain forward pass of the same ``B + 1`` images. Target <= 1.3.
+- forward ratio: ``li(x1)`` with ``B`` probes over a plain forward pass. With the
+  decision cache off (``cache="off"``) the pass runs on ``[x0, p_1 .. p_B]`` and is
+  compared with a plain pass of the same ``B + 1`` images; with the cache on (the
+  default on the CPU) the pass runs on the probes alone and is compared with a plain
+  pass of the ``B`` probes, what the user would pay to run the model on them.
   On CUDA twice more: the interpreter replaying its pass from a CUDA graph
   (``cuda_graphs=True``, the default there) against the eager plain pass, and
   against the plain pass replayed from a CUDA graph too.
@@ -14,7 +17,11 @@ Per model (untrained torchvision models, float32, eval mode, random images):
   the rise of the peak resident set size (``VmHWM``, reset through
   ``/proc/self/clear_refs``) above the resident size before the call, with malloc told
   to hand large blocks back at once (``MALLOC_MMAP_THRESHOLD_``). Target <= 1.3.
-- columns per second: ``li.columns`` (``B`` impulse probes in one pass) against
+- rows per second: ``li.rows`` (``B`` output impulses, one frozen pass and its
+  backward) with the cache on, against ``torch.func.vjp`` under ``torch.func.vmap``
+  over the same output impulses (the Jacobian's rows).
+- columns per second: ``li.columns`` (``B`` impulse probes in one pass, cache on and
+  off) against
   ``torch.func.jvp`` of the model under ``torch.func.vmap`` over the same impulses
   (the Jacobian's columns: the same thing for ReLU networks), and against the paper's
   DfV baseline (``_dfv.py``: store every unit's decision for ``x0``, then replay the
@@ -23,6 +30,8 @@ Per model (untrained torchvision models, float32, eval mode, random images):
 
 Methods run round-robin in one process; each time is the median over ``--repeats``
 rounds after ``--warmup`` rounds, so drift on a shared machine hits all alike.
+
+``--json PATH`` writes every timing, memory figure and the machine to ``PATH``.
 
 Usage::
 
@@ -70,6 +79,7 @@ def _calls(
     li: LinearInterpreter | None,
     *,
     li_graphs: LinearInterpreter | None = None,
+    li_cached: LinearInterpreter | None = None,
     dfv: dict[str, DfV] | None = None,
 ) -> dict[str, Callable[[], object]]:
     x0, x1 = x[:1], x[1:]
@@ -80,11 +90,20 @@ def _calls(
         with torch.no_grad():
             return model(x)
 
+    def plain_probes() -> object:
+        with torch.no_grad():
+            return model(x1)
+
     calls["plain"] = plain
+    calls["plain_probes"] = plain_probes
     if x.is_cuda:
         calls["plain_graph"] = _graphed_plain(model, x)
     if li is not None:
         calls["interpreter"] = lambda: li(x1, batch_size=n)
+    if li_cached is not None:
+        calls["interpreter_cached"] = lambda: li_cached(x1, batch_size=n)
+        calls["columns_cached"] = lambda: li_cached.columns(range(n), batch_size=n)
+        calls["rows_cached"] = lambda: li_cached.rows(range(n), batch_size=n)
     if li_graphs is not None:
         calls["interpreter_graphs"] = lambda: li_graphs(x1, batch_size=n)
         calls["columns"] = lambda: li_graphs.columns(range(n), batch_size=n)
@@ -103,6 +122,17 @@ def _calls(
 
     if li is not None:
         calls["jvp_vmap"] = jvp_columns
+    if li_cached is not None:
+        with torch.no_grad():
+            n_out = model(x0).numel()
+        out_basis = torch.zeros(n, n_out, device=x.device)
+        out_basis[torch.arange(n), torch.arange(n) % n_out] = 1
+
+        def vjp_rows() -> object:
+            _, pullback = torch.func.vjp(model, x0)
+            return torch.func.vmap(lambda u: pullback(u.view(1, n_out))[0])(out_basis)
+
+        calls["vjp_vmap"] = vjp_rows
     for store, d in (dfv or {}).items():
         calls[f"dfv_{store}"] = lambda d=d: d.columns(n)  # type: ignore[misc]
     return calls
@@ -151,8 +181,9 @@ def _memory_child(name: str, which: str, size: int, probes: int) -> None:
     """
     device = torch.device("cpu")
     model, x = _setup(name, size, probes, device)
-    li = LinearInterpreter(model, x[:1]) if which != "plain" else None
-    fn = _calls(model, x, li)[which]
+    li = LinearInterpreter(model, x[:1], cache="off") if which == "interpreter" else None
+    cached = LinearInterpreter(model, x[:1], cache="on") if which == "interpreter_cached" else None
+    fn = _calls(model, x, li, li_cached=cached)[which]
 
     def status(key: str) -> int:
         with open("/proc/self/status") as f:
@@ -208,6 +239,7 @@ def main() -> None:
         help="let CUDA convolutions and matmuls use TF32 (off: true float32, so the "
         "decisions DfV records for x0 alone match the interpreter's)",
     )
+    p.add_argument("--json", help="write every measurement to this JSON file")
     p.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_child:
@@ -234,10 +266,24 @@ def main() -> None:
         f"B={args.probes} probes, median of {args.repeats}"
     )
     cuda = device.type == "cuda"
-    forward_rows, column_rows = [], []
+    forward_rows, column_rows, cache_rows = [], [], []
+    record: dict[str, object] = {
+        "machine": where,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "size": args.size,
+        "probes": args.probes,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "tf32": args.tf32,
+        "models": {},
+    }
     for name in args.models:
         model, x = _setup(name, args.size, args.probes, device)
-        li = LinearInterpreter(model, x[:1], cuda_graphs=False)
+        li = LinearInterpreter(model, x[:1], cuda_graphs=False, cache="off")
+        li_cached = LinearInterpreter(model, x[:1], cuda_graphs=False, cache="on")
+        cache_err = float((li_cached(x[1:5]) - li(x[1:5])).abs().max() / li(x[1:5]).abs().max())
+        print(f"{name}: cache on vs off: F x1 + r {cache_err:.1e}", file=sys.stderr)
         li_graphs = LinearInterpreter(model, x[:1], cuda_graphs=True) if cuda else None
         dfv = {}
         if not args.no_dfv:
@@ -258,20 +304,32 @@ def main() -> None:
                     f"columns {col_err:.1e}",
                     file=sys.stderr,
                 )
-        calls = _calls(model, x, li, li_graphs=li_graphs, dfv=dfv)
+        calls = _calls(model, x, li, li_graphs=li_graphs, li_cached=li_cached, dfv=dfv)
         t = _time(calls, args.repeats, args.warmup, sync)
         if args.no_memory:
             mem = {}
         elif cuda:
-            mem = {k: _memory_cuda(calls[k], device) for k in ("plain", "interpreter")}
+            mem = {
+                k: _memory_cuda(calls[k], device)
+                for k in ("plain", "plain_probes", "interpreter", "interpreter_cached")
+            }
             fresh = LinearInterpreter(model, x[:1], cuda_graphs=True)
             mem["interpreter_graphs"] = _memory_cuda(partial(fresh, x[1:]), device)
         else:
             mem = {
-                k: _memory_cpu(name, k, args.size, args.probes) for k in ("plain", "interpreter")
+                k: _memory_cpu(name, k, args.size, args.probes)
+                for k in ("plain", "plain_probes", "interpreter", "interpreter_cached")
             }
         forward_rows.append(_forward_row(name, t, mem))
         column_rows.append(_column_row(name, t, args.probes, dfv))
+        cache_rows.append(_cache_row(name, t, mem, args.probes, li_cached.cache_bytes))
+        record["models"][name] = {  # type: ignore[index]
+            "seconds": t,
+            "peak_mib": mem,
+            "cache_bytes": li_cached.cache_bytes,
+            "cache_vs_no_cache_error": cache_err,
+            "dfv_storage_bytes": {k: d.nbytes for k, d in dfv.items()},
+        }
         print(f"{name} done", file=sys.stderr, flush=True)
     head = "| model | plain | interpreter | ratio | peak MiB plain | interpreter | ratio |"
     if cuda:
@@ -294,6 +352,20 @@ def main() -> None:
     print("|" + " ---: |" * (head.count("|") - 1))
     for row in column_rows:
         print(row)
+    print()
+    head = (
+        "| model | li(x1) cached | plain (B probes) | ratio | peak MiB plain (B) | cached "
+        "| ratio | cache MiB | columns/s cached | / DfV | rows/s cached | vjp+vmap | ratio |"
+    )
+    print(head)
+    print("|" + " ---: |" * (head.count("|") - 1))
+    for row in cache_rows:
+        print(row)
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(tmp, args.json)
 
 
 def _forward_row(name: str, t: dict[str, float], mem: dict[str, float]) -> str:
@@ -311,6 +383,22 @@ def _forward_row(name: str, t: dict[str, float], mem: dict[str, float]) -> str:
             f"| {m_g:.0f} | {m_g / m_plain:.2f} |"
         )
     return row
+
+
+def _cache_row(
+    name: str, t: dict[str, float], mem: dict[str, float], n: int, cache_bytes: int
+) -> str:
+    nan = float("nan")
+    m_plain, m_li = mem.get("plain_probes", nan), mem.get("interpreter_cached", nan)
+    cols = n / t["columns_cached"]
+    dfv = n / t["dfv_device"] if "dfv_device" in t else nan
+    rows, vjp = n / t["rows_cached"], n / t["vjp_vmap"]
+    return (
+        f"| {name} | {t['interpreter_cached'] * 1e3:.1f} ms | {t['plain_probes'] * 1e3:.1f} ms "
+        f"| {t['interpreter_cached'] / t['plain_probes']:.2f} | {m_plain:.0f} | {m_li:.0f} "
+        f"| {m_li / m_plain:.2f} | {cache_bytes / 2**20:.1f} | {cols:.1f} | {cols / dfv:.2f} "
+        f"| {rows:.1f} | {vjp:.1f} | {rows / vjp:.2f} |"
+    )
 
 
 def _column_row(name: str, t: dict[str, float], n: int, dfv: dict[str, DfV]) -> str:
