@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import torch
 from conftest import QuickDemo
 
+from convscope.cli import main
 from convscope.data import load_mnist_subset
 from convscope.errors import ConvscopeError
 from convscope.models import load_checkpoint
@@ -179,9 +182,118 @@ def test_full_demo_reaches_97_percent(tmp_path: Path) -> None:
 def test_decoding_without_the_committed_lenet_says_so_and_how(tmp_path: Path) -> None:
     # convscope installed without the repository: the section names the file and the fix
     lines: list[str] = []
-    d = demo._decoding(tmp_path, tmp_path / "lenet_mnist.pt", True, lines.append)
+    o = demo._claim(tmp_path, ("png",), overwrite=False)
+    d = demo._decoding(o, tmp_path / "lenet_mnist.pt", True, lines.append)
     assert "lenet_mnist.pt not found" in d["missing"] and "train_lenet.py" in d["missing"]
     section = demo._decoding_section(d)
     assert not section.figures and any("Not shown" in p for p in section.paragraphs)
     assert any("convscope decode" in p for p in section.paragraphs)
     assert any("skipped" in ln for ln in lines) and not list(tmp_path.iterdir())
+
+
+# -- --format: the demo's figures in the formats asked for, and the report shows them ----------
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_demo_refuses_a_bad_format_in_one_line_before_any_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_training(*args: object) -> None:
+        raise AssertionError("the demo started before its --format was checked")
+
+    monkeypatch.setattr(demo, "_demo", no_training)
+    out = tmp_path / "demo"
+    code, _, err = _cli(capsys, "demo", "--quick", "--out", str(out), "--format", "png,gif")
+    assert code == 2
+    assert err == "error: --format takes png, svg, pdf (comma-separated); got 'png,gif'\n"
+    assert not out.exists()  # nothing claimed, nothing written
+
+
+def test_demo_format_reaches_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, object] = {}
+
+    def fake(o: object, quick: bool, *args: object) -> dict[str, object]:
+        seen.update(formats=o.formats, folder=o.folder, quick=quick)  # type: ignore[attr-defined]
+        return {"models": {"gfnn": {"test_acc": 0.5}, "regular_cnn": {"test_acc": 0.25}}}
+
+    monkeypatch.setattr(demo, "_demo", fake)
+    out = tmp_path / "demo"
+    code, said, err = _cli(capsys, "demo", "--quick", "--no-progress", "--out", str(out),
+                           "--format", "SVG,pdf")  # fmt: skip
+    assert (code, err) == (0, "")
+    assert seen == {"formats": ("svg", "pdf"), "folder": out, "quick": True}
+    assert said.splitlines()[:2] == [
+        "GFNN         test accuracy: 50.00%",
+        "regular CNN  test accuracy: 25.00%",
+    ]
+    # and the default is PNG, as before
+    seen.clear()
+    code, _, _ = _cli(capsys, "demo", "--no-progress", "--overwrite", "--out", str(out))
+    assert code == 0 and seen["formats"] == ("png",)
+
+
+def _svg_ok(path: Path) -> None:
+    root = ET.parse(path).getroot()  # well-formed XML, an SVG that draws something
+    assert root.tag == "{http://www.w3.org/2000/svg}svg", (path, root.tag)
+    assert float(root.get("width", "0").rstrip("pt")) > 0
+    assert root.findall(".//{http://www.w3.org/2000/svg}path")
+
+
+def test_demo_figures_in_svg_and_the_report_shows_them(
+    tmp_path: Path, quick_demo: QuickDemo
+) -> None:
+    # the demo's own figure writing (its claimed --out) and its own report, under --format
+    # svg, on the numbers of the session's quick demo: no second demo is trained
+    from matplotlib import pyplot as plt
+
+    from convscope.report.demo_figures import plot_top_singular_pairs
+    from convscope.report.figures import save_figure
+
+    before = json.loads((quick_demo.out / "report.json").read_text())
+    files = [f["file"] for s in before["sections"] for f in s["figures"]]
+    assert len(files) >= 14 and all(f.endswith(".png") for f in files)
+    top = [f for f in files if "/" not in f]
+    assert set(top) == {n for n in demo.OWNED if n.endswith(".png")}
+
+    o = demo._claim(tmp_path, ("svg",), overwrite=False)
+    assert o.formats == ("svg",) and not [n for n in o.owned if n.endswith(".png")]
+    rng = np.random.default_rng(0)
+    for f in files:
+        if f == "linear_svd.png":  # the demo's own figure function
+            pair = (1.5, rng.normal(size=3), rng.normal(size=(6, 6)))
+            fig = plot_top_singular_pairs(rng.random((6, 6)), {"net": pair}, ["a", "b", "c"])
+        else:
+            fig, ax = plt.subplots()
+            ax.plot([0, 1], [1, 0])
+        if "/" in f:  # a sub-run's figure (their own --format is tested with them)
+            save_figure(fig, tmp_path / f"{f[:-4]}.svg")
+        else:
+            assert o.figure(f, fig) == [tmp_path / f"{f[:-4]}.svg"]
+    assert o.written == [tmp_path / f"{f[:-4]}.svg" for f in top]
+
+    test = load_mnist_subset("test")
+    page = demo._write_report(tmp_path, quick_demo.result.metrics, test.class_names,
+                              load_mnist_subset("train").name)  # fmt: skip
+    assert page == tmp_path / "report.html"
+    shown = re.findall(r'<img src="([^"]+)"', page.read_text())
+    assert shown == [f"{f[:-4]}.svg" for f in files]  # every figure, in the demo's order
+    for f in shown:
+        _svg_ok(tmp_path / f)
+    assert not list(tmp_path.rglob("*.png"))
+    # the same report as the PNG demo's, its figures named .svg
+    after = json.loads((tmp_path / "report.json").read_text())
+    for s in before["sections"]:
+        for f in s["figures"]:
+            f["file"] = f"{f['file'][:-4]}.svg"
+    assert after["sections"] == before["sections"] and after["meta"] == before["meta"]

@@ -121,16 +121,46 @@ def test_signed_colours_white_at_zero_symmetric() -> None:
 
 
 def test_every_plot_function_draws_in_the_package_style() -> None:
-    from convscope.report import decoding_figures, evaluation_figures, linear_figures
+    from convscope.report import (
+        decoding_figures,
+        demo_figures,
+        evaluation_figures,
+        linear_figures,
+    )
 
     unstyled = [
         f"{m.__name__}.{name}"
-        for m in (figs, decoding_figures, evaluation_figures, linear_figures)
+        for m in (figs, decoding_figures, demo_figures, evaluation_figures, linear_figures)
         for name in dir(m)
         if name.startswith("plot_") and not getattr(getattr(m, name), "styled", False)
     ]
     assert unstyled == []
     assert figs.STYLE.is_file()
+
+
+def test_top_singular_pairs_draw_v1_on_a_scale_centred_at_zero_with_a_colour_bar() -> None:
+    import matplotlib as mpl
+
+    from convscope.report.demo_figures import plot_top_singular_pairs
+
+    image = RNG.random((8, 8))
+    v1 = RNG.normal(size=(8, 8))
+    v1[0, 0] = -4.0  # the largest |entry|: the scale's ends are -4 and 4
+    u1 = np.array([-0.9, 0.3, 0.1])  # its largest entry negative: the pair is flipped
+    fig = plot_top_singular_pairs(image, {"net": (2.5, u1, v1)}, ["a", "b", "c"])
+    assert mpl.rcParams["svg.fonttype"] != "none"  # the style held only while drawing
+    signed = [im for ax in fig.axes for im in ax.get_images() if im.get_cmap().name == "bwr"]
+    assert len(signed) == 1
+    im = signed[0]
+    assert im.norm.vcenter == 0.0 and im.norm.vmin == -im.norm.vmax == -4.0
+    np.testing.assert_array_equal(im.get_array(), -v1)  # shown with u1's largest entry > 0
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and im.colorbar is not None and im.colorbar.ax is bars[0]
+    assert [t.get_text() for t in bars[0].get_yticklabels()] == ["-4", "0", "4"]
+    assert bars[0].get_ylabel() == "pixel weight (unit norm)"
+    heights = [p.get_height() for ax in fig.axes for p in ax.patches]
+    assert heights == pytest.approx([0.9, -0.3, -0.1])
+    assert [t.get_text() for t in fig.axes[2].get_xticklabels()] == ["a", "b", "c"]
 
 
 def curves() -> Figure:

@@ -247,6 +247,7 @@ def _say_images(res: Any) -> bool:
 
 
 @app.command()
+@_shared({"formats": OUTPUT["formats"]})
 def demo(
     out: OutDir = Path("demo_output"),
     quick: Annotated[bool, typer.Option(help="2 epochs on 2,000 images: under a minute.")] = False,
@@ -254,6 +255,7 @@ def demo(
     seed: int = 0,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in --out.")] = False,
+    options: Any = None,
 ) -> None:
     """Train GFNN and a regular CNN on the embedded MNIST subset; report.html tours the five
     lenses on them (filter scores, the linear interpreter, filter decoding, the spectral
@@ -261,7 +263,7 @@ def demo(
     from convscope.runs import demo as run
 
     res = run.run(out, quick=quick, epochs=epochs, seed=seed, progress=progress,
-                  overwrite=overwrite)  # fmt: skip
+                  overwrite=overwrite, **options)  # fmt: skip
     for key, label in (("gfnn", "GFNN"), ("regular_cnn", "regular CNN")):
         typer.echo(
             f"{label:12s} test accuracy: {100 * res.metrics['models'][key]['test_acc']:.2f}%"

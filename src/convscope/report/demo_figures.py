@@ -2,7 +2,10 @@
 
 - :func:`plot_top_singular_pairs`: one test digit, and for each model the top singular
   pair of its frozen system ``F`` (seed 001 Fig. 5 at ``k = 1``): the eigen-input ``v1``
-  as a signed map beside the eigen-output ``u1`` as bars over the classes.
+  as a signed map (blue < 0, white at 0, red > 0, with a colour bar) beside the
+  eigen-output ``u1`` as bars over the classes.
+
+Every function draws in the package's style (:func:`convscope.report.figures.styled`).
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
 from convscope.errors import ConvscopeError
-from convscope.report.figures import _grey_imshow, _signed_imshow
+from convscope.report.figures import _grey_imshow, _signed_imshow, styled
 
 __all__ = ["plot_top_singular_pairs"]
 
 
+@styled
 def plot_top_singular_pairs(
     image: np.ndarray,
     pairs: Mapping[str, tuple[float, np.ndarray, np.ndarray]],
@@ -36,7 +40,8 @@ def plot_top_singular_pairs(
         title: the figure's title.
 
     Returns:
-        The figure: ``len(pairs)`` rows of image | ``v1`` | ``u1``.
+        The figure: ``len(pairs)`` rows of image | ``v1`` (a diverging map centred at
+        zero, with its colour bar) | ``u1``.
     """
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2 or not pairs:
@@ -60,7 +65,8 @@ def plot_top_singular_pairs(
         if u[np.argmax(np.abs(u))] < 0:
             u, v = -u, -v
         _grey_imshow(axes[row, 0], img, f"{label}: x0")
-        _signed_imshow(axes[row, 1], v, f"v1 (eigen-input), s1 = {s1:.3g}")
+        _signed_imshow(axes[row, 1], v, f"v1 (eigen-input), s1 = {s1:.3g}",
+                       label="pixel weight (unit norm)")  # fmt: skip
         ax = axes[row, 2]
         ax.bar(np.arange(len(u)), u, color=np.where(u >= 0, "#d62728", "#1f77b4"))
         ax.axhline(0.0, color="#444", lw=0.6)

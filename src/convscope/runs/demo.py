@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from convscope.report import demo_figures as df
 from convscope.report import figures as figs
 from convscope.report import linear_figures as lf
 from convscope.report.html import Figure, Link, Section, Table, write_report
-from convscope.runs.outputs import open_out
+from convscope.runs.outputs import Outputs, open_out
 from convscope.runs.result import RunResult
 
 __all__ = ["OWNED", "run"]
@@ -185,13 +185,15 @@ def run(
     log: Log = print,
     progress: bool = True,
     overwrite: bool = False,
+    formats: Sequence[str] = ("png",),
 ) -> RunResult:
     """Train GFNN and the regular CNN on the embedded MNIST subset and explain them.
 
     Writes into ``out_dir``: both checkpoints, per-model ``metrics.json`` files, the
-    PNG figures, a top-level ``metrics.json`` and ``report.html``; and the folders of the
-    runs it calls (``linear_gfnn/``, ``evaluate_gfnn/``, ``numpy_cnn/`` ...), each with its
-    own page.
+    figures (in every one of ``formats``), a top-level ``metrics.json`` and
+    ``report.html``; and the folders of the runs it calls (``linear_gfnn/``,
+    ``evaluate_gfnn/``, ``numpy_cnn/`` ...), each with its own page and its figures in
+    the same formats.
 
     Args:
         quick: 2 epochs on half the training split, and smaller samples of test digits
@@ -201,19 +203,32 @@ def run(
         epochs: override the preset's number of epochs.
         seed: seed of the training runs.
         overwrite: replace the results of an earlier demo in ``out_dir``.
+        formats: figure formats, of ``png``, ``svg``, ``pdf`` (``--format png,svg``); the
+            report shows each figure in the first of PNG, SVG, PDF written.
 
     Returns:
         The :class:`~convscope.runs.RunResult`; its metrics are the top-level
         ``metrics.json``.
     """
-    o = open_out(out_dir, OWNED, overwrite=overwrite)
+    o = _claim(out_dir, formats, overwrite)  # a bad --format is refused before any training
     with o.interruptible():
-        metrics = _demo(o.folder, quick, epochs, seed, log, progress, overwrite)
+        metrics = _demo(o, quick, epochs, seed, log, progress, overwrite)
     return RunResult(o.folder, o.finished(), metrics)
 
 
+def _claim(out_dir: str | os.PathLike[str], formats: Sequence[str], overwrite: bool) -> Outputs:
+    """The demo's ``--out``, checked and claimed: every figure of :data:`OWNED` is written
+    through :meth:`Outputs.figure` in each of ``formats``.
+
+    Raises:
+        ConvscopeError: an unknown format, a bad ``out``, or an earlier demo there without
+            ``overwrite``.
+    """
+    return open_out(out_dir, OWNED, overwrite=overwrite, formats=formats)
+
+
 def _demo(
-    out: Path,
+    o: Outputs,
     quick: bool,
     epochs: int | None,
     seed: int,
@@ -221,6 +236,7 @@ def _demo(
     progress: bool,
     overwrite: bool = False,
 ) -> dict[str, Any]:
+    out, formats = o.folder, o.formats
     t_start = time.perf_counter()
     train_set = load_mnist_subset("train")
     test_set = load_mnist_subset("test")
@@ -260,19 +276,23 @@ def _demo(
     cats = [kb.get(n).category for n in names]
 
     # -- figures --------------------------------------------------------------
-    figs.save_figure(
+    o.figure(
+        "training_curves.png",
         figs.plot_training_curves(
             {"GFNN": gfnn_info["history"], "regular CNN": cnn_info["history"]}
         ),
-        out / "training_curves.png",
     )
-    figs.save_figure(figs.plot_kernel_bank(kb.bank_array(names), names), out / "kernels.png")
-    figs.save_figure(
+    o.figure(
+        "kernels.png",
+        figs.plot_kernel_bank(kb.bank_array(names), names),
+    )
+    o.figure(
+        "class_filter_scores.png",
         figs.plot_class_filter_scores(class_avg, names, cats, classes),
-        out / "class_filter_scores.png",
     )
     titles = [f"digit {classes[test_set.labels[i]]}" for i in ex]
-    figs.save_figure(
+    o.figure(
+        "top_filters.png",
         figs.plot_top_filter_images(
             test_set.images[ex],
             _np(top_imgs),
@@ -280,9 +300,9 @@ def _demo(
             _np(top_v),
             titles,
         ),
-        out / "top_filters.png",
     )
-    figs.save_figure(
+    o.figure(
+        "attribution_comparison.png",
         figs.plot_attribution_comparison(
             test_set.images[ex],
             {
@@ -292,27 +312,26 @@ def _demo(
             },
             titles,
         ),
-        out / "attribution_comparison.png",
     )
 
     # -- the spectral response: Maximum Gain per epoch, the transfer function at the end --
     from convscope import spectral as sp
 
-    figs.save_figure(
+    o.figure(
+        "max_gain.png",
         figs.plot_max_gain_curves(
             {"GFNN": gfnn_info["max_gain_db"], "regular CNN": cnn_info["max_gain_db"]}
         ),
-        out / "max_gain.png",
     )
     spec, deriv = sp.transfer_function(gfnn, sp.impulse_image((1, 28, 28)))
-    figs.save_figure(
+    o.figure(
+        "transfer_function.png",
         figs.plot_transfer_function(
             _np(deriv)[None],
             _np(spec)[None],
             [float(spec.max())],
             "GFNN at the impulse image, after training",
-        ),  # fmt: skip
-        out / "transfer_function.png",
+        ),
     )
 
     # -- the NumPy CNN's walkthrough (no torch), a page of its own -------------------
@@ -321,7 +340,7 @@ def _demo(
     phases["filter_scores_and_spectrum"] = round(time.perf_counter() - t_phase, 1)
     t_phase = time.perf_counter()
     log("the NumPy CNN walkthrough ...")
-    walk = numpy_cnn_walkthrough.run(out / NUMPY_DIR, overwrite=overwrite).metrics
+    walk = numpy_cnn_walkthrough.run(out / NUMPY_DIR, overwrite=overwrite, formats=formats).metrics
     numpy_cnn = {
         "folder": NUMPY_DIR,
         "test_accuracy": {tag: {"learned": p["learned"]["test"]["accuracy"],
@@ -332,9 +351,10 @@ def _demo(
 
     # -- the linear interpreter over the test split ---------------------------------
     t_phase = time.perf_counter()
-    linear, digit = _linear(out, test_set, 50 if quick else 300, overwrite, log)
+    linear, digit = _linear(out, test_set, 50 if quick else 300, overwrite, formats, log)
     image0 = test_set.images[0, 0]
-    figs.save_figure(
+    o.figure(
+        "linear_votes.png",
         lf.plot_pixel_votes(
             [image0, image0],
             [digit[k]["votes"] for k in LINEAR_DIRS],
@@ -343,9 +363,9 @@ def _demo(
             discussions=[digit[k]["discussion"] for k in LINEAR_DIRS],
             row_titles=[_LABELS[k] for k in LINEAR_DIRS],
         ),
-        out / "linear_votes.png",
     )
-    figs.save_figure(
+    o.figure(
+        "linear_svd.png",
         df.plot_top_singular_pairs(
             image0,
             {
@@ -358,18 +378,19 @@ def _demo(
             },
             classes,
         ),
-        out / "linear_svd.png",
     )
     phases["linear"] = round(time.perf_counter() - t_phase, 1)
 
     # -- filter decoding (seed 003) on the committed LeNet ----------------------------
     t_phase = time.perf_counter()
-    decoding = _decoding(out, LENET, quick, log)
+    decoding = _decoding(o, LENET, quick, log)
     phases["decoding"] = round(time.perf_counter() - t_phase, 1)
 
     # -- faithfulness: convscope's maps beside Captum's and Zennit's ----------------------
     t_phase = time.perf_counter()
-    faithfulness = _faithfulness(out, {"gfnn": gfnn, "regular_cnn": cnn}, quick, overwrite, log)
+    faithfulness = _faithfulness(
+        out, {"gfnn": gfnn, "regular_cnn": cnn}, quick, overwrite, formats, log
+    )
     phases["faithfulness"] = round(time.perf_counter() - t_phase, 1)
 
     # -- metrics and report -----------------------------------------------------
@@ -402,6 +423,15 @@ def _demo(
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     write_json(out / "metrics.json", metrics)
+    _write_report(out, metrics, classes, train_set.name)
+    return metrics
+
+
+def _write_report(out: Path, metrics: dict[str, Any], classes: list[str], train_name: str) -> Path:
+    """``report.html`` (and ``report.json``) from the demo's ``metrics.json`` and the figures
+    already in ``out`` (each shown in the first of PNG, SVG, PDF written)."""
+    models, data, fs = metrics["models"], metrics["dataset"], metrics["filter_scores"]
+    class_avg, cats = np.asarray(fs["class_average_share"]), list(fs["categories"])
     acc_rows = [
         [
             label,
@@ -411,15 +441,15 @@ def _demo(
             str(info["epochs"]),
             f"{info['train_seconds']:.0f} s",
         ]
-        for label, info in (("GFNN", gfnn_info), ("regular CNN", cnn_info))
+        for label, info in (("GFNN", models["gfnn"]), ("regular CNN", models["regular_cnn"]))
     ]
     sections = [
         Section(
             "Accuracy",
             [
                 f"Both networks share everything after the first layer and were trained with the "
-                f"same schedule and seed on {len(train_set)} images of {train_set.name}; accuracy "
-                f"is on the {len(test_set)} held-out images. GFNN's first layer is the fixed "
+                f"same schedule and seed on {data['train']} images of {train_name}; accuracy "
+                f"is on the {data['test']} held-out images. GFNN's first layer is the fixed "
                 "bank of 40 classic kernels (seed 000, Table 1); the regular CNN learns its own."
             ],
             [
@@ -446,8 +476,8 @@ def _demo(
                 "test images of each class. Strongest categories per digit: "
                 + "; ".join(_category_summary(class_avg, cats, classes))
                 + ".",
-                f"The filter scores add up to {100 * completeness.mean():.1f}% of the logit on "
-                f"average (std {100 * completeness.std():.1f}%); the rest is the share of the "
+                f"The filter scores add up to {100 * fs['completeness_mean']:.1f}% of the logit on "
+                f"average (std {100 * fs['completeness_std']:.1f}%); the rest is the share of the "
                 "biases of later layers.",
             ],
             figures=[Figure("class_filter_scores.png", "Class-average filter scores.")],
@@ -465,18 +495,24 @@ def _demo(
             figures=[Figure("attribution_comparison.png", "Attribution methods side by side.")],
         ),
     ]  # fmt: skip
-    sections.append(_linear_section(linear, classes))
-    sections.append(_decoding_section(decoding))
-    sections.append(_spectral_section(gfnn_info, cnn_info))
-    sections.append(_faithfulness_section(faithfulness))
-    sections.append(_numpy_section(numpy_cnn))
+    sections.append(_linear_section(metrics["linear"], classes))
+    sections.append(_decoding_section(metrics["decoding"]))
+    sections.append(_spectral_section(models["gfnn"], models["regular_cnn"]))
+    sections.append(_faithfulness_section(metrics["faithfulness"]))
+    sections.append(_numpy_section(metrics["numpy_cnn"]))
     sections.insert(0, _contents_section(sections))
-    write_report(out, "convscope demo: GFNN vs a regular CNN on MNIST", sections, {"seed": seed})
-    return metrics
+    return write_report(
+        out, "convscope demo: GFNN vs a regular CNN on MNIST", sections, {"seed": metrics["seed"]}
+    )
 
 
 def _linear(
-    out: Path, test_set: ArrayDataset, images: int, overwrite: bool, log: Log
+    out: Path,
+    test_set: ArrayDataset,
+    images: int,
+    overwrite: bool,
+    formats: Sequence[str],
+    log: Log,
 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     """Each trained model as an exact linear system (seed 001): f(x0) = F x0 + r checked on
     three test digits; the first digit's pixel votes and the top singular pair of its ``F``;
@@ -527,7 +563,8 @@ def _linear(
                         "v1": _np(v1[0]).reshape(test_set.images.shape[-2:])}  # fmt: skip
         log(f"{name}: linear contributions over {images} test images ...")
         res = run_data(str(ckpt), "mnist-subset", out / folder, split="test", limit=images,
-                       batch_size=50, device="cpu", overwrite=overwrite)  # fmt: skip
+                       batch_size=50, device="cpu", overwrite=overwrite,
+                       formats=formats)  # fmt: skip
         s = res.summary
         result[name] = {
             "folder": folder,
@@ -668,7 +705,7 @@ def _numpy_section(numpy_cnn: dict[str, Any]) -> Section:
     )
 
 
-def _decoding(out: Path, lenet: Path, quick: bool, log: Log) -> dict[str, Any]:
+def _decoding(o: Outputs, lenet: Path, quick: bool, log: Log) -> dict[str, Any]:
     """Seed 003's layer 5 of the committed LeNet decoded to image space, with its error.
 
     GFNN's own deeper filters cannot be decoded yet (decoding does not substitute through
@@ -699,13 +736,13 @@ def _decoding(out: Path, lenet: Path, quick: bool, log: Log) -> dict[str, Any]:
     x = torch.from_numpy(load_dataset("mnist-subset", "test").images[:images].copy())
     errors = {m: reconstruction_error(net, DECODE_LAYER, x, m) for m in UNPOOL_MODES}
     shown = dec.filters[:DECODE_SHOWN].detach().cpu()
-    figs.save_figure(
+    o.figure(
+        "decoded_filters.png",
         plot_decoded_filters(
             shown.numpy(),
             threshold_filters(shown).numpy(),
             title=f"LeNet {DECODE_LAYER} (seed 003 layer 5): decoded filters, thresholded below",
         ),
-        out / "decoded_filters.png",
     )
     return {
         "checkpoint": str(lenet),
@@ -762,7 +799,12 @@ def _decoding_section(d: dict[str, Any]) -> Section:
 
 
 def _faithfulness(
-    out: Path, models: dict[str, nn.Module], quick: bool, overwrite: bool, log: Log
+    out: Path,
+    models: dict[str, nn.Module],
+    quick: bool,
+    overwrite: bool,
+    formats: Sequence[str],
+    log: Log,
 ) -> dict[str, Any]:
     """``convscope evaluate`` on the first test digits for each model (one batch)."""
     from convscope.evaluate import get_method
@@ -777,7 +819,7 @@ def _faithfulness(
                            split="test", limit=images, methods=methods,
                            metrics=list(EVALUATE_METRICS), batch_size=images, seed=0,
                            examples=2, overwrite=overwrite, progress=False,
-                           device="cpu")  # fmt: skip
+                           device="cpu", formats=formats)  # fmt: skip
         s = res.summary
         result[name] = {
             "folder": folder,
