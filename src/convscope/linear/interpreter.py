@@ -321,7 +321,9 @@ class LinearInterpreter:
             (user rules do not), else every pass carries ``x0`` as now; off under CUDA
             graphs, which replay full passes. ``"on"``: the same, but an error when it
             cannot be on. ``"off"``: every pass carries ``x0``. The results are the
-            same either way (to rounding).
+            same either way (to rounding). The cache holds the decisions of the model
+            as it was when the interpreter was built (as ``output`` and ``sources``
+            do): after changing its parameters, build a new interpreter.
         cache_budget: at most this many bytes for the cache (``None``: a quarter of the
             memory free on ``x0``'s device when the interpreter is built).
 
