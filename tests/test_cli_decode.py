@@ -76,7 +76,8 @@ def test_decode_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
         (("--checkpoint", str(CKPT), "--layer", "nope"), "has no module 'nope'"),
         (("--checkpoint", str(CKPT), "--layer", "features.conv2", "--unpool", "x"), "unpool"),
         (("--checkpoint", str(tmp_path / "missing.pt"), "--layer", "a"), "does not exist"),
-        (("--checkpoint", str(gfnn), "--layer", "features.5"), "first (KernelBank2d)"),
+        # GFNN's conv layers decode through the kernel bank; its dense layers do not
+        (("--checkpoint", str(gfnn), "--layer", "classifier.1"), "is a Linear"),
         (
             ("--checkpoint", str(CKPT), "--layer", "features.conv2", "--dataset", "digits"),
             "LeNet failed on images shaped (1, 8, 8)",

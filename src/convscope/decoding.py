@@ -16,6 +16,11 @@ it as a pattern over the image by walking down the network and, at every layer:
   ReLU has no sign pattern without an image; with one, masking gives the image's
   exact gradient, which is the linear interpreter's row, not a decoded filter.
 - **batch norm** (eval mode): its linear part, a per-channel scale, is applied.
+- **kernel bank** (:class:`~convscope.models.KernelBank2d`, GFNN's first layer): its
+  forward is exactly a grouped convolution (the bank's kernels on every input channel,
+  no bias, no normalisation), so it is substituted like a ``Conv2d``;
+  :func:`kernel_composition` stops just above it and says which named kernels a deep
+  filter is built from.
 
 Dropout and identities are no-ops. Anything else below the layer (branches, adds,
 concatenations, unknown functions) is a :class:`~convscope.errors.ConvscopeError`
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 import numpy as np
 import torch
@@ -44,10 +49,14 @@ from torch import nn
 
 from convscope.errors import ConvscopeError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from convscope.models.gfnn import KernelBank2d
+
 __all__ = [
     "UNPOOL_MODES",
     "ChainStep",
     "DecodedFilters",
+    "KernelComposition",
     "ReconstructionError",
     "compare_responses",
     "decode",
@@ -56,6 +65,7 @@ __all__ = [
     "decoding_chain",
     "deconvnet",
     "error_table",
+    "kernel_composition",
     "layer_name",
     "layer_response",
     "linear_rows",
@@ -101,7 +111,8 @@ class ChainStep:
     Attributes:
         name: dotted module name (or the function's name for functional calls).
         kind: ``"conv"``, ``"pool"``, ``"scale"`` (batch norm) or ``"skip"``.
-        module: the module (``None`` for a skipped function).
+        module: the module (``None`` for a skipped function); a ``"conv"`` step's is a
+            ``Conv2d`` or a ``KernelBank2d`` (a fixed grouped convolution).
         stride, padding, dilation, kernel_size: of a conv or pool, as (rows, cols);
             ``(1, 1)``/``(0, 0)`` for the others.
     """
@@ -154,7 +165,59 @@ def layer_name(model: nn.Module, layer: nn.Module | str) -> str:
     raise ConvscopeError(f"{type(layer).__name__} module is not part of {type(model).__name__}")
 
 
+def _kernel_bank_class() -> type[KernelBank2d]:
+    from convscope.models.gfnn import KernelBank2d  # lazy: models imports decoding lazily too
+
+    return KernelBank2d
+
+
+def _is_bank(m: nn.Module | None) -> TypeGuard[KernelBank2d]:
+    return m is not None and isinstance(m, _kernel_bank_class())
+
+
+def _check_bank(name: str, m: nn.Module) -> None:
+    """Refuse a kernel bank whose forward is not KernelBank2d's own grouped convolution."""
+    cls = _kernel_bank_class()
+    if type(m).forward is not cls.forward:
+        raise ConvscopeError(
+            f"cannot decode through {name} ({type(m).__name__}): it overrides KernelBank2d's "
+            "forward, so it is not known to compute the bank's convolution"
+        )
+
+
+def _conv_weight(m: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    """The ``(C_out, C_in / groups, kh, kw)`` weight and groups of a conv step's module.
+
+    A kernel bank computes ``conv2d(x, weight.repeat(C, 1, 1, 1), groups=C)``
+    (:func:`convscope.models.gfnn.kernel_bank_conv2d`): map ``c * K + k`` is kernel
+    ``k`` on channel ``c``.
+    """
+    if isinstance(m, nn.Conv2d):
+        return m.weight.detach().to(dtype), m.groups
+    assert _is_bank(m)
+    c = m.in_channels
+    return m.weight.detach().to(dtype).repeat(c, 1, 1, 1), c
+
+
+def _out_channels(m: nn.Module | None) -> int:
+    if isinstance(m, nn.Conv2d):
+        return m.out_channels
+    assert _is_bank(m)
+    return m.out_channels
+
+
 def _step_for_module(name: str, m: nn.Module) -> ChainStep:
+    if _is_bank(m):
+        _check_bank(name, m)
+        w = m.weight
+        return ChainStep(
+            name,
+            "conv",
+            m,
+            stride=_pair(m.stride),
+            padding=_pair(m.padding),
+            kernel_size=(int(w.shape[-2]), int(w.shape[-1])),
+        )
     if isinstance(m, nn.Conv2d):
         return ChainStep(
             name,
@@ -189,7 +252,7 @@ def _step_for_module(name: str, m: nn.Module) -> ChainStep:
         return ChainStep(name, "skip", m)
     raise ConvscopeError(
         f"cannot decode through {name} ({type(m).__name__}): decoding knows Conv2d, "
-        "MaxPool2d, AvgPool2d, BatchNorm2d and skips ReLU, dropout and identities"
+        "KernelBank2d, MaxPool2d, AvgPool2d, BatchNorm2d and skips ReLU, dropout and identities"
     )
 
 
@@ -216,7 +279,8 @@ class _LeafTracer(torch.fx.Tracer):
     """torch.fx tracer that keeps every module without children as one call.
 
     A custom layer (say, a fixed kernel bank with an input check in its forward) is then
-    one node the chain walk can name in its error, instead of a trace that fails inside it.
+    one node the chain walk can recognise (``KernelBank2d``) or name in its error, instead
+    of a trace that fails inside it.
     """
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -233,7 +297,7 @@ def decoding_chain(model: nn.Module, layer: nn.Module | str) -> list[ChainStep]:
 
     Args:
         model: any model torch.fx can trace (``nn.Sequential`` chains, LeNet ...).
-        layer: a ``Conv2d`` module of ``model`` or its dotted name.
+        layer: a ``Conv2d`` (or ``KernelBank2d``) module of ``model`` or its dotted name.
 
     Raises:
         ConvscopeError: ``layer`` is not a Conv2d of ``model``, is called more than
@@ -242,9 +306,10 @@ def decoding_chain(model: nn.Module, layer: nn.Module | str) -> list[ChainStep]:
     """
     name = layer_name(model, layer)
     modules = dict(model.named_modules())
-    if not isinstance(modules[name], nn.Conv2d):
+    if not isinstance(modules[name], nn.Conv2d) and not _is_bank(modules[name]):
         raise ConvscopeError(
-            f"{name} is a {type(modules[name]).__name__}; decode_filters decodes Conv2d layers"
+            f"{name} is a {type(modules[name]).__name__}; decode_filters decodes Conv2d layers "
+            "(and KernelBank2d)"
         )
     try:
         graph = _LeafTracer().trace(model)
@@ -360,6 +425,45 @@ def _unpool(d: torch.Tensor, step: ChainStep, mode: str) -> torch.Tensor:
     return F.interpolate(d, size=size, mode=mode, align_corners=False)
 
 
+def _unit_patterns(
+    steps: list[ChainStep], filters: Iterable[int] | None, dtype: torch.dtype | None
+) -> tuple[list[int], torch.Tensor]:
+    """The filter indices and one unit pattern ``(F, K, 1, 1)`` per decoded filter."""
+    top = steps[-1].module
+    k_all = _out_channels(top)
+    idx = list(range(k_all)) if filters is None else [int(i) for i in filters]
+    bad = [i for i in idx if not 0 <= i < k_all]
+    if bad or not idx:
+        raise ConvscopeError(f"{steps[-1].name} has filters 0..{k_all - 1}; got {bad or 'none'}")
+    assert isinstance(top, nn.Conv2d) or _is_bank(top)
+    w = top.weight
+    d = torch.zeros(len(idx), k_all, 1, 1, dtype=dtype or w.dtype, device=w.device)
+    d[torch.arange(len(idx)), idx] = 1.0
+    return idx, d
+
+
+def _walk_down(d: torch.Tensor, steps: Sequence[ChainStep], unpool: str) -> torch.Tensor:
+    """Patterns over the output of ``steps[-1]`` -> patterns over the input of ``steps[0]``."""
+    dt = d.dtype
+    for step in reversed(steps):
+        m = step.module
+        if step.kind == "conv":
+            assert m is not None
+            weight, groups = _conv_weight(m, dt)
+            d = F.conv_transpose2d(
+                d, weight, stride=step.stride, dilation=step.dilation, groups=groups
+            )
+        elif step.kind == "pool":
+            d = _unpool(d, step, unpool)
+        elif step.kind == "scale":
+            assert isinstance(m, nn.BatchNorm2d) and m.running_var is not None
+            scale = torch.rsqrt(m.running_var.detach().to(dt) + m.eps)
+            if m.weight is not None:
+                scale = scale * m.weight.detach().to(dt)
+            d = d * scale[None, :, None, None]
+    return d
+
+
 def _check_mode(unpool: str) -> None:
     if unpool not in UNPOOL_MODES:
         raise ConvscopeError(f"unknown unpool {unpool!r}; use one of {', '.join(UNPOOL_MODES)}")
@@ -377,7 +481,8 @@ def decode(
 
     Args:
         model: a traceable model whose layers below ``layer`` form a chain.
-        layer: a ``Conv2d`` of ``model`` or its dotted name (see ``named_modules()``).
+        layer: a ``Conv2d`` (or ``KernelBank2d``) of ``model`` or its dotted name (see
+            ``named_modules()``).
         unpool: ``"nearest"``, ``"bilinear"``, ``"bicubic"`` or ``"adjoint"``.
         filters: indices of the filters to decode (default: all ``K``).
         dtype: compute in this dtype (default: the layer's weight dtype), e.g.
@@ -392,39 +497,11 @@ def decode(
     """
     _check_mode(unpool)
     steps = decoding_chain(model, layer)
-    top = steps[-1].module
-    assert isinstance(top, nn.Conv2d)
-    k_all = top.out_channels
-    idx = list(range(k_all)) if filters is None else [int(i) for i in filters]
-    bad = [i for i in idx if not 0 <= i < k_all]
-    if bad or not idx:
-        raise ConvscopeError(f"{steps[-1].name} has filters 0..{k_all - 1}; got {bad or 'none'}")
-    dt = dtype or top.weight.dtype
-    dev = top.weight.device
+    idx, d = _unit_patterns(steps, filters, dtype)
     with torch.no_grad():
-        # one unit pattern per decoded filter; substituting layer L's own weights into
-        # it gives the (dilated, group-expanded) filters themselves
-        d = torch.zeros(len(idx), k_all, 1, 1, dtype=dt, device=dev)
-        d[torch.arange(len(idx)), idx] = 1.0
-        for step in reversed(steps):
-            m = step.module
-            if step.kind == "conv":
-                assert isinstance(m, nn.Conv2d)
-                d = F.conv_transpose2d(
-                    d,
-                    m.weight.detach().to(dt),
-                    stride=step.stride,
-                    dilation=step.dilation,
-                    groups=m.groups,
-                )
-            elif step.kind == "pool":
-                d = _unpool(d, step, unpool)
-            elif step.kind == "scale":
-                assert isinstance(m, nn.BatchNorm2d) and m.running_var is not None
-                scale = torch.rsqrt(m.running_var.detach().to(dt) + m.eps)
-                if m.weight is not None:
-                    scale = scale * m.weight.detach().to(dt)
-                d = d * scale[None, :, None, None]
+        # substituting layer L's own weights into the unit patterns gives the
+        # (dilated, group-expanded) filters themselves
+        d = _walk_down(d, steps, unpool)
     stride, padding = (1, 1), (0, 0)
     for step in steps:
         if step.kind in ("conv", "pool"):
@@ -453,6 +530,196 @@ def decode_filters(
     ReLUs below the layer are skipped, as in seed 003.
     """
     return decode(model, layer, unpool).filters
+
+
+# --------------------------------------------------------------------------- kernel banks
+
+
+@dataclass
+class KernelComposition:
+    """Deep filters written over the named kernels of a fixed kernel bank (GFNN).
+
+    Decoding a filter stops just above the bank: what is left is a pattern over the
+    bank's maps, one coefficient map per (input channel, kernel). The decoded filter
+    is exactly the sum of those maps, each with its kernel substituted in
+    (:meth:`parts`, :meth:`filters`). The coefficients are the network's own wiring
+    through the chain (ReLUs skipped, pools unpooled, as in :func:`decode`), not a fit
+    of the image-space filter: the bank is overcomplete (40 kernels of 3x3), so the
+    image-space filter alone would not determine them.
+
+    Attributes:
+        coefficients: ``(F, C, K, h, w)``; ``[f, c, k]`` is filter ``f``'s pattern over
+            the map of kernel ``k`` on input channel ``c``, on the bank's output grid.
+        kernels: ``(K, kh, kw)``, the bank's weights (in the coefficients' dtype).
+        kernel_names: the bank's ``kernel_names`` (``random_XX`` for random banks).
+        layer: dotted name of the decoded layer; bank: of the bank.
+        unpool: the unpooling mode used above the bank.
+        bank_stride: the bank's stride (the coefficients' grid step in image pixels).
+        filter_index: which filters of the layer, in order.
+    """
+
+    coefficients: torch.Tensor
+    kernels: torch.Tensor
+    kernel_names: list[str]
+    layer: str
+    bank: str
+    unpool: str
+    bank_stride: tuple[int, int]
+    filter_index: list[int] = field(default_factory=list)
+
+    @property
+    def net(self) -> torch.Tensor:
+        """``(F, K)``: each kernel's signed total weight, summed over channels and positions."""
+        return self.coefficients.sum(dim=(1, 3, 4))
+
+    @property
+    def magnitude(self) -> torch.Tensor:
+        """``(F, K)``: each kernel's total absolute weight (L1 over channels and positions)."""
+        return self.coefficients.abs().sum(dim=(1, 3, 4))
+
+    @property
+    def share(self) -> torch.Tensor:
+        """``(F, K)``: :attr:`magnitude` as a fraction of the filter's total (rows sum to 1).
+
+        A filter with no weight on any kernel has a row of zeros.
+        """
+        mag = self.magnitude
+        total = mag.sum(1, keepdim=True)
+        return torch.where(total > 0, mag / torch.where(total > 0, total, 1), 0.0)
+
+    def parts(self) -> torch.Tensor:
+        """``(F, K, C, h', w')``: the image-space part of each filter owed to each kernel.
+
+        Part ``[f, k, c]`` is the coefficient map ``[f, c, k]`` with kernel ``k``
+        substituted in (a transposed convolution at the bank's stride); summed over
+        ``k`` the parts are the decoded filters.
+        """
+        n, c, k, h, w = self.coefficients.shape
+        x = self.coefficients.reshape(1, n * c * k, h, w)
+        wt = self.kernels[:, None].repeat(n * c, 1, 1, 1)  # (n*c*k, 1, kh, kw), k fastest
+        out = F.conv_transpose2d(x, wt, stride=self.bank_stride, groups=n * c * k)
+        return out.view(n, c, k, *out.shape[-2:]).transpose(1, 2).contiguous()
+
+    def filters(self) -> torch.Tensor:
+        """``(F, C, h', w')``: the decoded filters, the sum of :meth:`parts` over kernels."""
+        return self.parts().sum(1)
+
+    def table(self, row: int = 0) -> list[dict[str, Any]]:
+        """One decoded filter's kernels, largest share first.
+
+        Args:
+            row: position in :attr:`filter_index` (not the filter's index in the layer).
+
+        Returns:
+            ``[{"kernel", "net", "magnitude", "share"}, ...]``, one entry per kernel.
+        """
+        if not 0 <= row < len(self.filter_index):
+            raise ConvscopeError(f"row must lie in 0..{len(self.filter_index) - 1}, got {row}")
+        net, mag, share = self.net[row], self.magnitude[row], self.share[row]
+        rows = [
+            {
+                "kernel": name,
+                "net": float(net[k]),
+                "magnitude": float(mag[k]),
+                "share": float(share[k]),
+            }
+            for k, name in enumerate(self.kernel_names)
+        ]
+        return sorted(rows, key=lambda r: -r["share"])
+
+
+def _check_named_kernels(name: str, bank: KernelBank2d) -> None:
+    """Refuse a bank whose weights are no longer the kernels its names say."""
+    from convscope import kernels as kb
+
+    names = list(bank.kernel_names)
+    if bank.mode == "random":
+        return  # named random_XX: no registry kernel to compare with
+    w = bank.weight.detach().double().cpu()[:, 0]
+    ref = torch.from_numpy(kb.bank_array(names))
+    if w.shape != ref.shape:
+        raise ConvscopeError(
+            f"{name} holds {tuple(w.shape)} kernels but names {len(names)} of {tuple(ref.shape)}"
+        )
+    # the bank stores float32: its untrained weights are the named ones to float32 rounding
+    dev = float((w - ref).abs().max())
+    if dev > 1e-6 * max(1.0, float(ref.abs().max())):
+        raise ConvscopeError(
+            f"the kernels of {name} are no longer the named ones (largest change {dev:.3g}, "
+            f"mode {bank.mode!r}: trained or loaded weights); their names "
+            "would be wrong - decode() still decodes through the bank as it is"
+        )
+
+
+def kernel_composition(
+    model: nn.Module,
+    layer: nn.Module | str,
+    unpool: UnpoolMode | str = "nearest",
+    *,
+    filters: Iterable[int] | None = None,
+    dtype: torch.dtype | None = None,
+) -> KernelComposition:
+    """Which named kernels of the model's kernel bank each filter of ``layer`` is built from.
+
+    The filters are decoded as in :func:`decode` down to the output of the
+    ``KernelBank2d`` below ``layer`` (GFNN's first layer, or a colour front-end's bank),
+    giving each filter's pattern over the bank's maps, grouped by input channel and
+    named kernel. Substituting the kernels in gives exactly ``decode(...).filters``.
+
+    Args:
+        layer: a ``Conv2d`` above the bank (or the bank itself), or its dotted name.
+        unpool, filters, dtype: as in :func:`decode`.
+
+    Returns:
+        :class:`KernelComposition`; ``.share`` says how much of each filter is each
+        kernel, ``.table(row)`` lists one filter's kernels by name.
+
+    Raises:
+        ConvscopeError: ``layer`` cannot be decoded (:func:`decoding_chain`); no bank or
+            more than one lies below it; something other than ReLU, dropout or an
+            identity lies between the image and the bank; the bank's weights are no
+            longer its named kernels (a trained ``"init"`` bank).
+    """
+    _check_mode(unpool)
+    steps = decoding_chain(model, layer)
+    name = steps[-1].name
+    banks = [i for i, s in enumerate(steps) if _is_bank(s.module)]
+    if not banks:
+        raise ConvscopeError(
+            f"no kernel bank (KernelBank2d) lies below {name} in {type(model).__name__}; "
+            "kernel_composition needs a GFNN-style model - decode() decodes any chain"
+        )
+    if len(banks) > 1:
+        raise ConvscopeError(
+            f"{len(banks)} kernel banks lie below {name} "
+            f"({', '.join(steps[i].name for i in banks)}); which kernels it is built from is "
+            "ambiguous"
+        )
+    b = banks[0]
+    below = [s for s in steps[:b] if s.kind != "skip"]
+    if below:
+        raise ConvscopeError(
+            f"{below[0].describe()} lies between the image and the kernel bank "
+            f"{steps[b].name}; kernel_composition needs the bank to read the image"
+        )
+    bank = steps[b].module
+    assert _is_bank(bank)
+    _check_named_kernels(steps[b].name, bank)
+    idx, d = _unit_patterns(steps, filters, dtype)
+    with torch.no_grad():
+        d = _walk_down(d, steps[b + 1 :], unpool)  # patterns over the bank's maps
+        c, k = bank.in_channels, bank.num_kernels
+        kernels = bank.weight.detach().to(d.dtype)[:, 0]
+    return KernelComposition(
+        coefficients=d.reshape(d.shape[0], c, k, *d.shape[-2:]),
+        kernels=kernels,
+        kernel_names=list(bank.kernel_names),
+        layer=name,
+        bank=steps[b].name,
+        unpool=str(unpool),
+        bank_stride=steps[b].stride,
+        filter_index=idx,
+    )
 
 
 # --------------------------------------------------------------------------- responses
@@ -703,9 +970,7 @@ def deconvnet(
         raise ConvscopeError(
             f"deconvnet needs ReLU modules below {name}; found function call {functional[0]}"
         )
-    top = steps[-1].module
-    assert isinstance(top, nn.Conv2d)
-    k_all = top.out_channels
+    k_all = _out_channels(steps[-1].module)
     if not 0 <= filter_index < k_all:
         raise ConvscopeError(f"{name} has filters 0..{k_all - 1}; got {filter_index}")
 
