@@ -14,24 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli import cli
 from PIL import Image
 
-from convscope.cli import main
 from convscope.data.mnist import load_mnist_subset
 from convscope.report.html import Figure, Section, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 LENET = ROOT / "experiments" / "results" / "decoding" / "lenet_mnist.pt"
 WALK_FIGURES = ["line_probes", "1_vs_0_kernels", "1_vs_0_maps", "1_vs_0_seeds", "1_vs_0_training"]
-
-
-def cli(*args: str) -> None:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    assert code == 0, f"convscope {' '.join(args)} exited with {code}"
 
 
 def check_svg(path: Path) -> None:

@@ -20,10 +20,10 @@ import _browser
 import numpy as np
 import pytest
 from _browser import chromium_or_skip
+from _cli import cli
 from conftest import QuickDemo
 from PIL import Image
 
-from convscope.cli import main
 from convscope.data.mnist import load_mnist_subset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,15 +55,6 @@ return Array.from(document.querySelectorAll('a[href]'))
   .map(a => a.getAttribute('href'))
   .filter(h => !h.startsWith('#') && !/^[a-z]+:/i.test(h));
 """
-
-
-def cli(*args: str) -> None:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    assert code == 0, f"convscope {' '.join(args)} exited with {code}"
 
 
 @pytest.fixture(scope="module")
