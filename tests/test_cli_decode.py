@@ -54,6 +54,9 @@ def test_decode_writes_gallery_metrics_and_report(
     assert m["model"]["spec"] == str(CKPT) and m["model"]["source"] == "checkpoint"
     assert m["model"]["trained"] is True and m["model"]["device"] == "cpu"
     assert "features.conv4" in (out / "report.html").read_text()
+    # LeNet has no kernel bank: no composition section, figure or numbers
+    assert "kernel_composition" not in m and not (out / "kernel_composition.png").exists()
+    assert "Kernel-bank composition" not in (out / "report.html").read_text()
     # --checkpoint is an alias of --model: the same numbers
     code, _, err = _run(capsys, "--checkpoint", str(CKPT), *args, "--out", str(tmp_path / "alias"))
     assert code == 0, err
@@ -88,3 +91,45 @@ def test_decode_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert code == 2 and len(lines) == 1, err
         assert lines[0].startswith("error: ") and needle in lines[0], lines
+
+
+def test_decode_gfnn_writes_the_kernel_composition(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from convscope.decoding import kernel_composition
+    from convscope.runs.sources import resolve_model
+
+    out = tmp_path / "gf"
+    args = ["--model", "gfnn", "--layer", "features.2", "--images", "8", "--max-filters", "4",
+            "--no-progress", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    code, _, err = _run(capsys, *args)
+    assert code == 0, err
+    assert (out / "kernel_composition.png").read_bytes()[:4] == b"\x89PNG"
+    comp = json.loads((out / "metrics.json").read_text())["kernel_composition"]
+    assert comp["bank"] == "first" and comp["unpool"] == "nearest"
+    # the same numbers as kernel_composition called directly on the same (seeded) model
+    model = resolve_model("gfnn", device="cpu", warn=False).module
+    ref = kernel_composition(model, "features.2", "nearest", filters=range(6))
+    assert comp["kernel_names"] == ref.kernel_names
+    assert [f["filter"] for f in comp["filters"]] == ref.filter_index == list(range(6))
+    for row, f in enumerate(comp["filters"]):
+        assert f["top"] == ref.table(row)[:5]
+        shares = ref.share[row]
+        assert [e["share"] for e in f["top"]] == shares.sort(descending=True).values[:5].tolist()
+    html = (out / "report.html").read_text()
+    assert "Kernel-bank composition" in html and "kernel_composition.png" in html
+    assert ref.table(0)[0]["kernel"] in html
+
+
+def test_decode_trained_bank_says_why_it_is_not_composed(tmp_path: Path) -> None:
+    from convscope.models import GFNN
+    from convscope.runs import decode as run
+
+    torch.manual_seed(0)
+    model = GFNN(first_layer="init").eval()
+    with torch.no_grad():
+        model.first.weight.add_(0.1)  # as if trained: no longer the named kernels
+    res = run.run(model, "features.2", tmp_path / "o", n_images=4, max_filters=2, top=1)
+    assert "no longer the named ones" in res.metrics["kernel_composition"]["error"]
+    assert not (tmp_path / "o" / "kernel_composition.png").exists()
+    assert "Not decoded to the named kernels" in (tmp_path / "o" / "report.html").read_text()

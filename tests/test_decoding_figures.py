@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from convscope.errors import ConvscopeError
 from convscope.report.decoding_figures import (
     plot_decoded_filters,
+    plot_kernel_composition,
     plot_max_activation_matrix,
     plot_response_comparison,
     plot_top_images,
@@ -91,3 +92,41 @@ def plt_close(fig: Figure) -> None:
     from matplotlib import pyplot as plt
 
     plt.close(fig)
+
+
+def test_kernel_composition_figure_shows_each_filters_top_kernels_and_shares() -> None:
+    import torch
+    from matplotlib.colors import to_rgba
+
+    from convscope.decoding import kernel_composition
+    from convscope.models import GFNN
+
+    torch.manual_seed(0)
+    model = GFNN().eval()
+    comp = kernel_composition(model, "features.2", filters=[0, 3, 7])
+    share, net = comp.share.numpy(), comp.net.numpy()
+    fig = plot_kernel_composition(
+        comp.filters().numpy(), comp.kernel_names, share, net, ["a", "b", "c"], top=4
+    )
+    bars = [ax for ax in fig.axes if ax.patches]
+    pictures = [ax for ax in fig.axes if ax.get_images() and ax.get_label() != "<colorbar>"]
+    colourbars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == len(pictures) == len(colourbars) == 3
+    assert [ax.get_title() for ax in pictures] == ["a", "b", "c"]
+    for row, ax in enumerate(bars):
+        top = comp.table(row)[:4]
+        assert [t.get_text() for t in ax.get_yticklabels()] == [e["kernel"] for e in top]
+        widths = [p.get_width() for p in ax.patches]  # type: ignore[attr-defined]
+        np.testing.assert_allclose(widths, [e["share"] for e in top], rtol=1e-6)
+        k = [comp.kernel_names.index(e["kernel"]) for e in top]
+        np.testing.assert_allclose(widths, share[row, k], rtol=0)
+        # red where the kernel's net weight is positive, blue where negative
+        rgba = [to_rgba(p.get_facecolor()) for p in ax.patches]  # type: ignore[arg-type]
+        reds = [c[0] > c[2] for c in rgba]
+        assert reds == [bool(net[row, j] > 0) for j in k]
+    # the decoded filter on a zero-centred diverging scale
+    im = pictures[0].get_images()[0]
+    assert im.get_cmap().name == "bwr" and im.norm.vcenter == 0.0  # type: ignore[attr-defined]
+    np.testing.assert_allclose(np.asarray(im.get_array()), comp.filters()[0, 0].numpy())
+    with pytest.raises(ConvscopeError, match="do not match"):
+        plot_kernel_composition(comp.filters().numpy(), comp.kernel_names[:3], share, net, "abc")

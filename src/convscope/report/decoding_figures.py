@@ -19,6 +19,7 @@ from convscope.report.figures import _grey_imshow, _signed_imshow, styled
 
 __all__ = [
     "plot_decoded_filters",
+    "plot_kernel_composition",
     "plot_max_activation_matrix",
     "plot_response_comparison",
     "plot_three_views",
@@ -259,4 +260,55 @@ def plot_three_views(
     axes[0, 0].set_title(f"{heads[0]}\n{titles[0]}", fontsize=8)
     fig.suptitle("One unit, three readings (red > 0, blue < 0)", fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+@styled
+def plot_kernel_composition(
+    filters: np.ndarray,
+    kernel_names: Sequence[str],
+    share: np.ndarray,
+    net: np.ndarray,
+    titles: Sequence[str],
+    top: int = 5,
+    title: str = "Deep filters over the kernel bank",
+) -> Figure:
+    """Each decoded filter beside bars of the bank kernels it is built from.
+
+    One row per filter: the decoded image-space filter (signed, with a colour bar), then
+    horizontal bars of its ``top`` kernels by share, labelled with the kernel names;
+    a bar is red where the kernel's net (signed) weight is positive, blue where negative.
+
+    Args:
+        filters: ``(R, C, h, w)`` decoded filters, C in {1, 3}.
+        kernel_names: the bank's ``K`` kernel names.
+        share, net: ``(R, K)``, :attr:`KernelComposition.share` and ``.net`` of the filters.
+        titles: one per filter.
+        top: kernels shown per filter (the largest shares).
+        title: the figure's title.
+    """
+    r, k = share.shape
+    if net.shape != share.shape or len(kernel_names) != k or filters.shape[0] != r:
+        raise ConvscopeError(
+            f"filters {filters.shape[0]}, shares {share.shape}, nets {net.shape} and "
+            f"{len(kernel_names)} kernel names do not match"
+        )
+    n = max(1, min(top, k))
+    fig, axes = plt.subplots(
+        r, 2, figsize=(5.2, 0.25 * n * r + 0.6 * r + 0.5), squeeze=False,
+        gridspec_kw={"width_ratios": [1.0, 1.6]}, layout="constrained",
+    )  # fmt: skip
+    for i in range(r):
+        _show_filter(axes[i, 0], filters[i], titles[i])
+        order = np.argsort(-share[i], kind="stable")[:n]
+        ax = axes[i, 1]
+        colours = ["tab:red" if net[i, j] > 0 else "tab:blue" for j in order]
+        ax.barh(np.arange(n), share[i, order], color=colours)
+        ax.set_yticks(np.arange(n), [kernel_names[j] for j in order], fontsize=6)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(1e-12, float(share[i, order].max())) * 1.1)
+        ax.tick_params(axis="x", labelsize=6)
+        if i == r - 1:
+            ax.set_xlabel("share of |weight| (red: net > 0, blue: net < 0)", fontsize=6)
+    fig.suptitle(title, fontsize=9)
     return fig

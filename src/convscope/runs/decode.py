@@ -16,6 +16,7 @@ from convscope.decoding import (
     compare_responses,
     decode,
     decoded_activations,
+    kernel_composition,
     max_activation_matrix,
     reconstruction_error,
     threshold_filters,
@@ -24,6 +25,7 @@ from convscope.decoding import (
 from convscope.errors import ConvscopeError
 from convscope.report.decoding_figures import (
     plot_decoded_filters,
+    plot_kernel_composition,
     plot_max_activation_matrix,
     plot_response_comparison,
     plot_top_images,
@@ -36,6 +38,8 @@ from convscope.runs.sources import LoadedModel, ModelLike, resolve_model
 __all__ = ["OWNED", "run"]
 
 _MATRIX_MAX_FILTERS = 20  # Fig. 1's matrix stays readable up to about this many filters
+_COMPOSITION_FILTERS = 6  # filters drawn over the kernel bank (the first ones)
+_COMPOSITION_TOP = 5  # kernels listed per filter
 
 OWNED = (
     "metrics.json",
@@ -43,6 +47,7 @@ OWNED = (
     "top_images.png",
     "responses.png",
     "max_activation.png",
+    "kernel_composition.png",
     "report.html",
     "report.json",
 )
@@ -67,6 +72,10 @@ def run(
     progress: bool = False,
 ) -> RunResult:
     """Decode ``layer`` and write the gallery, ``metrics.json`` and ``report.html``.
+
+    On a model with a kernel bank (GFNN) the first filters are also written over the
+    bank's named kernels (:func:`~convscope.decoding.kernel_composition`):
+    ``kernel_composition.png``, a table in the report and ``metrics["kernel_composition"]``.
 
     Args:
         model: A model spec (e.g. a checkpoint from ``convscope train``), an
@@ -155,7 +164,7 @@ def _write(
         ),
     )
     scores = decoded_activations(dec, x).cpu()  # (N, K)
-    rows = min(k, 10)
+    rows = min(shown, 10)  # top_images draws from the gallery's filters
     idx = top_activating(scores[:, :rows], top)
     o.figure(
         "top_images.png",
@@ -204,6 +213,7 @@ def _write(
             "Each decoded filter (rows) on the image that excites each filter most (columns).",
         )
         metrics["best_image_labels"] = [int(test.labels[i]) for i in best.tolist()]
+    composition = _composition(model, dec, unpool, o, metrics)
     o.json("metrics.json", metrics)
 
     table = Table(
@@ -247,6 +257,8 @@ def _write(
         sections.append(
             Section("Max-activation matrix (seed 003 Fig. 1)", figures=[figures["matrix"]])
         )
+    if composition is not None:
+        sections.append(composition)
     write_report(
         o.folder,
         f"Filter decoding: {dec.layer}",
@@ -256,3 +268,79 @@ def _write(
     o.file("report.json")
     o.file("report.html")
     return RunResult(o.folder, list(o.written), metrics, result=dec)
+
+
+def _has_bank(model: torch.nn.Module) -> bool:
+    from convscope.models.gfnn import KernelBank2d
+
+    return any(isinstance(m, KernelBank2d) for m in model.modules())
+
+
+def _composition(
+    model: torch.nn.Module, dec: Any, unpool: str, o: Outputs, metrics: dict[str, Any]
+) -> Section | None:
+    """A model with a kernel bank: its first filters written over the bank's named kernels.
+
+    Adds ``metrics["kernel_composition"]`` and draws ``kernel_composition.png``; returns
+    the report's section (``None``, and nothing added, for a model without a bank). A
+    bank that cannot be composed (e.g. trained kernels, no longer the named ones) gets a
+    section saying why.
+    """
+    if not _has_bank(model):
+        return None
+    k = dec.filters.shape[0]
+    rows = list(range(min(k, _COMPOSITION_FILTERS)))
+    try:
+        comp = kernel_composition(model, dec.layer, unpool, filters=rows)
+    except ConvscopeError as e:
+        metrics["kernel_composition"] = {"error": str(e)}
+        return Section("Kernel-bank composition", [f"Not decoded to the named kernels: {e}"])
+    top = min(_COMPOSITION_TOP, len(comp.kernel_names))
+    tables = [comp.table(i)[:top] for i in range(len(rows))]
+    metrics["kernel_composition"] = {
+        "bank": comp.bank,
+        "unpool": comp.unpool,
+        "kernel_names": comp.kernel_names,
+        "filters": [
+            {"filter": f, "top": t} for f, t in zip(comp.filter_index, tables, strict=True)
+        ],
+    }
+    o.figure(
+        "kernel_composition.png",
+        plot_kernel_composition(
+            comp.filters().cpu().numpy(),
+            comp.kernel_names,
+            comp.share.cpu().numpy(),
+            comp.net.cpu().numpy(),
+            [f"df {f}" for f in comp.filter_index],
+            top=top,
+            title=f"{dec.layer}: filters over the kernel bank ({comp.bank})",
+        ),
+    )
+    table = Table(
+        ["filter", *[f"kernel {j + 1} (share, net sign)" for j in range(top)]],
+        [
+            [f"df {f}"]
+            + [f"{e['kernel']} ({e['share']:.1%}, {'+' if e['net'] > 0 else '-'})" for e in t]
+            for f, t in zip(comp.filter_index, tables, strict=True)
+        ],
+        caption=f"The {top} kernels with the largest share of each filter's absolute weight.",
+    )
+    return Section(
+        "Kernel-bank composition",
+        [
+            f"Each filter of {dec.layer} decoded down to the output of the fixed kernel bank "
+            f"{comp.bank} ({unpool} unpooling above it): a coefficient map per input channel "
+            "and named kernel, whose kernels substituted in add up exactly to the decoded "
+            "filter. A kernel's share is its absolute weight (summed over channels and "
+            "positions) over the filter's total; its net weight is the signed sum "
+            "(docs/decoding.md)."
+        ],
+        tables=[table],
+        figures=[
+            Figure(
+                "kernel_composition.png",
+                f"The first {len(rows)} decoded filters beside their top {top} kernels.",
+            )
+        ],
+    )
