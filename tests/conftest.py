@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,3 +33,19 @@ def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> QuickDemo:
     lines: list[str] = []
     res = demo.run(out, quick=True, log=lines.append, progress=False)
     return QuickDemo(out, res, lines)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test, the caller's count back afterwards.
+
+    For files of many tiny convolutions and products (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): on a busy 2-core machine, OpenMP threads
+    spinning for each op cost far more than the arithmetic.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -3,7 +3,6 @@ for linear chains, the chain walk and its errors, and the reading helpers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,14 +33,7 @@ from convscope.models import LeNet, load_checkpoint
 RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results" / "decoding"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # these are many tiny convolutions: on a busy 2-core machine, OpenMP threads
-    # spinning for each of them cost far more than the arithmetic
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: threads only add overhead
 
 
 def _random_net(variant: str) -> nn.Sequential:

@@ -3,8 +3,6 @@ named kernels they are built from (seed 003 decoding on seed 000's networks)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -27,12 +25,7 @@ from convscope.models import GFNN, ColorFrontEnd, KernelBank2d
 THREE = ["sobel_e", "sobel_n", "box_blur"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: threads only add overhead
 
 
 def _bank_as_conv(bank: KernelBank2d) -> nn.Conv2d:

@@ -3,7 +3,7 @@ with momentum and deflation, and randomized subspace iteration."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -17,14 +17,7 @@ Op = Callable[[torch.Tensor], torch.Tensor]
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # thousands of tiny products: on a shared 2-core machine a second thread only adds
-    # waiting (measured: 6 s with 2 threads, 0.5 s with 1 for the conv-net test)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: threads only add overhead
 
 
 def _matrix(s: list[float], rows: int = 60, cols: int = 40, seed: int = 0) -> torch.Tensor:
