@@ -21,8 +21,8 @@ demo: $(STAMP)
 	$(BIN)/convscope demo --out $(OUT) --overwrite
 
 check: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks experiments docs/_reference.py docs/_screenshots.py
-	$(BIN)/ruff format --check src tests benchmarks experiments docs/_reference.py docs/_screenshots.py
+	$(BIN)/ruff check src tests benchmarks experiments docs/_reference.py docs/_screenshots.py docs/_results.py
+	$(BIN)/ruff format --check src tests benchmarks experiments docs/_reference.py docs/_screenshots.py docs/_results.py
 	$(BIN)/mypy
 
 # The browser tests (tests/test_explorer.py, tests/test_pages_browser.py) and make screenshots
@@ -49,9 +49,12 @@ test: check browser
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # The docs site (MkDocs + mkdocstrings) into site/: the CLI and API reference pages are
-# generated from the code first (docs/_reference.py); any warning fails the build.
+# generated from the code first (docs/_reference.py), and every number the pages quote about
+# our results is rewritten from the committed results files (docs/_results.py, also run by
+# mkdocs as a hook); any warning fails the build.
 docs: $(STAMP)
 	$(BIN)/python docs/_reference.py
+	$(BIN)/python docs/_results.py
 	$(BIN)/mkdocs build --strict
 
 format: $(STAMP)
