@@ -565,3 +565,37 @@ def test_timm_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
         ConvscopeError, match=re.escape("(timm names need timm: pip install 'convscope[zoo]')")
     ):
         load_model("resnet10t")
+
+
+def test_a_callers_module_is_not_cast_in_place() -> None:
+    from convscope.runs.sources import resolve_model
+
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    loaded = resolve_model(net, device="cpu", dtype=torch.float64, warn=False)
+    assert next(loaded.module.parameters()).dtype == torch.float64
+    assert loaded.module is not net  # a cast copy, the caller's module untouched
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k])
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(loaded.module(x.double()), net(x).double(), rtol=1e-5, atol=1e-6)
+    # already in the asked dtype and device: used as it is, no copy
+    same = resolve_model(net, device="cpu", dtype=torch.float32, warn=False)
+    assert same.module is net
+
+
+def test_linear_votes_leaves_the_callers_module_in_float32(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from convscope.runs import linear_votes
+
+    torch.manual_seed(0)
+    net = build_model("lenet").eval()
+    img = tmp_path / "digit.png"
+    Image.fromarray((torch.rand(28, 28) * 255).byte().numpy()).save(img)
+    x = torch.rand(1, 1, 28, 28)
+    ref = net(x)
+    linear_votes.run(net, img, tmp_path / "out")
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    torch.testing.assert_close(net(x), ref, rtol=0, atol=0)

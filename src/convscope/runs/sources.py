@@ -16,6 +16,7 @@ explanations show the architecture and not anything learned: :func:`resolve_mode
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -204,6 +205,10 @@ def resolve_model(
             f"model must be a spec (path or name) or an nn.Module; got {type(model).__name__}"
         )
     module = loaded.module.eval()
+    if not isinstance(model, (str, os.PathLike)) and _would_change(module, dtype, dev):
+        # nn.Module.to works in place: a caller's own module must come back as it was
+        # (a float64 run must not leave it float64 for the caller's next float32 call)
+        module = copy.deepcopy(module)
     if dtype is not None:
         module = module.to(dtype)
     info = dict(loaded.info)
@@ -213,6 +218,16 @@ def resolve_model(
     if warn:
         warn_untrained(loaded)
     return loaded
+
+
+def _would_change(module: nn.Module, dtype: torch.dtype | None, dev: torch.device) -> bool:
+    """Whether casting ``module`` to ``dtype`` or moving it to ``dev`` changes any tensor."""
+    for t in [*module.parameters(), *module.buffers()]:
+        if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+            return True
+        if t.device != dev:
+            return True
+    return False
 
 
 def warn_untrained(loaded: LoadedModel) -> None:
