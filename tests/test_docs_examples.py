@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").glob("*.md"))
@@ -50,11 +51,20 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     (tmp_path / "experiments").symlink_to(ROOT / "experiments")
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # untrained-model warnings are part of the examples
-        for i, (why, code) in enumerate(blocks(page)):
-            if why is None:
-                exec(compile(code, f"{page.name} block {i + 1}", "exec"), namespace)  # noqa: S102
+    import convscope.linear as L
+
+    before = set(L.registered_rules("user"))
+    dtype = torch.get_default_dtype()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # untrained-model warnings are part of the examples
+            for i, (why, code) in enumerate(blocks(page)):
+                if why is None:
+                    exec(compile(code, f"{page.name} block {i + 1}", "exec"), namespace)  # noqa: S102
+    finally:  # a page's rules (linear.md registers one) must not leak into later tests
+        for key in set(L.registered_rules("user")) - before:
+            L.unregister_rule(key)
+        torch.set_default_dtype(dtype)
 
 
 def test_quoted_results_are_the_committed_ones() -> None:

@@ -22,9 +22,9 @@ from convscope.linear.context import PassContext
 
 @pytest.fixture(autouse=True)
 def _float64_and_no_leaked_rules() -> Iterator[None]:
+    assert L.registered_rules("user") == {}  # before the dtype changes: a failure restores it
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
-    assert L.registered_rules("user") == {}
     yield
     torch.set_default_dtype(old)
     leaked = L.registered_rules("user")
