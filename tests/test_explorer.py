@@ -292,8 +292,8 @@ def test_explore_progress_bars_go_to_stderr(capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().err == ""
     explore(model, x0, k_svd=1, batch_size=16, progress=True)
     err = capsys.readouterr().err
-    # 64 pixels in batches of 16: 4 batches of columns and 4 of rows; then the exact SVD.
-    assert "explorer columns and rows" in err and "8/8" in err and "exact svd" in err
+    # 64 pixels: 64 column and 64 row probes (too few to pack); then the exact SVD.
+    assert "explorer columns and rows" in err and "128/128" in err and "exact svd" in err
     explore(model, x0, k_svd=1, max_pixels=16, progress=True)
     assert "randomized svd" in capsys.readouterr().err
     explore(TinyClassifier().eval(), torch.rand(1, 3, 16, 16), k_svd=1, progress=True)

@@ -876,13 +876,21 @@ def linear_explore(
             "page, or only the filters summed over channels (about 3x fewer probes).",
         ),
     ] = True,
+    pack: Annotated[
+        bool,
+        typer.Option(
+            "--pack/--no-pack",
+            help="Image-to-image models: let pixels whose filters cannot overlap share a "
+            "probe, where a check shows it is exact (same filters, far fewer passes).",
+        ),
+    ] = True,
     options: Any = None,
 ) -> None:
     """Static HTML page: move the pointer over the image, see F's row and column there."""
     from convscope.runs import linear_explore as run
 
     res = run.run(model, image, out, mode=mode, max_pixels=max_pixels, k_svd=k_svd, tile=tile,
-                  per_channel=per_channel, **options)  # fmt: skip
+                  per_channel=per_channel, pack=pack, **options)  # fmt: skip
     if not _say_images(res):
         h, w = res.metrics["shape"]
         typer.echo(f"filters at {h}x{w} pixels; open {res.metrics['page']}")

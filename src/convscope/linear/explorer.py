@@ -54,7 +54,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from convscope.errors import ConvscopeError
+from convscope.linear.context import ALL_OFF
 from convscope.linear.interpreter import LinearInterpreter
+from convscope.linear.packing import Packed, pack_filters
 
 __all__ = [
     "ESPCN_CHECKPOINT",
@@ -221,6 +223,10 @@ class ExplorerData:
         classes: Classifiers: the top classes, highest score first.
         class_names: Classifiers: the names of all ``K`` outputs.
         class_rows: Classifiers: per channel choice ``(input, "sum")``.
+        packed: Image-to-image: whether the columns and the rows were computed from
+            packed probes (:mod:`convscope.linear.packing`).
+        probes: Image-to-image: probes the columns and rows took (packing checks
+            included).
     """
 
     kind: str
@@ -247,6 +253,8 @@ class ExplorerData:
     classes: list[int] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
     class_rows: dict[ViewKey, ClassRows] = field(default_factory=dict)
+    packed: tuple[bool, bool] = (False, False)
+    probes: int = 0
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -297,15 +305,30 @@ def _round_half_up(v: float) -> int:
     return math.floor(v + 0.5)
 
 
-def _crop(maps: np.ndarray, y0: np.ndarray, x0: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Windows ``maps[b, y0[b]:y0[b]+h, x0[b]:x0[b]+w]``, zero outside the map."""
+def _crop(
+    maps: np.ndarray, origin: np.ndarray, y0: np.ndarray, x0: np.ndarray, h: int, w: int
+) -> np.ndarray:
+    """Windows ``(B, h, w)`` at ``(y0[b], x0[b])`` of maps ``(B, mh, mw)`` whose top-left
+    corner is at ``origin[b]`` in the same coordinates; zero outside the map."""
     b, mh, mw = maps.shape
-    padded = np.zeros((b, mh + 2 * h, mw + 2 * w), dtype=maps.dtype)
-    padded[:, h : h + mh, w : w + mw] = maps
-    out = np.empty((b, h, w), dtype=maps.dtype)
+    out = np.zeros((b, h, w), dtype=maps.dtype)
     for i in range(b):
-        ty, tx = int(y0[i]) + h, int(x0[i]) + w
-        out[i] = padded[i, ty : ty + h, tx : tx + w]
+        ty, tx = int(y0[i]) - int(origin[i, 0]), int(x0[i]) - int(origin[i, 1])
+        sy0, sx0 = max(ty, 0), max(tx, 0)
+        sy1, sx1 = min(ty + h, mh), min(tx + w, mw)
+        if sy1 > sy0 and sx1 > sx0:
+            out[i, sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx] = maps[i, sy0:sy1, sx0:sx1]
+    return out
+
+
+def _entries(maps: np.ndarray, origin: np.ndarray, at: Sequence[Pixel]) -> np.ndarray:
+    """``maps[b]`` at the pixel ``at[b]`` (map corner at ``origin[b]``), 0 off the map."""
+    out = np.zeros(len(maps), dtype=maps.dtype)
+    mh, mw = maps.shape[1:]
+    for i, (y, x) in enumerate(at):
+        ty, tx = y - int(origin[i, 0]), x - int(origin[i, 1])
+        if 0 <= ty < mh and 0 <= tx < mw:
+            out[i] = maps[i, ty, tx]
     return out
 
 
@@ -391,6 +414,21 @@ def _kept(full: np.ndarray, crop: np.ndarray) -> np.ndarray:
     return np.where(total > 0, inside / np.where(total > 0, total, 1.0), 1.0)
 
 
+def _placed(maps: np.ndarray, origin: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Maps ``(B, C, mh, mw)`` with corners at ``origin`` put into zero maps ``(B, *shape)``."""
+    b, _, mh, mw = maps.shape
+    if (mh, mw) == shape[1:] and not origin.any():
+        return maps
+    out = np.zeros((b, *shape), dtype=maps.dtype)
+    for i in range(b):
+        oy, ox = int(origin[i, 0]), int(origin[i, 1])
+        y0, x0 = max(oy, 0), max(ox, 0)
+        y1, x1 = min(oy + mh, shape[1]), min(ox + mw, shape[2])
+        if y1 > y0 and x1 > x0:
+            out[i, :, y0:y1, x0:x1] = maps[i, :, y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+    return out
+
+
 def _fix_sign(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Flip a singular pair so the eigen-input's largest entry is positive (SVD signs are free)."""
     flat = v.reshape(-1)
@@ -405,16 +443,68 @@ def _bar(total: int, desc: str, unit: str, progress: bool) -> tqdm:
     )
 
 
-def _filters(maps: np.ndarray, crops: np.ndarray, at: np.ndarray) -> dict[str, np.ndarray]:
-    """The numbers of a batch of whole filters ``maps`` ``(B, h, w)`` and their windows."""
+class _Tally:
+    """A progress bar over probes that also counts them (a disabled tqdm counts nothing)."""
+
+    def __init__(self, bar: tqdm, total: int) -> None:
+        self.bar, self.done, self.total = bar, 0, total
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        self.bar.update(n)
+
+    def retotal(self, total: int) -> None:
+        self.total = total
+        self.bar.total = total
+        self.bar.refresh()
+
+
+def _filters(
+    maps: np.ndarray,
+    origin: np.ndarray,
+    win: np.ndarray,
+    h: int,
+    w: int,
+    at: Sequence[Pixel],
+) -> dict[str, np.ndarray]:
+    """The numbers of a batch of whole filters ``maps`` ``(B, mh, mw)`` (corner at
+    ``origin``; zero outside) and of their ``h x w`` windows at ``win``."""
     b = len(maps)
+    crops = _crop(maps, origin, win[:, 0], win[:, 1], h, w)
     return {
         "peak": np.abs(maps).reshape(b, -1).max(axis=1),
         "total": maps.reshape(b, -1).sum(axis=1),
-        "at": at,
+        "at": _entries(maps, origin, at),
         "kept": _kept(maps, crops),
         "windows": crops,
     }
+
+
+def _packed(
+    li: LinearInterpreter,
+    kind: str,
+    ys: list[int],
+    xs: list[int],
+    geo: Geometry,
+    split: bool,
+    batch_size: int,
+    tick: _Tally,
+) -> Packed | None:
+    """Columns or rows on the grid packed by their footprint (:mod:`.packing`), or
+    ``None`` where that is not exact or does not pay."""
+    ty = [geo.target(y, 0)[0] for y in ys]
+    tx = [geo.target(0, x)[1] for x in xs]
+    if kind == "columns":
+        return pack_filters(
+            lambda e: li._forward(e, ALL_OFF, batch_size, check=False),
+            li.in_shape, li.out_shape, ys, xs, ty, tx, split, batch_size, li.x0, tick=tick,
+        )  # fmt: skip
+    # rows are checked through F by forward passes, cheaper than F^T's backward ones
+    return pack_filters(
+        lambda e: li._transpose(e, batch_size, check=False),
+        li.out_shape, li.in_shape, ty, tx, ys, xs, split, batch_size, li.x0,
+        adjoint=lambda e: li._forward(e, ALL_OFF, batch_size, check=False), tick=tick,
+    )  # fmt: skip
 
 
 def _image_to_image(
@@ -425,6 +515,7 @@ def _image_to_image(
     batch_size: int,
     svd_method: str,
     per_channel: bool,
+    pack: bool,
     progress: bool,
 ) -> tuple[dict[str, Any], np.ndarray | None]:
     """Rows and columns on the grid, one pair per channel choice: the fields of
@@ -458,28 +549,45 @@ def _image_to_image(
     parts: dict[tuple[str, str, str], list[dict[str, np.ndarray]]] = {
         (i, o, kind): [] for i, o in views.keys for kind in ("columns", "rows")
     }
+    n_col = len(points) * (c if views.split_in else 1)
+    n_row = len(points) * (co if views.split_out else 1)
     chunk = max(batch_size, 1)
     starts = range(0, len(points), chunk)
-    with _bar(2 * len(starts), "explorer columns and rows", "batch", progress) as bar:
+    with _bar(n_col + n_row, "explorer columns and rows", "probe", progress) as bar:
+        tally = _Tally(bar, n_col + n_row)
+        packs: dict[str, Packed | None] = {"columns": None, "rows": None}
+        kinds = (("columns", views.split_in, n_col), ("rows", views.split_out, n_row))
+        for kind, split, n in kinds:
+            if pack:
+                before = tally.done
+                packs[kind] = _packed(li, kind, ys, xs, geo, split, batch_size, tally)
+                spent = tally.done - before
+                tally.retotal(tally.total + spent - (n if packs[kind] is not None else 0))
+        zero = np.zeros((len(points), 2), dtype=np.int64)
         for start in starts:
             sl = slice(start, min(len(points), start + chunk))
             pts, tgs = points[sl], targets[sl]
-            full_c = _columns(li, pts, views.split_in, batch_size)  # (G, B, C', H', W')
-            bar.update(1)
-            full_r = _rows(li, tgs, views.split_out, batch_size)  # (G', B, C, H, W)
-            bar.update(1)
+            col_pack, row_pack = packs["columns"], packs["rows"]
+            if col_pack is None:
+                full_c = _columns(li, pts, views.split_in, batch_size)  # (G, B, C', H', W')
+                c_at = zero[sl]
+                tally(full_c.shape[0] * full_c.shape[1])
+            else:
+                full_c, c_at = col_pack.values[:, sl], col_pack.origin[sl]
+            if row_pack is None:
+                full_r = _rows(li, tgs, views.split_out, batch_size)  # (G', B, C, H, W)
+                r_at = zero[sl]
+                tally(full_r.shape[0] * full_r.shape[1])
+            else:
+                full_r, r_at = row_pack.values[:, sl], row_pack.origin[sl]
             if dense is not None:  # one input channel: the columns are F's columns
-                dense[sl] = full_c[0].reshape(len(pts), -1)
-            idx = np.arange(len(pts))
+                dense[sl] = _placed(full_c[0], c_at, (co, ho, wo)).reshape(len(pts), -1)
             for i, o in views.keys:
                 cols = _pick(full_c, i, o)
                 rows = _pick(full_r, o, i)
-                ccrop = _crop(cols, col_origin[sl, 0], col_origin[sl, 1], th, tw)
-                rcrop = _crop(rows, row_origin[sl, 0], row_origin[sl, 1], tile, tile)
-                cat = cols[idx, [q[0] for q in tgs], [q[1] for q in tgs]]
-                rat = rows[idx, [p[0] for p in pts], [p[1] for p in pts]]
-                parts[i, o, "columns"].append(_filters(cols, ccrop, cat))
-                parts[i, o, "rows"].append(_filters(rows, rcrop, rat))
+                parts[i, o, "columns"].append(_filters(cols, c_at, col_origin[sl], th, tw, tgs))
+                parts[i, o, "rows"].append(_filters(rows, r_at, row_origin[sl], tile, tile, pts))
+        probes = tally.done
 
     def joined(i: str, o: str, kind: str) -> Filters:
         batches = parts[i, o, kind]
@@ -498,6 +606,8 @@ def _image_to_image(
             (i, o): ViewFilters(joined(i, o, "columns"), joined(i, o, "rows"))
             for i, o in views.keys
         },
+        "packed": (packs["columns"] is not None, packs["rows"] is not None),
+        "probes": probes,
     }
     return fields, dense
 
@@ -640,6 +750,7 @@ def explore(
     top_classes: int = 5,
     class_names: Sequence[str] | None = None,
     per_channel: bool = True,
+    pack: bool = True,
     progress: bool = False,
 ) -> ExplorerData:
     """Compute what the explorer page shows for ``model`` at ``x``.
@@ -666,8 +777,12 @@ def explore(
             models, every output channel) next to their sum. Costs ``C`` column probes
             per grid pixel instead of one, and ``C'`` row probes (classifiers: nothing
             extra). ``False``: the sums only.
-        progress: Show progress bars on stderr over the probe batches (columns and
-            rows) and the SVD steps.
+        pack: Image-to-image models: share one probe among grid pixels whose filters
+            cannot overlap (:mod:`convscope.linear.packing`), where a check shows that
+            is exact and it saves at least half the probes; the filters are the same
+            either way. ``False``: one probe per filter.
+        progress: Show progress bars on stderr over the probes (columns and rows)
+            and the SVD steps.
 
     Returns:
         The :class:`ExplorerData`, for :func:`convscope.report.explorer.write_explorer_page`.
@@ -690,11 +805,13 @@ def explore(
         raise ConvscopeError(
             f"svd_method must be auto, exact, randomized or power; got {svd_method!r}"
         )
+    if not isinstance(pack, bool):
+        raise ConvscopeError(f"pack must be True or False, got {pack!r}")
     li = LinearInterpreter(model, x0, mode=mode, batch_size=batch_size)  # type: ignore[arg-type]
     ys, xs, stride = pixel_grid(x0.shape[2], x0.shape[3], max_pixels)
     if len(li.out_shape) == 3:
         fields, dense = _image_to_image(
-            li, ys, xs, tile, batch_size, svd_method, per_channel, progress
+            li, ys, xs, tile, batch_size, svd_method, per_channel, pack, progress
         )
         fields |= _svd_image(li, k_svd, svd_method, dense, progress)
     elif len(li.out_shape) == 1:

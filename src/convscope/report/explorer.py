@@ -341,6 +341,10 @@ def write_explorer_page(
     _save_rgb(out / "input.png", _to_rgb(_picture(data.image)))
     if data.kind == "image":
         _image_page(data, index, out, lut)
+        index["probes"] = {
+            "count": data.probes,
+            "packed": {"columns": data.packed[0], "rows": data.packed[1]},
+        }
     else:
         _classifier_page(data, index, out, lut)
     _svd_page(data, index, out, lut)
@@ -358,6 +362,7 @@ def write_explorer_page(
             "singular_values": index["svd"]["values"],
             "svd_method": index["svd"]["method"],
             "seconds": index["seconds"],
+            **({"probes": index["probes"]} if "probes" in index else {}),
         },
     )
     page = out / "explorer.html"

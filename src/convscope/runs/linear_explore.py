@@ -37,6 +37,7 @@ def run(
     k_svd: int = 4,
     tile: int | None = None,
     per_channel: bool = True,
+    pack: bool = True,
     **options: Unpack[Options],
 ) -> RunResult:
     """Write the explorer page: F's row and column under the pointer, and its SVD.
@@ -49,6 +50,8 @@ def run(
         k_svd: Singular pairs shown.
         tile: Filter window in input pixels, odd (default: automatic).
         per_channel: Colour models: tiles for every channel, or only their sums.
+        pack: Share probes among pixels whose filters cannot overlap, where exact
+            (:mod:`convscope.linear.packing`).
 
     Returns:
         The :class:`~convscope.runs.RunResult` (``result``: the
@@ -64,7 +67,7 @@ def run(
     owned = (*OWNED, *RASTER)
     s = start("explore", model, image, out, owned, options)
     return s.plan.run(
-        lambda src, o: _one(s, src, o, mode, max_pixels, k_svd, tile, per_channel),
+        lambda src, o: _one(s, src, o, mode, max_pixels, k_svd, tile, per_channel, pack),
         progress=s.progress,
         title=f"{s.model.short_name}: explorer pages",
     )
@@ -79,6 +82,7 @@ def _one(
     k_svd: int,
     tile: int | None,
     per_channel: bool,
+    pack: bool,
 ) -> RunResult:
     import json
 
@@ -94,7 +98,7 @@ def _one(
         notes["shape"] = list(x.shape[1:])
     try:
         data = explore(s.model.module, x, mode=mode, tile=tile, k_svd=k_svd,
-                       max_pixels=max_pixels, per_channel=per_channel,
+                       max_pixels=max_pixels, per_channel=per_channel, pack=pack,
                        class_names=s.model.class_names, progress=s.progress)  # fmt: skip
     except RuntimeError as e:  # the model refuses this input, e.g. a size it cannot take
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
