@@ -217,3 +217,47 @@ def test_numpy_cnn_response_maps_have_a_colour_bar_per_row() -> None:
     shown = [a.get_images()[0] for a in fig.axes if a.get_images() and a not in bars]
     signed = [im for im in shown if im.get_cmap().name == "bwr"]
     assert len(signed) == 6 and all(im.norm.vmin == -im.norm.vmax for im in signed)
+
+
+def _signed_bars(fig: Figure) -> list[str]:
+    """The colour-bar label of every signed (blue-white-red) image in ``fig``; a signed
+    image without a colour bar gives ``"<none>"``."""
+    out = []
+    for ax in fig.axes:
+        for im in ax.get_images():
+            if im.get_cmap().name == "bwr":
+                out.append(im.colorbar.ax.get_ylabel() if im.colorbar is not None else "<none>")
+    return out
+
+
+def test_every_signed_map_has_a_colour_bar_with_its_unit() -> None:
+    """(The kernel bank's 40 small bars go unlabelled: its title says what the colours are.)"""
+    from convscope.report import decoding_figures as dfigs
+    from convscope.report import evaluation_figures as efigs
+    from convscope.report import linear_figures as lf
+
+    img = RNG.random((2, 1, 8, 8))
+    maps = RNG.normal(size=(2, 8, 8))
+    cases = {
+        "top filters": (figs.plot_top_filter_images(img, RNG.normal(size=(2, 2, 8, 8)),
+                                                    [["a", "b"], ["c", "d"]],
+                                                    RNG.normal(size=(2, 2)), ["x", "y"]),
+                        "logit share"),
+        "attributions": (figs.plot_attribution_comparison(img, {"m": maps}, ["x", "y"]),
+                         "relevance"),
+        "evaluation examples": (efigs.plot_examples(img, {"m": RNG.normal(size=(2, 1, 8, 8))},
+                                                    ["x", "y"]), "relevance"),
+        "signed maps": (lf.plot_signed_maps([maps[0]], ["r"], unit="output units"),
+                        "output units"),
+        "filter maps": (lf.plot_filter_maps(img[0, 0], maps, [(2, 2), (5, 5)], window=3),
+                        "entry of F"),
+        "svd pairs": (lf.plot_svd_pairs(np.array([2.0, 1.0]), RNG.normal(size=(2, 1, 8, 8)),
+                                        RNG.normal(size=(2, 1, 8, 8))), "entry (unit norm)"),
+        "decoded filters": (dfigs.plot_decoded_filters(RNG.normal(size=(2, 1, 5, 5))), "weight"),
+    }  # fmt: skip
+    for what, (fig, unit) in cases.items():
+        labels = _signed_bars(fig)
+        assert labels and set(labels) == {unit}, (what, labels)
+    f = RNG.normal(size=(2, 1, 5, 5))
+    labels = _signed_bars(dfigs.plot_decoded_filters(f, np.sign(f)))
+    assert labels == ["weight", "weight", "sign", "sign"]  # the filters, then their signs

@@ -27,10 +27,10 @@ __all__ = [
 ]
 
 
-def _show_filter(ax: plt.Axes, f: np.ndarray, title: str = "") -> None:
+def _show_filter(ax: plt.Axes, f: np.ndarray, title: str = "", unit: str = "weight") -> None:
     """A decoded filter ``(C, h, w)`` with C = 1 (signed) or 3 (colour around grey)."""
     if f.ndim == 2 or f.shape[0] == 1:
-        _signed_imshow(ax, f.reshape(f.shape[-2:]), title)
+        _signed_imshow(ax, f.reshape(f.shape[-2:]), title, label=unit)
         return
     if f.shape[0] != 3:
         raise ConvscopeError(f"can draw 1- or 3-channel filters, got {f.shape[0]} channels")
@@ -71,7 +71,7 @@ def plot_decoded_filters(
             continue
         _show_filter(axes[r * per, c], filters[i], titles[i])
         if thresholded is not None:
-            _show_filter(axes[r * per + 1, c], thresholded[i])
+            _show_filter(axes[r * per + 1, c], thresholded[i], unit="sign")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -102,7 +102,8 @@ def plot_examples(
     for i in range(r):
         _grey_imshow(axes[i, 0], images[i], titles[i])
         for j, (name, m) in enumerate(maps.items()):
-            _signed_imshow(axes[i, j + 1], np.asarray(m[i]).sum(0), name if i == 0 else "")
+            _signed_imshow(axes[i, j + 1], np.asarray(m[i]).sum(0), name if i == 0 else "",
+                           label="relevance")  # fmt: skip
             axes[i, j + 1].title.set_fontsize(6)
     fig.tight_layout()
     return fig

@@ -243,7 +243,10 @@ def plot_top_filter_images(
         _grey_imshow(axes[i, 0], images[i], row_titles[i])
         for j in range(t):
             _signed_imshow(
-                axes[i, j + 1], score_images[i, j], f"{top_names[i][j]}\n{top_scores[i, j]:+.2f}"
+                axes[i, j + 1],
+                score_images[i, j],
+                f"{top_names[i][j]}\n{top_scores[i, j]:+.2f}",
+                label="logit share",
             )
     fig.suptitle("Top filters and their filter score images", fontsize=10)
     return fig
@@ -267,7 +270,7 @@ def plot_attribution_comparison(
     for i in range(r):
         _grey_imshow(axes[i, 0], images[i], row_titles[i] if i else f"input\n{row_titles[i]}")
         for j, (name, m) in enumerate(maps.items()):
-            _signed_imshow(axes[i, j + 1], m[i], name if i == 0 else "")
+            _signed_imshow(axes[i, j + 1], m[i], name if i == 0 else "", label="relevance")
     fig.tight_layout()
     return fig
 
@@ -371,7 +374,7 @@ def plot_transfer_function(
     c = derivative.shape[0]
     fig, axes = plt.subplots(c, 2, figsize=(6.4, 3.0 * c), squeeze=False)
     for i in range(c):
-        _signed_imshow(axes[i, 0], derivative[i], f"dz/dx, channel {i}")
+        _signed_imshow(axes[i, 0], derivative[i], f"dz/dx, channel {i}", label="dz/dx")
         finite = spectrum[i][spectrum[i] > -300]
         lo = float(finite.min()) if finite.size else -300.0
         im = axes[i, 1].imshow(spectrum[i], cmap="viridis", vmin=max(lo, float(gains[i]) - 80),

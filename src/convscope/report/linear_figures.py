@@ -67,8 +67,9 @@ def _hwc(image: np.ndarray) -> np.ndarray:
     return np.clip(np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img, 0.0, 1.0)
 
 
-def _signed_map(ax: plt.Axes, m: np.ndarray, title: str = "") -> None:
-    """A signed ``(H, W)`` map, or ``(3, H, W)`` as colour around mid grey."""
+def _signed_map(ax: plt.Axes, m: np.ndarray, title: str = "", label: str = "") -> None:
+    """A signed ``(H, W)`` map, or ``(3, H, W)`` as colour around mid grey; ``label``: the
+    colour bar's unit."""
     m = np.asarray(m, dtype=np.float64)
     if m.ndim == 3 and m.shape[0] == 1:
         m = m[0]
@@ -80,7 +81,7 @@ def _signed_map(ax: plt.Axes, m: np.ndarray, title: str = "") -> None:
         return
     if m.ndim == 3:
         m = m.sum(0)
-    _signed_imshow(ax, m, title)
+    _signed_imshow(ax, m, title, label=label)
 
 
 def vote_colours(n: int) -> list[tuple[float, float, float]]:
@@ -199,7 +200,8 @@ def plot_pixel_votes(
         _grey_imshow(axes[i, 0], img, row_titles[i] if row_titles else "image")
         if discussions is not None:
             c0 = int(classes[i][0]) if len(classes[i]) else -1
-            _signed_map(axes[i, 1], np.asarray(discussions[i]), f"discussion: {name(c0)}")
+            _signed_map(axes[i, 1], np.asarray(discussions[i]), f"discussion: {name(c0)}",
+                        "logit share")  # fmt: skip
         _vote_map(axes[i, 1 + extra], v, legend, colours)
         axes[i, 1 + extra].set_title("votes", fontsize=8)
         for j in range(k):
@@ -391,6 +393,7 @@ def plot_signed_maps(
     image: np.ndarray | None = None,
     title: str = "",
     ncols: int = 6,
+    unit: str = "",
 ) -> Figure:
     """Signed maps in a grid, each on its own scale (outputs, residuals, contributions).
 
@@ -401,6 +404,7 @@ def plot_signed_maps(
         image: optional image drawn first.
         title: the figure's title.
         ncols: panels per row.
+        unit: the colour bars' label (what the values are in).
 
     Returns:
         The figure.
@@ -424,7 +428,7 @@ def plot_signed_maps(
             ax.set_title(t, fontsize=8)
             ax.tick_params(labelsize=6)
         else:
-            _signed_map(ax, m, t)
+            _signed_map(ax, m, t, unit)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -494,12 +498,13 @@ def plot_filter_maps(
         )
     for i in range(p):
         t = titles[i] if titles else f"{kind} {i} at {tuple(marks[i])}"
-        _signed_map(axes[0, i + 1], maps[i], t)
+        _signed_map(axes[0, i + 1], maps[i], t, "entry of F")
         if window:
             _signed_map(
                 axes[1, i + 1],
                 _crop(maps[i], (int(centres[i][0]), int(centres[i][1])), window),
                 f"zoom {window}x{window}",
+                "entry of F",
             )
     if window:
         axes[1, 0].axis("off")
@@ -549,10 +554,10 @@ def plot_svd_pairs(
         _grey_imshow(axes[0, 1], _hwc(image), "image")
         axes[1, 1].axis("off")
     for i in range(k):
-        _signed_map(axes[0, lead + i], V[i], f"v{i + 1} (eigen-input)")
+        _signed_map(axes[0, lead + i], V[i], f"v{i + 1} (eigen-input)", "entry (unit norm)")
         ax = axes[1, lead + i]
         if U[i].ndim >= 2:
-            _signed_map(ax, U[i], f"u{i + 1} (eigen-output)")
+            _signed_map(ax, U[i], f"u{i + 1} (eigen-output)", "entry (unit norm)")
         else:
             u = U[i].reshape(-1)
             ax.bar(np.arange(len(u)), u, color=np.where(u >= 0, "#d62728", "#1f77b4"))

@@ -112,6 +112,7 @@ def _one(
             [f"{k} (|.| {float(v.norm()):.3g})" for k, v in groups.items()],
             image=picture(fr.x0),
             title=f"{s.model.short_name}: f(x0) = input + biases",
+            unit="output units",
         )
     o.figure("contributions.png", fig)
     o.json("contributions.json", m)

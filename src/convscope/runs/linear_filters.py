@@ -147,7 +147,8 @@ def _rows_or_columns(
         maps = li.rows([c]).detach().cpu()
         m.update(target=c, class_name=name(c), flat_indices=[c])
         m["maps"] = map_stats(maps, [((in_hw[0] - 1) / 2, (in_hw[1] - 1) / 2)])
-        fig = lf.plot_signed_maps([maps[0].numpy()], [f"row of {name(c)}: F^T e_c"], image=pic)
+        fig = lf.plot_signed_maps([maps[0].numpy()], [f"row of {name(c)}: F^T e_c"], image=pic,
+                                   unit="entry of F")  # fmt: skip
     else:
         if len(li.in_shape) != 3 or (kind == "row" and len(li.out_shape) != 3):
             raise ConvscopeError(
@@ -174,7 +175,8 @@ def _rows_or_columns(
         m.update(at=[list(p) for p in pos], channel=channel, flat_indices=flat)
         if classifier:  # columns of a classifier: one score vector per input position
             m["columns"] = maps.tolist()
-            fig = lf.plot_signed_maps([maps.numpy()], ["columns (position x class)"], image=pic)
+            fig = lf.plot_signed_maps([maps.numpy()], ["columns (position x class)"], image=pic,
+                                   unit="entry of F")  # fmt: skip
         else:
             m["maps"] = map_stats(maps, centres)
             ratio = max(sy, sx) if kind == "column" else 1 / min(sy, sx)

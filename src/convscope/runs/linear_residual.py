@@ -116,6 +116,7 @@ def _one(
             [li.output[0].cpu().numpy(), li.residual[0].cpu().numpy()],
             ["output f(x0)", f"residual r (|r|/|f| = {rel:.3g})"],
             image=picture(fr.x0),
+            unit="output units",
         )
     o.figure("residual.png", fig)
     o.json("residual.json", m)
