@@ -16,7 +16,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -27,6 +26,7 @@ import torch
 import torchvision
 from _machine import cpu_name
 
+from convscope.io import write_json
 from convscope.linear import LinearInterpreter
 
 
@@ -105,9 +105,7 @@ def main() -> None:
             "repeats": args.repeats,
             "rows": rows,
         }
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(args.json)
+        write_json(args.json, record)  # atomically, via a temporary file
         print(f"wrote {args.json}")
 
 

@@ -22,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from _machine import cpu_name
 
+from convscope.io import write_json
 from convscope.linear import LinearInterpreter
 from convscope.linear.explorer import explore, explorer_image, trained_espcn_checkpoint
 from convscope.models import load_checkpoint
@@ -135,10 +135,7 @@ def main() -> None:
         "agreement": worst,
     }
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(args.json)
+        write_json(args.json, record)  # atomically, via a temporary file
         print(f"wrote {args.json}")
 
 

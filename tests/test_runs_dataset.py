@@ -542,7 +542,16 @@ def test_the_committed_lenet_table_is_what_the_code_computes(single: Path) -> No
     table = pq.read_table(committed)
     assert table.num_rows == 1000
     ours = pq.read_table(single / "per_image.parquet")
-    assert table.slice(0, 40).equals(ours)
+    head = table.slice(0, 40)
+    assert head.schema.equals(ours.schema)
+    # the same numbers to float64 rounding: the committed table was computed on another
+    # machine, whose oneDNN kernels may sum in another order (1e-15 apart seen)
+    for name in head.column_names:
+        want, got = head.column(name).to_numpy(), ours.column(name).to_numpy()
+        if want.dtype.kind == "f":
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=name)
     summary = json.loads(committed.with_name("summary.json").read_text())
     rs = table.column("residual_share").to_numpy()
     assert summary["residual_share"]["mean"] == pytest.approx(rs.mean(), rel=1e-12)
