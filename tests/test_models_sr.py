@@ -244,7 +244,7 @@ def test_checkpoint_round_trip(
 
 def test_trained_espcn_beats_bicubic_on_a_held_out_crop() -> None:
     if not TRAINED.is_file():
-        pytest.skip(f"{TRAINED} not found: run experiments/train_espcn.py")
+        pytest.skip(f"{TRAINED} not found: run experiments/train_sr.py")
     model, extra = load_checkpoint(TRAINED)
     assert isinstance(model, ESPCN) and model.scale == 4
     assert "astronaut" in extra["test_photos"]  # held out from training
