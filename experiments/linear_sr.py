@@ -1,22 +1,24 @@
-"""Seed 001's super-resolution analyses (Fig. 5, 11, 12) on the bicubic upscaler and our ESPCN.
+"""Seed 001's super-resolution analyses (Fig. 5, 11, 12) on bicubic and our ESPCN and EDSR.
 
 The input is the low-resolution luma of the held-out astronaut's face (the crop of
-``experiments/train_espcn.py``, 128 x 128 HR, reduced x4 to 32 x 32 by antialiased bicubic).
-Both models are interpreted at that image in float64:
+``experiments/train_sr.py``, 128 x 128 HR, reduced x4 to 32 x 32 by antialiased bicubic).
+All three models are interpreted at that image in float64:
 
 - bicubic, the reference: a fixed linear filter, so ``r = 0`` and every interior column is the
   same kernel, shifted by 4 output pixels per input pixel (checked, and the script fails if not);
-- the trained ESPCN x4 (``experiments/results/espcn/espcn_x4.pt``), a 4-layer ReLU network
-  whose frozen ``F`` adapts to the image: its residual, its columns (projective filters) at every
-  interior position compared with each other and with bicubic's (spread, shift of the
-  centroid, gain, deviation from their mean), rows (receptive filters) at a few positions, and
-  the top singular triplets (randomized subspace iteration, checked against the SVD of the
-  materialized ``F``, which at 1,024 inputs is small enough to build).
+- the trained ESPCN x4 (``experiments/results/espcn/espcn_x4.pt``), a 4-layer ReLU network,
+  and the trained EDSR-baseline x4 (``experiments/results/edsr/edsr_x4.pt``, 16 residual
+  blocks), whose frozen ``F`` adapts to the image: their residuals, their columns (projective
+  filters) at every interior position compared with each other and with bicubic's (spread,
+  shift of the centroid, gain, deviation from their mean), rows (receptive filters) at a few
+  positions, and the top singular triplets (randomized subspace iteration, checked against
+  the SVD of the materialized ``F``, which at 1,024 inputs is small enough to build).
 
 Writes into ``experiments/results/linear/``: ``sr.json``, ``sr.md``, ``sr_columns_<model>.png``,
-``sr_rows_espcn.png``, ``sr_svd_<model>.png``, ``sr_residual_espcn.png``.
+``sr_svd_<model>.png``, and for the two networks ``sr_rows_<model>.png`` and
+``sr_residual_<model>.png``.
 
-    python experiments/linear_sr.py
+    python experiments/linear_sr.py       # about 20 minutes on one CPU thread (EDSR's SVD)
 """
 
 from __future__ import annotations
@@ -39,8 +41,13 @@ from convscope.report.figures import save_figure
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "results" / "linear"
-ESPCN = ROOT / "results" / "espcn" / "espcn_x4.pt"
-CROP = ("astronaut", 60, 170, 128)  # the face; the same crop as train_espcn.py's figure
+# the trained x4 networks of experiments/train_sr.py, by the key their results use
+TRAINED = {
+    "espcn": ROOT / "results" / "espcn" / "espcn_x4.pt",
+    "edsr": ROOT / "results" / "edsr" / "edsr_x4.pt",
+}
+LABELS = {"bicubic": "bicubic", "espcn": "ESPCN", "edsr": "EDSR"}
+CROP = ("astronaut", 60, 170, 128)  # the face; the same crop as train_sr.py's figure
 SCALE = 4
 # Positions of the figures (LR pixels): an eye, the nose, the hairline, flat skin.
 SHOW = [(11, 9), (17, 15), (5, 20), (24, 22)]
@@ -145,7 +152,7 @@ def analyse(name: str, model: nn.Module, x: torch.Tensor, k: int, out: Path) -> 
                           title=f"{name}: top-{k} singular triplets of F"),
         out / f"sr_svd_{name}.png",
     )  # fmt: skip
-    if name == "espcn":
+    if name in TRAINED:
         out_pos = [(SCALE * yy + 1, SCALE * xx + 2) for yy, xx in SHOW]
         rows = li.rows([yy * SCALE * w + xx for yy, xx in out_pos])
         res["rows"] = {
@@ -156,7 +163,7 @@ def analyse(name: str, model: nn.Module, x: torch.Tensor, k: int, out: Path) -> 
         save_figure(
             lf.plot_filter_maps(picture, rows.numpy(), SHOW, window=11, kind="row",
                                 titles=[f"row of output {p}" for p in out_pos]),
-            out / "sr_rows_espcn.png",
+            out / f"sr_rows_{name}.png",
         )  # fmt: skip
         groups = group_contributions(li.contributions())
         res["contributions_norm"] = {k2: float(v.norm()) for k2, v in groups.items()}
@@ -164,27 +171,37 @@ def analyse(name: str, model: nn.Module, x: torch.Tensor, k: int, out: Path) -> 
             lf.plot_signed_maps(
                 [y[0].numpy(), r[0].numpy(), *(v[0].numpy() for v in groups.values())],
                 ["output f(x0)", "residual r", *(f"{k2}" for k2 in groups)],
-                image=picture, title="ESPCN: f(x0) = F x0 + r, r split by layer",
+                image=picture, title=f"{LABELS[name]}: f(x0) = F x0 + r, r split by layer",
             ),
-            out / "sr_residual_espcn.png",
+            out / f"sr_residual_{name}.png",
         )  # fmt: skip
     return res
 
 
 def summary(r: dict[str, Any], seconds: float) -> str:
-    b, e = r["bicubic"], r["espcn"]
-    bc, ec = b["columns"], e["columns"]
+    """The page ``sr.md``: every number and every comparison read from ``r``."""
+    names = [n for n in ("bicubic", *TRAINED) if n in r]
+    nets = [n for n in names if n != "bicubic"]
+    cols = {n: r[n]["columns"] for n in names}
+    b = r["bicubic"]
 
     def row(label: str, key: str) -> str:
-        cells = [f"{c[key]['mean']:.3f} ± {c[key]['std']:.3f}" for c in (bc, ec)]
-        return f"| {label} | {cells[0]} | {cells[1]} |"
+        cells = [f"{cols[n][key]['mean']:.3f} ± {cols[n][key]['std']:.3f}" for n in names]
+        return f"| {label} | " + " | ".join(cells) + " |"
 
-    def res_row(label: str, m: dict[str, Any]) -> str:
+    def res_row(n: str) -> str:
+        m = r[n]
         return (
-            f"| {label} | {m['bias_sources']} | {m['relative_residual']:.3g} | "
+            f"| {LABELS[n]} | {m['bias_sources']} | {m['relative_residual']:.3g} | "
             f"{m['residual_max_abs']:.3g} |"
         )
 
+    dev = {n: cols[n]["deviation_from_mean_column"]["mean"] for n in nets}
+    most = max(nets, key=lambda n: dev[n])
+    residual = ", ".join(f"{LABELS[n]} {r[n]['relative_residual']:.1%}" for n in nets)
+    figs = ", ".join(f"`sr_columns_{n}.png`" for n in names)
+    rows = ", ".join(f"`sr_rows_{n}.png`" for n in nets)
+    header = "| | " + " | ".join(LABELS[n] for n in names) + " |"
     lines = [
         "# Linear interpreter on super-resolution x4 (seed 001, Fig. 5, 11, 12)",
         "",
@@ -196,14 +213,14 @@ def summary(r: dict[str, Any], seconds: float) -> str:
         "",
         "| model | bias sources | abs(r) / abs(f(x0)) | max abs(r) |",
         "| --- | --- | --- | --- |",
-        res_row("bicubic", b),
-        res_row("ESPCN", e),
+        *(res_row(n) for n in names),
         "",
-        "The bicubic upscaler has no bias: its residual is exactly 0 (checked). ESPCN's residual "
-        "is small next to its output, as the DfV paper found for SR networks. "
-        "Figure: `sr_residual_espcn.png` (the residual split by layer).",
+        f"The bicubic upscaler has no bias: its residual is {b['residual_max_abs']:g} (checked). "
+        f"The networks' residuals relative to their outputs: {residual}. Figures: "
+        + ", ".join(f"`sr_residual_{n}.png`" for n in nets)
+        + " (the residual split by layer).",
         "",
-        f"## Columns (projective filters) at the {bc['positions']} interior positions",
+        f"## Columns (projective filters) at the {cols['bicubic']['positions']} interior positions",
         "",
         "Each column cropped to 36 x 36 HR pixels around its input pixel. Spread = RMS distance "
         "of the squared coefficients from their centroid; shift = distance of that centroid "
@@ -211,8 +228,8 @@ def summary(r: dict[str, Any], seconds: float) -> str:
         "column relative to the mean column's norm; gain = sum of the coefficients (16 for an "
         "upscaler that keeps flat areas flat). Mean ± std over positions.",
         "",
-        "| | bicubic | ESPCN |",
-        "| --- | --- | --- |",
+        header,
+        "| --- |" + " --- |" * len(names),
         row("gain (sum)", "gain"),
         row("spread (HR px)", "spread_hr_px"),
         row("centroid shift (HR px)", "centroid_shift_hr_px"),
@@ -220,11 +237,11 @@ def summary(r: dict[str, Any], seconds: float) -> str:
         row("negative / positive mass", "negative_to_positive_mass"),
         "",
         "Bicubic's columns are one kernel at every interior position (deviation "
-        f"{bc['deviation_from_mean_column']['max']:.1e} at most): the linear, shift-invariant "
-        "reference. ESPCN's columns change from position to position (Fig. 11's "
-        "'adapts to the image, changing on edges and textures'). Figures: "
-        "`sr_columns_bicubic.png`, `sr_columns_espcn.png`; rows (receptive filters) of "
-        "ESPCN at the same places: `sr_rows_espcn.png`.",
+        f"{cols['bicubic']['deviation_from_mean_column']['max']:.1e} at most): the linear, "
+        "shift-invariant reference. The networks' columns change from position to position "
+        "(Fig. 11's 'adapts to the image, changing on edges and textures'), "
+        f"{LABELS[most]}'s the most (mean deviation {dev[most]:.2f}). Figures: {figs}; rows "
+        f"(receptive filters) at the same places: {rows}.",
         "",
         "## SVD (Fig. 5, 12)",
         "",
@@ -234,13 +251,14 @@ def summary(r: dict[str, Any], seconds: float) -> str:
         "| model | top singular values | max relative error vs exact |",
         "| --- | --- | --- |",
     ]
-    for label, m in (("bicubic", b), ("ESPCN", e)):
+    for n in names:
+        m = r[n]
         sv = ", ".join(f"{v:.4f}" for v in m["svd"]["singular_values"])
-        lines.append(f"| {label} | {sv} | {m['svd']['max_relative_error']:.1e} |")
+        lines.append(f"| {LABELS[n]} | {sv} | {m['svd']['max_relative_error']:.1e} |")
     lines += [
         "",
         "Figures: `sr_svd_bicubic.png` (eigen-inputs of a shift-invariant filter: spread-out, "
-        "harmonic-like patterns), `sr_svd_espcn.png`.",
+        "harmonic-like patterns), " + ", ".join(f"`sr_svd_{n}.png`" for n in nets) + ".",
     ]
     return "\n".join(lines) + "\n"
 
@@ -256,7 +274,7 @@ def main() -> None:
     x = lr_image()
     results = {
         "bicubic": analyse("bicubic", BicubicUpscaler(SCALE), x, args.k, args.out),
-        "espcn": analyse("espcn", load_checkpoint(ESPCN)[0], x, args.k, args.out),
+        **{n: analyse(n, load_checkpoint(p)[0], x, args.k, args.out) for n, p in TRAINED.items()},
     }
     b = results["bicubic"]
     # the reference must hold exactly, or something upstream is broken
@@ -264,14 +282,15 @@ def main() -> None:
     assert b["columns"]["deviation_from_mean_column"]["max"] < 1e-12, b["columns"]
     print(f"bicubic: residual {b['residual_max_abs']}, interior columns identical to "
           f"{b['columns']['deviation_from_mean_column']['max']:.1e}")  # fmt: skip
-    e = results["espcn"]
-    print(
-        f"ESPCN: |r|/|f| {e['relative_residual']:.3g}; column deviation "
-        f"{e['columns']['deviation_from_mean_column']['mean']:.3f} ± "
-        f"{e['columns']['deviation_from_mean_column']['std']:.3f}; spread "
-        f"{e['columns']['spread_hr_px']['mean']:.2f} vs bicubic "
-        f"{b['columns']['spread_hr_px']['mean']:.2f} HR px"
-    )
+    for n in TRAINED:
+        e = results[n]
+        print(
+            f"{LABELS[n]}: |r|/|f| {e['relative_residual']:.3g}; column deviation "
+            f"{e['columns']['deviation_from_mean_column']['mean']:.3f} ± "
+            f"{e['columns']['deviation_from_mean_column']['std']:.3f}; spread "
+            f"{e['columns']['spread_hr_px']['mean']:.2f} vs bicubic "
+            f"{b['columns']['spread_hr_px']['mean']:.2f} HR px"
+        )
     seconds = time.perf_counter() - t0
     write_json(args.out / "sr.json", {"crop": list(CROP), "scale": SCALE, "lr_size": [32, 32],
                                       "seconds": round(seconds, 1), **results})  # fmt: skip

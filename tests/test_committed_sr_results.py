@@ -22,6 +22,7 @@ RESULTS = ROOT / "experiments" / "results"
 CASES = [
     ("espcn", ESPCN, 4, "espcn_x4.pt", "metrics.json"),
     ("edsr", EDSRBaseline, 4, "edsr_x4.pt", "metrics_x4.json"),
+    ("edsr", EDSRBaseline, 2, "edsr_x2.pt", "metrics_x2.json"),
 ]
 
 
@@ -66,3 +67,30 @@ def test_edsr_beats_espcn_on_the_held_out_photos() -> None:
     edsr = json.loads((RESULTS / "edsr" / "metrics_x4.json").read_text())
     assert espcn["mean_bicubic_psnr"] == edsr["mean_bicubic_psnr"]  # the same test set
     assert edsr["mean_edsr_psnr"] > espcn["mean_espcn_psnr"]
+
+
+def test_the_sr_page_is_its_json() -> None:
+    """``experiments/linear_sr.py`` writes ``sr.md`` from ``sr.json``: no hand edits, no stale."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        from linear_sr import summary
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+    data = json.loads((RESULTS / "linear" / "sr.json").read_text())
+    assert set(data) >= {"bicubic", "espcn", "edsr"}
+    assert (RESULTS / "linear" / "sr.md").read_text() == summary(data, data["seconds"])
+    # the reading follows the numbers: swap which network's columns move most
+    e, d = data["espcn"]["columns"], data["edsr"]["columns"]
+    most = (
+        "ESPCN"
+        if e["deviation_from_mean_column"]["mean"] > d["deviation_from_mean_column"]["mean"]
+        else "EDSR"
+    )
+    assert f"{most}'s the most" in summary(data, 0.0)
+    swapped = {
+        **data,
+        "espcn": {**data["espcn"], "columns": d},
+        "edsr": {**data["edsr"], "columns": e},
+    }
+    other = "EDSR" if most == "ESPCN" else "ESPCN"
+    assert f"{other}'s the most" in summary(swapped, 0.0)
