@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= demo_output
 
-.PHONY: install demo test check lint format experiments bench clean browser docs screenshots
+.PHONY: install demo test check lint format experiments bench clean browser docs screenshots mutation
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,8 @@ demo: $(STAMP)
 	$(BIN)/convscope demo --out $(OUT) --overwrite
 
 check: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks experiments docs/_reference.py docs/_screenshots.py docs/_results.py
-	$(BIN)/ruff format --check src tests benchmarks experiments docs/_reference.py docs/_screenshots.py docs/_results.py
+	$(BIN)/ruff check src tests benchmarks experiments docs/_reference.py docs/_screenshots.py docs/_results.py tools
+	$(BIN)/ruff format --check src tests benchmarks experiments docs/_reference.py docs/_screenshots.py docs/_results.py tools
 	$(BIN)/mypy
 
 # The browser tests (tests/test_explorer.py, tests/test_pages_browser.py) and make screenshots
@@ -64,5 +64,12 @@ format: $(STAMP)
 experiments: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# Mutation testing of the core with mutmut (hours on 2 cores; not part of make test).
+# MODULES="kernels spectral" runs some groups only; results are cached in .mutation/ and
+# the report goes to docs/mutation.md and docs/mutation.json.
+MODULES ?= kernels spectral attribution decoding numpy_cnn_layers evaluate linear
+mutation: $(STAMP)
+	$(BIN)/python tools/mutation.py run --modules $(MODULES)
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache site docs/reference
+	rm -rf $(VENV) .mutation mutants build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache site docs/reference

@@ -1,0 +1,185 @@
+"""Mutation testing of convscope's core with mutmut, one module group at a time.
+
+Each group (``--modules``) runs in its own working directory ``.mutation/<group>/``, whose
+``pyproject.toml`` tells mutmut which files to mutate and which tests judge them; the source,
+tests and the files the tests read are linked in. Results are cached there, so a second run
+only checks mutants that are new or not yet checked. ``report`` writes ``docs/mutation.md``
+and ``docs/mutation.json`` from every group's results: per group the mutants killed, the
+survivors, those listed as equivalent in ``tools/mutation_equivalents.toml`` (with the reason),
+and the score, killed / (all checked - equivalent).
+
+    python tools/mutation.py run --modules kernels spectral    # then writes the report
+    python tools/mutation.py report                            # the report only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".mutation"
+EQUIVALENTS = ROOT / "tools" / "mutation_equivalents.toml"
+# group -> (files mutmut mutates, the tests that judge them)
+MODULES: dict[str, tuple[list[str], list[str]]] = {
+    "kernels": (["src/convscope/kernels.py"], ["tests/test_kernels.py"]),
+    "spectral": (
+        ["src/convscope/spectral.py"],
+        ["tests/test_spectral.py", "tests/test_runs_spectrum.py"],
+    ),
+    "attribution": (["src/convscope/attribution.py"], ["tests/test_attribution.py"]),
+    "decoding": (
+        ["src/convscope/decoding.py"],
+        ["tests/test_decoding.py", "tests/test_decoding_gfnn.py"],
+    ),
+    "numpy_cnn_layers": (
+        ["src/convscope/numpy_cnn/layers/*.py"],
+        ["tests/test_numpy_cnn_layers.py", "tests/test_properties_numpy_cnn.py"],
+    ),
+    "evaluate": (["src/convscope/evaluate/*.py"], ["tests/test_evaluate.py"]),
+    "linear": (
+        ["src/convscope/linear/*.py"],
+        sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_linear_*.py"))
+        + ["tests/test_properties_linear.py"],
+    ),
+}
+LINKED = ["src", "tests", "experiments", "docs", "benchmarks", "README.md", "Makefile",
+          "mkdocs.yml", "LICENSE"]  # fmt: skip
+KILLED = {1, 3}
+
+
+def _config(group: str) -> str:
+    mutate, tests = MODULES[group]
+
+    def toml_list(xs: list[str]) -> str:
+        return "[" + ", ".join(json.dumps(x) for x in xs) + "]"
+
+    return "\n".join([
+        "[tool.mutmut]",
+        'source_paths = ["src"]',
+        f"only_mutate = {toml_list(mutate)}",
+        f"also_copy = {toml_list(LINKED[1:])}",
+        f"pytest_add_cli_args_test_selection = {toml_list(tests)}",
+        'pytest_add_cli_args = ["-q", "-p", "no:cacheprovider", "-m", "not slow", "-x"]',
+        # torch's thread pools do not survive a plain fork from a process that ran tests
+        'process_isolation = "forkserver"',
+        "",
+    ])  # fmt: skip
+
+
+def _workdir(group: str) -> Path:
+    d = WORK / group
+    d.mkdir(parents=True, exist_ok=True)
+    for name in LINKED:
+        link = d / name
+        if not link.exists():
+            link.symlink_to(ROOT / name)
+    (d / "pyproject.toml").write_text(_config(group))
+    return d
+
+
+def run(groups: list[str], max_children: int) -> None:
+    mutmut = Path(sys.executable).with_name("mutmut")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    for group in groups:
+        d = _workdir(group)
+        print(f"== mutmut on {group} in {d}", flush=True)
+        cmd = [str(mutmut), "run", "--max-children", str(max_children)]
+        subprocess.run(cmd, cwd=d, env=env, check=False)
+
+
+def _results(group: str) -> dict[str, int | None]:
+    out: dict[str, int | None] = {}
+    for meta in sorted((WORK / group / "mutants").rglob("*.meta")):
+        out.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return out
+
+
+def _diff(group: str, name: str) -> str:
+    mutmut = Path(sys.executable).with_name("mutmut")
+    p = subprocess.run([str(mutmut), "show", name], cwd=WORK / group, capture_output=True,
+                       text=True, check=False)  # fmt: skip
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith(("+", "-"))
+             and not ln.startswith(("+++", "---"))]  # fmt: skip
+    return "\n".join(lines[:6])
+
+
+def report() -> dict:
+    equivalents = tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.is_file() else {}
+    groups = {}
+    for group in MODULES:
+        res = _results(group)
+        if not res:
+            groups[group] = {"run": False}
+            continue
+        eq = equivalents.get(group, {})
+        checked = {k: v for k, v in res.items() if v is not None}
+        killed = [k for k, v in checked.items() if v in KILLED]
+        equivalent = [k for k in checked if k not in killed and k in eq]
+        survived = [k for k in checked if k not in killed and k not in eq]
+        denom = len(checked) - len(equivalent)
+        groups[group] = {
+            "run": True,
+            "mutants": len(res),
+            "checked": len(checked),
+            "killed": len(killed),
+            "equivalent": {k: eq[k] for k in equivalent},
+            "survived": {k: checked[k] for k in survived},
+            "score": round(len(killed) / denom, 4) if denom else None,
+        }
+    lines = [
+        "# Mutation testing",
+        "",
+        "Generated by `make mutation` (`tools/mutation.py`, mutmut). A mutant is a small change "
+        "to the code (an operator, a constant, an argument dropped); the tests should fail on "
+        "each. Score = killed / (checked - listed as equivalent). Survivors not listed as "
+        "equivalent in `tools/mutation_equivalents.toml` are open: each needs a test that "
+        "checks a value against an independent reference.",
+        "",
+        "| module | mutants | checked | killed | equivalent | survived | score |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for group, g in groups.items():
+        if not g["run"]:
+            lines.append(f"| {group} | not run yet | | | | | |")
+            continue
+        score = "" if g["score"] is None else f"{g['score']:.1%}"
+        lines.append(
+            f"| {group} | {g['mutants']} | {g['checked']} | {g['killed']} | "
+            f"{len(g['equivalent'])} | {len(g['survived'])} | {score} |"
+        )
+    for group, g in groups.items():
+        if not g.get("run") or not (g["survived"] or g["equivalent"]):
+            continue
+        lines += ["", f"## {group}", ""]
+        for name in g["survived"]:
+            lines += [f"- survived: `{name}`", "", "```diff", _diff(group, name), "```", ""]
+        for name, why in g["equivalent"].items():
+            lines += [f"- equivalent: `{name}`: {why}"]
+    (ROOT / "docs" / "mutation.md").write_text("\n".join(lines) + "\n")
+    (ROOT / "docs" / "mutation.json").write_text(json.dumps(groups, indent=2) + "\n")
+    return groups
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run mutmut on module groups, then write the report")
+    r.add_argument("--modules", nargs="+", choices=sorted(MODULES), default=list(MODULES))
+    r.add_argument("--max-children", type=int, default=2, help="parallel mutant runs")
+    sub.add_parser("report", help="write docs/mutation.md from the cached results")
+    args = ap.parse_args()
+    if args.cmd == "run":
+        run(args.modules, args.max_children)
+    for group, g in report().items():
+        print(group, "not run" if not g["run"] else f"score {g['score']}")
+
+
+if __name__ == "__main__":
+    main()
