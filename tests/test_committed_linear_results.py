@@ -9,20 +9,16 @@ fixed sentence that no longer matches the numbers fails here.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
+
+from _scripts import experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results" / "linear"
 
 
 def _summary():  # type: ignore[no-untyped-def]
-    sys.path.insert(0, str(ROOT / "experiments"))
-    try:
-        from linear_classification import summary
-    finally:
-        sys.path.remove(str(ROOT / "experiments"))
-    return summary
+    return experiment("linear_classification").summary
 
 
 def test_the_classification_page_is_its_json() -> None:

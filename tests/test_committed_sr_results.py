@@ -9,11 +9,11 @@ without its metrics (or metrics typed by hand) fails.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _scripts import experiment
 
 from convscope.models import ESPCN, EDSRBaseline, load_checkpoint
 
@@ -26,20 +26,11 @@ CASES = [
 ]
 
 
-def _script():  # type: ignore[no-untyped-def]
-    sys.path.insert(0, str(ROOT / "experiments"))
-    try:
-        import train_sr
-    finally:
-        sys.path.remove(str(ROOT / "experiments"))
-    return train_sr
-
-
 @pytest.mark.parametrize(("key", "cls", "scale", "ckpt", "metrics"), CASES)
 def test_committed_sr_checkpoint_scores_its_metrics(
     key: str, cls: type, scale: int, ckpt: str, metrics: str, tmp_path: Path
 ) -> None:
-    script = _script()
+    script = experiment("train_sr")
     stored = json.loads((RESULTS / key / metrics).read_text())
     model, extra = load_checkpoint(RESULTS / key / ckpt)
     assert isinstance(model, cls) and model.scale == scale == stored["scale"]
@@ -71,11 +62,7 @@ def test_edsr_beats_espcn_on_the_held_out_photos() -> None:
 
 def test_the_sr_page_is_its_json() -> None:
     """``experiments/linear_sr.py`` writes ``sr.md`` from ``sr.json``: no hand edits, no stale."""
-    sys.path.insert(0, str(ROOT / "experiments"))
-    try:
-        from linear_sr import summary
-    finally:
-        sys.path.remove(str(ROOT / "experiments"))
+    summary = experiment("linear_sr").summary
     data = json.loads((RESULTS / "linear" / "sr.json").read_text())
     assert set(data) >= {"bicubic", "espcn", "edsr"}
     assert (RESULTS / "linear" / "sr.md").read_text() == summary(data, data["seconds"])
