@@ -36,7 +36,6 @@ def test_committed_sr_checkpoint_scores_its_metrics(
     assert isinstance(model, cls) and model.scale == scale == stored["scale"]
     assert set(extra["test_photos"]) == set(script.TEST_PHOTOS) == set(stored["test_photos"])
     assert not set(script.TEST_PHOTOS) & set(stored["train_photos"])  # held out
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     with torch.no_grad():
         scored = script.score(model.eval(), key)
         crop = script.figure(model, key, key.upper(), tmp_path / "crop.png")
