@@ -11,23 +11,59 @@ Methods are run round-robin in one process and each time is the median over
 ``--repeats`` rounds after ``--warmup`` rounds, so drift on a shared machine hits
 every method alike.
 
+``--json PATH`` writes the machine, the versions, the arguments, every round's time,
+the medians and the ratios to ``PATH``; ``--table PATH`` prints the README table from
+such a file without timing anything (the same function prints it after a run).
+
 Usage::
 
-    python benchmarks/filter_scores.py --batch 256 --repeats 20 --device cpu
+    python benchmarks/filter_scores.py --batch 256 --repeats 20 --device cpu --threads 1 \\
+        --json benchmarks/results/filter_scores_cpu.json
+    python benchmarks/filter_scores.py --table benchmarks/results/filter_scores_cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from _machine import cpu_name  # sibling module: the scripts run from benchmarks/
 
 from convscope.attribution import filter_scores
+from convscope.io import to_jsonable, write_json
 from convscope.models import GFNN
+
+PLAIN, OURS, CAPTUM = "plain forward+backward", "filter_scores", "captum LayerGradientXActivation"
+
+
+def tables(record: dict[str, Any]) -> str:
+    """The README block of one run: the machine line and the table, from its record."""
+    m, a, med = record["machine"], record["args"], record["median_s"]
+    lines = [
+        f"Machine: {m['cpu']}, torch {m['torch']} on {m['device']}, {m['threads']} thread(s); "
+        f"load average {m['load_average_start'][0]:.1f} at the start, "
+        f"{m['load_average_end'][0]:.1f} at the end.",
+        "",
+        "| batch | repeats | plain fwd+bwd | filter_scores | ratio "
+        "| Captum LayerGradientXActivation | ratio |",
+        "|" + " ---: |" * 7,
+    ]
+    base = med[PLAIN]
+    row = f"| {a['batch']} | {a['repeats']} | {base * 1e3:.1f} ms "
+    for name in (OURS, CAPTUM):
+        t = med.get(name)
+        row += "| - | - " if t is None else f"| {t * 1e3:.1f} ms | {t / base:.2f} "
+    lines.append(row + "|")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -36,7 +72,16 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=20, help="timed rounds (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--json", type=Path, help="write every measurement to this JSON file")
+    p.add_argument("--table", type=Path, help="print the table of this JSON file; time nothing")
     args = p.parse_args()
+    if args.table is not None:
+        print(tables(json.loads(args.table.read_text())))
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
 
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -57,19 +102,20 @@ def main() -> None:
     def ours() -> None:
         filter_scores(model, x, target)
 
-    methods: dict[str, Callable[[], None]] = {
-        "plain forward+backward": plain,
-        "filter_scores": ours,
-    }
+    methods: dict[str, Callable[[], None]] = {PLAIN: plain, OURS: ours}
+    captum_version = None
     try:
+        import captum
         from captum.attr import LayerGradientXActivation
+
+        captum_version = captum.__version__
 
         lgxa = LayerGradientXActivation(model, model.first)
 
         def captum() -> None:
             lgxa.attribute(x, target=target, attribute_to_layer_input=False)
 
-        methods["captum LayerGradientXActivation"] = captum
+        methods[CAPTUM] = captum
     except ImportError:
         print("captum is not installed: skipping its row")
 
@@ -84,15 +130,32 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
 
     med = {name: statistics.median(ts) for name, ts in times.items()}
-    base = med["plain forward+backward"]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    print(
-        f"GFNN (40 kernels), batch {args.batch} x 1 x 28 x 28, float32, {args.repeats} repeats "
-        f"after {args.warmup} warm-up; {where}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
+    record = to_jsonable(
+        {
+            "benchmark": "filter_scores",
+            "model": "GFNN (40 fixed kernels), float32, eval mode, random 28x28 grey images",
+            "machine": {
+                "cpu": cpu_name(),
+                "device": where if device.type == "cuda" else "the CPU",
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "numpy": np.__version__,
+                "captum": captum_version,
+                "threads": torch.get_num_threads(),
+                "load_average_start": load_start,
+                "load_average_end": os.getloadavg(),
+            },
+            "args": {k: v for k, v in vars(args).items() if k not in ("json", "table")},
+            "seconds": times,  # every timed round of every method
+            "median_s": med,
+            "ratio_to_plain": {name: m / med[PLAIN] for name, m in med.items()},
+        }
     )
-    for name, m in med.items():
-        print(f"{name:34s} {m * 1e3:8.1f} ms   ratio {m / base:5.2f}")
+    print(tables(record))
+    if args.json is not None:
+        write_json(args.json, record)  # atomically, via a temporary file
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

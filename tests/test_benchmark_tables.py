@@ -1,0 +1,80 @@
+"""The README tables of the benchmarks that keep their raw output are their committed JSON.
+
+For each script, the committed ``benchmarks/results/<script>_cpu.json`` is turned into the
+README block (machine line and tables) by the script's own ``tables`` function, the one
+that prints it after a run, and ``benchmarks/README.md`` must hold exactly that block in the
+script's section. Nothing is timed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+README = BENCHMARKS / "README.md"
+
+
+def benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (the folder is on ``sys.path`` only meanwhile:
+    the scripts import their siblings, ``from _machine import cpu_name``)."""
+    spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+def section(name: str) -> str:
+    """The ``## name`` section of benchmarks/README.md."""
+    text = README.read_text()
+    start = text.index(f"\n## {name}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else len(text)]
+
+
+def record(name: str) -> dict[str, Any]:
+    return json.loads((BENCHMARKS / "results" / f"{name}_cpu.json").read_text())
+
+
+def check_machine(rec: dict[str, Any], *versions: str) -> None:
+    m = rec["machine"]
+    assert m["cpu"] and m["python"] and m["threads"] >= 1
+    for v in ("torch", *versions):
+        assert m[v], v
+    assert len(m["load_average_start"]) == len(m["load_average_end"]) == 3
+
+
+SCRIPTS = ["filter_scores"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_readme_holds_the_table_of_the_committed_json(name: str) -> None:
+    block = benchmark(name).tables(record(name))
+    assert block in section(name), f"regenerate with python benchmarks/{name}.py --table ..."
+    assert f"--json benchmarks/results/{name}_cpu.json" in section(name)
+
+
+def test_filter_scores_json_has_every_round() -> None:
+    rec = record("filter_scores")
+    check_machine(rec, "numpy")
+    a, times, med = rec["args"], rec["seconds"], rec["median_s"]
+    assert set(times) == set(med) >= {"plain forward+backward", "filter_scores"}
+    for name, ts in times.items():
+        assert len(ts) == a["repeats"] and all(t > 0 for t in ts)
+        assert med[name] == statistics.median(ts)
+        assert rec["ratio_to_plain"][name] == pytest.approx(
+            med[name] / med["plain forward+backward"]
+        )
