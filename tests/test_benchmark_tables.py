@@ -57,7 +57,7 @@ def check_machine(rec: dict[str, Any], *versions: str) -> None:
     assert len(m["load_average_start"]) == len(m["load_average_end"]) == 3
 
 
-SCRIPTS = ["filter_scores"]
+SCRIPTS = ["filter_scores", "numpy_cnn"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -78,3 +78,18 @@ def test_filter_scores_json_has_every_round() -> None:
         assert rec["ratio_to_plain"][name] == pytest.approx(
             med[name] / med["plain forward+backward"]
         )
+
+
+def test_numpy_cnn_json_has_every_round() -> None:
+    rec = record("numpy_cnn")
+    check_machine(rec, "numpy")
+    times, med = rec["seconds"], rec["median_s"]
+    layers = {"conv_fast", "conv_loops", "pool_fast", "pool_loops"}
+    network = {"numpy_step", "torch_step", "numpy_infer", "torch_infer"}
+    assert set(times) == set(med) == layers | network
+    for name, ts in times.items():
+        rounds = rec["layer_rounds"] if name in layers else rec["args"]["repeats"]
+        assert len(ts) == rounds and all(t > 0 for t in ts)
+        assert med[name] == statistics.median(ts)
+    assert rec["ratios"]["conv"] == pytest.approx(med["conv_loops"] / med["conv_fast"])
+    assert rec["ratios"]["step"] == pytest.approx(med["numpy_step"] / med["torch_step"])
