@@ -161,65 +161,64 @@ _FAMILY_TEXT = {
 _S2 = math.sqrt(2.0)
 
 
-def _a(rows: Sequence[Sequence[float]] | np.ndarray, scale: float = 1.0) -> np.ndarray:
-    return np.array(rows, dtype=np.float64) * scale
-
-
 # (name, group, family, weight, description) for GFNN indices 32-47.
 _GFNN_TAIL: list[tuple[str, str, str, np.ndarray, str]] = [
     ("laplacian_4", "second_derivative", "laplacian",
-     _a([[0, -1, 0], [-1, 4, -1], [0, -1, 0]]), "Laplacian, 4-neighbour"),
+     np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]]), "Laplacian, 4-neighbour"),
     ("laplacian_8", "second_derivative", "laplacian",
-     _a([[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]]), "Laplacian, 8-neighbour"),
+     np.array([[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]]), "Laplacian, 8-neighbour"),
     ("sharpen_4", "sharpen", "sharpen",
-     _a([[0, -1, 0], [-1, 5, -1], [0, -1, 0]]), "sharpen: identity + 4-neighbour Laplacian"),
+     np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]]),
+     "sharpen: identity + 4-neighbour Laplacian"),
     ("sharpen_8", "sharpen", "sharpen",
-     _a([[-1, -1, -1], [-1, 9, -1], [-1, -1, -1]]), "sharpen: identity + 8-neighbour Laplacian"),
+     np.array([[-1, -1, -1], [-1, 9, -1], [-1, -1, -1]]),
+     "sharpen: identity + 8-neighbour Laplacian"),
     ("sharpen_diagonal", "sharpen", "sharpen",
-     _a([[1, -2, 1], [-2, 5, -2], [1, -2, 1]]), "sharpen with positive corners"),
+     np.array([[1, -2, 1], [-2, 5, -2], [1, -2, 1]]), "sharpen with positive corners"),
     ("emboss", "emboss", "emboss",
-     _a([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]]), "emboss (light from the south-east)"),
-    ("box_blur", "blur", "box", _a(np.ones((3, 3)), 1 / 9), "box (mean) blur"),
+     np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]]), "emboss (light from the south-east)"),
+    ("box_blur", "blur", "box", np.ones((3, 3)) / 9, "box (mean) blur"),
     ("gaussian_blur", "blur", "gaussian",
-     _a([[1, 2, 1], [2, 4, 2], [1, 2, 1]], 1 / 16), "Gaussian blur, binomial 1-2-1"),
+     np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16, "Gaussian blur, binomial 1-2-1"),
     ("roberts_1", "first_derivative", "roberts",
-     _a([[0, 0, -1], [0, 1, 0], [0, 0, 0]]), "Roberts cross, anti-diagonal"),
+     np.array([[0, 0, -1], [0, 1, 0], [0, 0, 0]]), "Roberts cross, anti-diagonal"),
     ("roberts_2", "first_derivative", "roberts",
-     _a([[-1, 0, 0], [0, 1, 0], [0, 0, 0]]), "Roberts cross, diagonal"),
+     np.array([[-1, 0, 0], [0, 1, 0], [0, 0, 0]]), "Roberts cross, diagonal"),
     ("prewitt_x", "first_derivative", "prewitt",
-     _a([[1, 0, -1], [1, 0, -1], [1, 0, -1]]), "Prewitt x"),
+     np.array([[1, 0, -1], [1, 0, -1], [1, 0, -1]]), "Prewitt x"),
     ("prewitt_y", "first_derivative", "prewitt",
-     _a([[-1, -1, -1], [0, 0, 0], [1, 1, 1]]), "Prewitt y"),
+     np.array([[-1, -1, -1], [0, 0, 0], [1, 1, 1]]), "Prewitt y"),
     ("sobel_x", "first_derivative", "sobel",
-     _a([[1, 0, -1], [2, 0, -2], [1, 0, -1]]), "Sobel x"),
+     np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]]), "Sobel x"),
     ("sobel_y", "first_derivative", "sobel",
-     _a([[-1, -2, -1], [0, 0, 0], [1, 2, 1]]), "Sobel y"),
+     np.array([[-1, -2, -1], [0, 0, 0], [1, 2, 1]]), "Sobel y"),
     ("frei_chen_x", "first_derivative", "frei_chen",
-     _a([[1, 0, -1], [_S2, 0, -_S2], [1, 0, -1]]), "Frei-Chen x"),
+     np.array([[1, 0, -1], [_S2, 0, -_S2], [1, 0, -1]]), "Frei-Chen x"),
     ("frei_chen_y", "first_derivative", "frei_chen",
-     _a([[-1, -_S2, -1], [0, 0, 0], [1, _S2, 1]]), "Frei-Chen y"),
+     np.array([[-1, -_S2, -1], [0, 0, 0], [1, _S2, 1]]), "Frei-Chen y"),
 ]  # fmt: skip
 
 # Textbook kernels (seed 002) that are not in the GFNN bank.
 _TEXTBOOK: list[tuple[str, str, str, np.ndarray, str]] = [
-    ("identity", "identity", "identity", _a([[0, 0, 0], [0, 1, 0], [0, 0, 0]]),
+    ("identity", "identity", "identity", np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]]),
      "identity (dummy filter, eq. 11.2.10)"),
-    ("gaussian_5x5", "blur", "gaussian", _a(np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]), 1 / 256),
+    ("gaussian_5x5", "blur", "gaussian", np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]) / 256,
      "Gaussian blur, binomial 1-4-6-4-1"),
     ("gaussian_sigma1", "blur", "gaussian", gaussian_kernel(3, 1.0),
      "Gaussian with sigma = 1 sampled on 3x3 (eq. 11.2.11)"),
-    ("first_order", "first_derivative", "first_order", _a([[1, 0, -1], [0, 0, 0], [-1, 0, 1]]),
+    ("first_order", "first_derivative", "first_order",
+     np.array([[1, 0, -1], [0, 0, 0], [-1, 0, 1]]),
      "first-order product filter (eq. 11.2.13)"),
-    ("cross", "detector", "cross", _a([[0, 1, 0], [1, 1, 1], [0, 1, 0]]),
+    ("cross", "detector", "cross", np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]]),
      "cross-shaped detector (eq. 11.2.5)"),
-    ("line_x1", "line_probe", "line", _a([[1, 0, 0], [1, 0, 0], [1, 0, 0]]), "line probe X1"),
-    ("line_x2", "line_probe", "line", _a([[0, 1, 0], [0, 1, 0], [0, 1, 0]]), "line probe X2"),
-    ("line_x3", "line_probe", "line", _a([[0, 0, 1], [0, 0, 1], [0, 0, 1]]), "line probe X3"),
-    ("line_x4", "line_probe", "line", _a([[1, 0, 0], [0, 1, 0], [0, 0, 1]]), "line probe X4"),
-    ("line_x5", "line_probe", "line", _a([[1, 1, 1], [0, 0, 0], [0, 0, 0]]), "line probe X5"),
-    ("line_x6", "line_probe", "line", _a([[0, 0, 0], [1, 1, 1], [0, 0, 0]]), "line probe X6"),
-    ("line_x7", "line_probe", "line", _a([[0, 0, 0], [0, 0, 0], [1, 1, 1]]), "line probe X7"),
-    ("line_x8", "line_probe", "line", _a([[0, 0, 1], [0, 1, 0], [1, 0, 0]]), "line probe X8"),
+    ("line_x1", "line_probe", "line", np.array([[1, 0, 0], [1, 0, 0], [1, 0, 0]]), "line probe X1"),
+    ("line_x2", "line_probe", "line", np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]]), "line probe X2"),
+    ("line_x3", "line_probe", "line", np.array([[0, 0, 1], [0, 0, 1], [0, 0, 1]]), "line probe X3"),
+    ("line_x4", "line_probe", "line", np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]]), "line probe X4"),
+    ("line_x5", "line_probe", "line", np.array([[1, 1, 1], [0, 0, 0], [0, 0, 0]]), "line probe X5"),
+    ("line_x6", "line_probe", "line", np.array([[0, 0, 0], [1, 1, 1], [0, 0, 0]]), "line probe X6"),
+    ("line_x7", "line_probe", "line", np.array([[0, 0, 0], [0, 0, 0], [1, 1, 1]]), "line probe X7"),
+    ("line_x8", "line_probe", "line", np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]]), "line probe X8"),
 ]  # fmt: skip
 
 # Textbook names that are the same matrix as a GFNN kernel.
@@ -402,13 +401,12 @@ def correlate2d(
     if w.shape[2] != x.shape[2]:
         raise ConvscopeError(f"kernel has {w.shape[2]} channels but the image has {x.shape[2]}")
     f = w.shape[0]
-    h_out = output_size(x.shape[0], f, padding, stride)
-    w_out = output_size(x.shape[1], f, padding, stride)
+    for n in x.shape[:2]:  # the window fits and the stride and padding are valid
+        output_size(n, f, padding, stride)
     if padding:
         x = np.pad(x, ((padding, padding), (padding, padding), (0, 0)))
     win = np.lib.stride_tricks.sliding_window_view(x, (f, f), axis=(0, 1))
-    win = win[: (h_out - 1) * stride + 1 : stride, : (w_out - 1) * stride + 1 : stride]
-    # win: (H_out, W_out, C, f, f)
+    win = win[::stride, ::stride]  # (H_out, W_out, C, f, f), H_out as output_size gives
     return np.einsum("ijcuv,uvc->ij", win, w) + bias
 
 
@@ -420,7 +418,7 @@ def convolve2d(
     bias: float = 0.0,
 ) -> np.ndarray:
     """Convolve (Definition 11.2.2): correlation with the kernel rotated by 180 degrees."""
-    w = np.asarray(k, dtype=np.float64)
+    w = np.asarray(k)
     if w.ndim not in (2, 3):
         raise ConvscopeError(f"kernel must be (f, f) or (f, f, C), got shape {np.shape(k)}")
     return correlate2d(img, w[::-1, ::-1], stride=stride, padding=padding, bias=bias)
@@ -438,8 +436,8 @@ def filter_image(img: np.ndarray, k: np.ndarray | Kernel | str, clip: bool = Tru
         Same shape as ``img``: ``uint8`` when ``clip``, else float64.
     """
     w = get(k).weight if isinstance(k, str) else k.weight if isinstance(k, Kernel) else k
-    w = np.asarray(w, dtype=np.float64)
-    x = np.asarray(img, dtype=np.float64)
+    w = np.asarray(w)  # correlate2d computes in float64
+    x = np.asarray(img)
     chans = x[..., None] if x.ndim == 2 else x
     out = np.stack(
         [correlate2d(chans[..., c], w, padding=w.shape[0] // 2) for c in range(chans.shape[2])],
