@@ -11,30 +11,43 @@ top of the spectrum).
 
 For each method the script finds the cheapest setting that reaches ``--rtol`` on all top-k
 singular values: for ``power_svd`` the loosest ``tol`` (``steps`` large), for
-``randomized_svd`` the fewest ``power_iters``. It then times that setting (median of
-``--repeats`` runs) and prints operator applications (single vectors through ``F`` or
-``F^T``), calls (batches), seconds, and ratios against plain power iteration.
+``randomized_svd`` the fewest ``power_iters``. It then times the chosen settings
+round-robin (median of ``--repeats`` runs each) and prints operator applications (single
+vectors through ``F`` or ``F^T``), calls (batches), seconds, and ratios against plain power
+iteration.
 ``power+momentum`` uses the best heavy-ball momentum of each pair,
 ``m_j = s_{j+1}^4 / 4``, taken from the reference spectrum: an oracle bound on what
 momentum can give, not something a user can set without knowing the spectrum.
 
+``--json PATH`` writes the machine, the versions, the arguments, the reference spectrum, the
+settings the search tried and their errors, and every timed run of each chosen setting to
+``PATH``; ``--table PATH`` prints the README block from such a file without timing anything
+(the same function prints it after a run).
+
 Usage::
 
-    python benchmarks/svd.py --side 64 --k 5 --rtol 1e-3 --threads 1
+    python benchmarks/svd.py --side 64 --k 5 --rtol 1e-3 --threads 1 --repeats 3 \\
+        --json benchmarks/results/svd_cpu.json
+    python benchmarks/svd.py --table benchmarks/results/svd_cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as Fn
 from _machine import cpu_name  # sibling module: the scripts run from benchmarks/
 
+from convscope.io import to_jsonable, write_json
 from convscope.linear.svd import SVDResult, power_svd, randomized_svd
 
 D = torch.float64
@@ -112,6 +125,50 @@ def _first(settings: Sequence[T], ok: Callable[[T], bool]) -> T | None:
     return settings[good]
 
 
+def tables(record: dict[str, Any]) -> str:
+    """The README block of one run: machine line, reference spectrum and the table."""
+    m, a, ref = record["machine"], record["args"], record["reference"]
+    n = a["side"] ** 2
+    lines = [
+        f"Machine: {m['cpu']}, torch {m['torch']} on the CPU, {m['threads']} thread(s); "
+        f"load average {m['load_average_start'][0]:.1f} at the start, "
+        f"{m['load_average_end'][0]:.1f} at the end. Operator {n} -> {n}, hidden width "
+        f"{a['width']}; reference (materialize + eigvalsh): {ref['seconds']:.1f} s. "
+        f"Target: every one of the top {a['k']} within {a['rtol']:g} relative; "
+        f"seconds are the median of {a['repeats']} runs.",
+        "",
+        "Top singular values "
+        + ", ".join(f"{v:.4f}" for v in ref["singular_values"])
+        + ": ratios s_(i+1)/s_i of "
+        + ", ".join(f"{g:.4f}" for g in ref["gaps"])
+        + ".",
+        "",
+    ]
+    head = ["method", "setting", "iterations", "applications", "calls", "seconds", "error"]
+    head += ["residual", "applications vs power", "seconds vs power"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("| --- | --- | --- |" + " ---: |" * (len(head) - 3))
+    rows = [r for r in record["methods"] if r["setting"] is not None]
+    base = next((r for r in rows if r["method"] == "power"), None)
+    for r in rows:
+        ra = f"{base['applications'] / r['applications']:.2f}x fewer" if base else "-"
+        rs = f"{base['median_s'] / r['median_s']:.2f}x faster" if base else "-"
+        its = (
+            ",".join(str(i) for i in r["iterations"])
+            if r["method"].startswith("power")
+            else str(r["iterations"][0])
+        )
+        lines.append(
+            f"| {r['method']} | {r['knob']}={r['setting']:g} | {its} | {r['applications']} "
+            f"| {r['calls']} | {r['median_s']:.2f} | {r['error']:.1e} | {r['residual']:.1e} "
+            f"| {ra} | {rs} |"
+        )
+    for r in record["methods"]:
+        if r["setting"] is None:
+            lines += ["", f"{r['method']}: did not reach {a['rtol']:g} within the settings tried"]
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--side", type=int, default=64, help="image side: F is side^2 x side^2")
@@ -121,7 +178,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed runs of the chosen setting")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write every measurement to this JSON file")
+    p.add_argument("--table", type=Path, help="print the table of this JSON file; time nothing")
     args = p.parse_args()
+    if args.table is not None:
+        print(tables(json.loads(args.table.read_text())))
+        return
+    load_start = os.getloadavg()
     torch.set_num_threads(args.threads)
     k, side = args.k, args.side
     shape = (1, side, side)
@@ -138,14 +201,7 @@ def main() -> None:
     t_ref = time.perf_counter() - t0
     gaps = (ref_all[1 : k + 1] / ref_all[:k]).tolist()
 
-    print(f"torch {torch.__version__}, {args.threads} thread(s), CPU: {cpu_name()}")
-    print(
-        f"operator: {side * side} -> {side * side}, hidden width {args.width}; "
-        f"materialize + eigvalsh {t_ref:.1f} s"
-    )
-    print("top singular values: " + ", ".join(f"{v:.4f}" for v in ref_all[: k + 1].tolist()))
-    print("ratios s_(i+1)/s_i:  " + ", ".join(f"{g:.4f}" for g in gaps))
-    print(f"target: every one of the top {k} within {args.rtol:g} relative\n")
+    print(f"reference: materialize + eigvalsh {t_ref:.1f} s", flush=True)
 
     def runner(name: str, setting: float | int) -> Callable[[], SVDResult]:
         if name == "power":
@@ -177,48 +233,72 @@ def main() -> None:
         ("randomized oversample=10", list(range(0, 257)), "power_iters"),
         ("randomized oversample=20", list(range(0, 257)), "power_iters"),
     ]
-    rows: list[tuple[str, str, SVDResult, float, float]] = []
+    methods: list[dict[str, Any]] = []
     for name, settings, knob in plans:
-        found = _first(
-            settings,
-            lambda setting, name=name: _error(runner(name, setting)(), ref) <= args.rtol,  # type: ignore[misc]
-        )
-        if found is None:
-            print(f"{name}: did not reach {args.rtol:g} within the settings tried")
-            continue
-        run = runner(name, found)
-        times = []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            res = run()
-            times.append(time.perf_counter() - t)
-        rows.append(
-            (
-                name,
-                f"{knob}={found:g}",
-                res,
-                statistics.median(times),
-                _residual(res, linear, transpose),
-            )
-        )
+        tried: list[dict[str, float]] = []
 
-    base = next((r for r in rows if r[0] == "power"), None)
-    head = ["method", "setting", "iterations", "applications", "calls", "seconds", "error"]
-    head += ["residual", "applications vs power", "seconds vs power"]
-    print("| " + " | ".join(head) + " |")
-    print("| --- | --- | --- |" + " ---: |" * (len(head) - 3))
-    for name, setting, res, sec, resid in rows:
-        ra = f"{base[2].applications / res.applications:.2f}x fewer" if base else "-"
-        rs = f"{base[3] / sec:.2f}x faster" if base else "-"
-        its = (
-            ",".join(str(i) for i in res.iterations)
-            if res.method == "power"
-            else str(res.iterations[0])
-        )
-        print(
-            f"| {name} | {setting} | {its} | {res.applications} | {res.calls} | {sec:.2f} | "
-            f"{_error(res, ref):.1e} | {resid:.1e} | {ra} | {rs} |"
-        )
+        def ok(setting: float, name: str = name, tried: list[dict[str, float]] = tried) -> bool:
+            err = _error(runner(name, setting)(), ref)
+            tried.append({"setting": setting, "error": err})
+            return err <= args.rtol
+
+        found = _first(settings, ok)
+        methods.append({"method": name, "knob": knob, "setting": found, "search": tried})
+        if found is None:
+            print(f"{name}: did not reach {args.rtol:g} within the settings tried", flush=True)
+        else:
+            print(f"{name}: {knob}={found:g}", flush=True)
+
+    # the chosen settings are timed round-robin, so drift on a shared machine hits all alike
+    chosen = [row for row in methods if row["setting"] is not None]
+    runs = {row["method"]: runner(row["method"], row["setting"]) for row in chosen}
+    wall: dict[str, list[float]] = {row["method"]: [] for row in chosen}
+    cpu: dict[str, list[float]] = {row["method"]: [] for row in chosen}
+    results: dict[str, SVDResult] = {}
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            t, c = time.perf_counter(), time.process_time()
+            results[name] = run()
+            wall[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+    for row in chosen:
+        res = results[row["method"]]
+        row |= {
+            "iterations": list(res.iterations),
+            "applications": res.applications,
+            "calls": res.calls,
+            "seconds": wall[row["method"]],  # every timed run of the chosen setting
+            "cpu_seconds": cpu[row["method"]],  # this process's CPU time in those runs
+            "median_s": statistics.median(wall[row["method"]]),
+            "singular_values": res.S.tolist(),
+            "error": _error(res, ref),
+            "residual": _residual(res, linear, transpose),
+        }
+
+    record = to_jsonable(
+        {
+            "benchmark": "svd",
+            "machine": {
+                "cpu": cpu_name(),
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "load_average_start": load_start,
+                "load_average_end": os.getloadavg(),
+            },
+            "args": {k: v for k, v in vars(args).items() if k not in ("json", "table")},
+            "reference": {
+                "seconds": t_ref,
+                "singular_values": ref_all[: k + 1].tolist(),
+                "gaps": gaps,
+            },
+            "methods": methods,
+        }
+    )
+    print(tables(record))
+    if args.json is not None:
+        write_json(args.json, record)  # atomically, via a temporary file
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def check_machine(rec: dict[str, Any], *versions: str) -> None:
     assert len(m["load_average_start"]) == len(m["load_average_end"]) == 3
 
 
-SCRIPTS = ["filter_scores", "numpy_cnn"]
+SCRIPTS = ["filter_scores", "numpy_cnn", "svd"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -93,3 +93,17 @@ def test_numpy_cnn_json_has_every_round() -> None:
         assert med[name] == statistics.median(ts)
     assert rec["ratios"]["conv"] == pytest.approx(med["conv_loops"] / med["conv_fast"])
     assert rec["ratios"]["step"] == pytest.approx(med["numpy_step"] / med["torch_step"])
+
+
+def test_svd_json_has_every_run() -> None:
+    rec = record("svd")
+    check_machine(rec)
+    a, ref = rec["args"], rec["reference"]
+    assert ref["seconds"] > 0 and len(ref["singular_values"]) == len(ref["gaps"]) + 1 == a["k"] + 1
+    assert [r["method"] for r in rec["methods"]][:2] == ["power", "power+momentum"]
+    for r in rec["methods"]:
+        assert r["search"] and any(s["error"] <= a["rtol"] for s in r["search"])
+        assert r["error"] <= a["rtol"] and len(r["singular_values"]) == a["k"]
+        assert len(r["seconds"]) == len(r["cpu_seconds"]) == a["repeats"]
+        assert r["median_s"] == statistics.median(r["seconds"])
+        assert r["applications"] >= r["calls"] >= 1
