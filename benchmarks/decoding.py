@@ -12,23 +12,35 @@ the first N and scales by 500 / N (its cost is the same for every filter: the lo
 do not depend on the values, except skipping exact zeros, which trained weights do
 not have).
 
+``--json PATH`` writes the machine, the versions, the arguments, every timed run of the fast
+version and the literal time of every filter to ``PATH``; ``--table PATH`` prints the README
+table from such a file without timing anything (the same function prints it after a run).
+
 Usage::
 
-    python benchmarks/decoding.py --repeats 20 --literal-filters 500
+    python benchmarks/decoding.py --repeats 20 --literal-filters 500 --threads 1 \\
+        --json benchmarks/results/decoding_cpu.json
+    python benchmarks/decoding.py --table benchmarks/results/decoding_cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from _machine import cpu_name  # sibling module: the scripts run from benchmarks/
 
 from convscope.decoding import decode
+from convscope.io import to_jsonable, write_json
 from convscope.models import LeNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -37,13 +49,40 @@ from _literal_decoding import literal_decode  # noqa: E402
 LAYER = "features.conv3"
 
 
+def tables(record: dict[str, Any]) -> str:
+    """The README block of one run: the machine line and the table, from its record."""
+    m, a, r = record["machine"], record["args"], record
+    n = r["literal_filters"]
+    how = "measured" if n == r["filters"] else f"{n} filters timed, x {r['filters'] / n:g}"
+    return "\n".join(
+        [
+            f"Machine: {m['cpu']}, torch {m['torch']} on the CPU, {m['threads']} thread(s); "
+            f"load average {m['load_average_start'][0]:.1f} at the start, "
+            f"{m['load_average_end'][0]:.1f} at the end. LeNet {r['layer']}: {r['filters']} "
+            f"filters -> {tuple(r['shape'])}, unpool={a['mode']}, {r['dtype']}.",
+            "",
+            f"| filters | fast (batched, median of {a['repeats']}) | literal loops | "
+            "literal / fast | max abs difference |",
+            "|" + " ---: |" * 5,
+            f"| {r['filters']} | {r['fast_median_s'] * 1e3:.1f} ms | {r['literal_s']:.1f} s "
+            f"({how}) | {r['ratio']:.0f}x | {r['max_abs_difference']:.1e} |",
+        ]
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=20, help="timed rounds of the fast version")
     p.add_argument("--literal-filters", type=int, default=500, help="filters the loops decode")
     p.add_argument("--mode", default="nearest", help="unpooling mode")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--json", type=Path, help="write every measurement to this JSON file")
+    p.add_argument("--table", type=Path, help="print the table of this JSON file; time nothing")
     args = p.parse_args()
+    if args.table is not None:
+        print(tables(json.loads(args.table.read_text())))
+        return
+    load_start = os.getloadavg()
     n_lit = max(1, min(500, args.literal_filters))
 
     torch.set_num_threads(args.threads)
@@ -61,21 +100,46 @@ def main() -> None:
     fast = statistics.median(fast_times)
     assert dec.filters.shape == (500, 1, 28, 28)
 
-    t0 = time.perf_counter()
-    worst = 0.0
+    worst, per_filter = 0.0, []
     for k in range(n_lit):
+        t0 = time.perf_counter()
         ref = torch.from_numpy(literal_decode(layers, k, args.mode))
+        per_filter.append(time.perf_counter() - t0)
         worst = max(worst, float((ref - dec.filters[k]).abs().max()))
-    literal = (time.perf_counter() - t0) * 500 / n_lit
+    literal = sum(per_filter) * 500 / n_lit
     if worst > 1e-10:
         raise SystemExit(f"fast and literal disagree by {worst:.2e}")
 
-    print(f"machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
-    print(f"LeNet {LAYER}: 500 filters -> (500, 1, 28, 28), unpool={args.mode}, float64")
-    print(f"fast (batched, median of {args.repeats}): {1e3 * fast:.1f} ms")
-    how = "measured" if n_lit == 500 else f"{n_lit} filters timed, x {500 / n_lit:g}"
-    print(f"literal loops ({how}): {literal:.1f} s")
-    print(f"ratio literal / fast: {literal / fast:.0f}x; max |difference| {worst:.1e}")
+    record = to_jsonable(
+        {
+            "benchmark": "decoding",
+            "machine": {
+                "cpu": cpu_name(),
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "numpy": np.__version__,
+                "threads": torch.get_num_threads(),
+                "load_average_start": load_start,
+                "load_average_end": os.getloadavg(),
+            },
+            "args": {k: v for k, v in vars(args).items() if k not in ("json", "table")},
+            "layer": LAYER,
+            "filters": 500,
+            "shape": dec.filters.shape,
+            "dtype": "float64",
+            "fast_seconds": fast_times,  # every timed run, after 3 warm-up runs
+            "fast_median_s": fast,
+            "literal_filters": n_lit,
+            "literal_seconds_per_filter": per_filter,
+            "literal_s": literal,  # measured over 500 filters, or scaled from n_lit
+            "ratio": literal / fast,
+            "max_abs_difference": worst,
+        }
+    )
+    print(tables(record))
+    if args.json is not None:
+        write_json(args.json, record)  # atomically, via a temporary file
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

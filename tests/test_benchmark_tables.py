@@ -57,7 +57,7 @@ def check_machine(rec: dict[str, Any], *versions: str) -> None:
     assert len(m["load_average_start"]) == len(m["load_average_end"]) == 3
 
 
-SCRIPTS = ["filter_scores", "numpy_cnn", "svd"]
+SCRIPTS = ["filter_scores", "numpy_cnn", "svd", "decoding"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -107,3 +107,16 @@ def test_svd_json_has_every_run() -> None:
         assert len(r["seconds"]) == len(r["cpu_seconds"]) == a["repeats"]
         assert r["median_s"] == statistics.median(r["seconds"])
         assert r["applications"] >= r["calls"] >= 1
+
+
+def test_decoding_json_has_every_run() -> None:
+    rec = record("decoding")
+    check_machine(rec, "numpy")
+    a = rec["args"]
+    assert len(rec["fast_seconds"]) == a["repeats"]
+    assert rec["fast_median_s"] == statistics.median(rec["fast_seconds"])
+    assert len(rec["literal_seconds_per_filter"]) == rec["literal_filters"]
+    scale = rec["filters"] / rec["literal_filters"]
+    assert rec["literal_s"] == pytest.approx(sum(rec["literal_seconds_per_filter"]) * scale)
+    assert rec["ratio"] == pytest.approx(rec["literal_s"] / rec["fast_median_s"])
+    assert rec["max_abs_difference"] <= 1e-10
