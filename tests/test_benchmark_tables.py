@@ -57,7 +57,7 @@ def check_machine(rec: dict[str, Any], *versions: str) -> None:
     assert len(m["load_average_start"]) == len(m["load_average_end"]) == 3
 
 
-SCRIPTS = ["filter_scores", "numpy_cnn", "svd", "decoding"]
+SCRIPTS = ["filter_scores", "numpy_cnn", "svd", "decoding", "spectral"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -120,3 +120,17 @@ def test_decoding_json_has_every_run() -> None:
     assert rec["literal_s"] == pytest.approx(sum(rec["literal_seconds_per_filter"]) * scale)
     assert rec["ratio"] == pytest.approx(rec["literal_s"] / rec["fast_median_s"])
     assert rec["max_abs_difference"] <= 1e-10
+
+
+def test_spectral_json_has_every_epoch() -> None:
+    rec = record("spectral")
+    check_machine(rec, "numpy")
+    n = rec["args"]["epochs"]
+    assert len(rec["epoch_seconds_without"]) == len(rec["epoch_seconds_with"]) == n
+    assert len(rec["callback_seconds"]) == n
+    assert rec["epoch_median_s"] == statistics.median(rec["epoch_seconds_without"])
+    assert rec["callback_median_s"] == statistics.median(rec["callback_seconds"])
+    assert rec["callback_over_epoch"] == pytest.approx(
+        rec["callback_median_s"] / rec["epoch_median_s"]
+    )
+    assert rec["with_over_without"] == pytest.approx(rec["run_with_s"] / rec["run_without_s"])
