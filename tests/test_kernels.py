@@ -348,6 +348,8 @@ def test_output_size_edges_and_errors() -> None:
     assert kb.output_size(5, 5) == 1  # the window exactly fills the input
     assert kb.output_size(3, 5, padding=1) == 1
     assert kb.output_size(10, 3, 1, 3) == 4  # floor((10 + 2 - 3) / 3) + 1
+    n = kb.output_size(8, 3, 0, 2)  # floor(5 / 2) + 1: the floor matters
+    assert n == 3 and isinstance(n, int)
     assert kb.output_size(6, 1) == 6
     with pytest.raises(ConvscopeError, match=r"^stride must be >= 1, got 0$"):
         kb.output_size(5, 3, stride=0)

@@ -8,6 +8,17 @@ and ``docs/mutation.json`` from every group's results: per group the mutants kil
 survivors, those listed as equivalent in ``tools/mutation_equivalents.toml`` (with the reason),
 and the score, killed / (all checked - equivalent).
 
+An equivalent mutant is listed under its group with the line the mutant writes::
+
+    [[kernels]]
+    mutant = "x_rotate_ring__mutmut_22"
+    to = "for p, v in zip(_RING, ring, strict=None):"
+    why = "both sequences have 8 items, so zip's strict check never fires"
+
+mutmut numbers the mutants of a function in order, so an edit to the function can give the
+number to another mutant: an entry counts only while the mutant still writes ``to``, and a
+stale entry is reported as such (the mutant stays a survivor until the entry is fixed).
+
     python tools/mutation.py run --modules kernels spectral    # then writes the report
     python tools/mutation.py report                            # the report only
 """
@@ -20,6 +31,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import tomllib
 
@@ -31,7 +43,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "kernels": (["src/convscope/kernels.py"], ["tests/test_kernels.py"]),
     "spectral": (
         ["src/convscope/spectral.py"],
-        ["tests/test_spectral.py", "tests/test_runs_spectrum.py"],
+        ["tests/test_spectral_values.py", "tests/test_spectral.py", "tests/test_runs_spectrum.py"],
     ),
     "attribution": (["src/convscope/attribution.py"], ["tests/test_attribution.py"]),
     "decoding": (
@@ -51,7 +63,14 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
 }
 LINKED = ["src", "tests", "experiments", "docs", "benchmarks", "README.md", "Makefile",
           "mkdocs.yml", "LICENSE"]  # fmt: skip
-KILLED = {1, 3}
+# mutmut's own names for its exit codes; a mutant the tests time out or crash on is detected
+DETECTED = {"killed", "timeout", "segfault", "caught by type check"}
+
+
+def _status(code: int | None) -> str:
+    from mutmut.stats import status_by_exit_code
+
+    return str(status_by_exit_code[code])
 
 
 def _config(group: str) -> str:
@@ -92,6 +111,13 @@ def run(groups: list[str], max_children: int) -> None:
         print(f"== mutmut on {group} in {d}", flush=True)
         cmd = [str(mutmut), "run", "--max-children", str(max_children)]
         subprocess.run(cmd, cwd=d, env=env, check=False)
+        # each survivor once more on its own, so one that lived through a hiccup of the
+        # parallel run (a worker restarted, a busy machine) is not reported as a gap
+        survivors = [k for k, v in _results(group).items() if v is not None
+                     and _status(v) not in DETECTED]  # fmt: skip
+        if survivors:
+            print(f"== {len(survivors)} survivors of {group} once more", flush=True)
+            subprocess.run([*cmd, *survivors], cwd=d, env=env, check=False)
 
 
 def _results(group: str) -> dict[str, int | None]:
@@ -101,36 +127,66 @@ def _results(group: str) -> dict[str, int | None]:
     return out
 
 
-def _diff(group: str, name: str) -> str:
+def _diff(group: str, name: str) -> list[str]:
+    """The changed lines of one mutant, ``-`` old then ``+`` new, as ``mutmut show`` prints."""
     mutmut = Path(sys.executable).with_name("mutmut")
     p = subprocess.run([str(mutmut), "show", name], cwd=WORK / group, capture_output=True,
                        text=True, check=False)  # fmt: skip
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith(("+", "-"))
-             and not ln.startswith(("+++", "---"))]  # fmt: skip
-    return "\n".join(lines[:6])
+    return [ln for ln in p.stdout.splitlines() if ln.startswith(("+", "-"))
+            and not ln.startswith(("+++", "---"))]  # fmt: skip
 
 
-def report() -> dict:
-    equivalents = tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.is_file() else {}
-    groups = {}
+def _equivalents(group: str) -> dict[str, dict[str, str]]:
+    """``tools/mutation_equivalents.toml``'s entries for ``group``, by full mutant name."""
+    if not EQUIVALENTS.is_file():
+        return {}
+    entries = tomllib.loads(EQUIVALENTS.read_text()).get(group, [])
+    prefix = {"numpy_cnn_layers": "convscope.numpy_cnn.layers", "evaluate": "convscope.evaluate",
+              "linear": "convscope.linear"}.get(group, f"convscope.{group}")  # fmt: skip
+    out = {}
+    for e in entries:
+        name = e["mutant"] if e["mutant"].startswith("convscope.") else f"{prefix}.{e['mutant']}"
+        out[name] = e
+    return out
+
+
+def _mutmut_version() -> str:
+    from importlib.metadata import version
+
+    return version("mutmut")
+
+
+def report() -> dict[str, dict[str, Any]]:
+    groups: dict[str, dict[str, Any]] = {}
     for group in MODULES:
         res = _results(group)
         if not res:
             groups[group] = {"run": False}
             continue
-        eq = equivalents.get(group, {})
+        eq = _equivalents(group)
         checked = {k: v for k, v in res.items() if v is not None}
-        killed = [k for k, v in checked.items() if v in KILLED]
-        equivalent = [k for k in checked if k not in killed and k in eq]
-        survived = [k for k in checked if k not in killed and k not in eq]
+        killed = [k for k, v in checked.items() if _status(v) in DETECTED]
+        diffs = {k: _diff(group, k) for k in checked if k not in killed}
+        equivalent, stale = {}, {}
+        for k, lines in diffs.items():
+            if k not in eq:
+                continue
+            added = [ln[1:].strip() for ln in lines if ln.startswith("+")]
+            if eq[k]["to"].strip() in added:
+                equivalent[k] = eq[k]["why"]
+            else:
+                stale[k] = eq[k]["to"]
+        survived = [k for k in diffs if k not in equivalent]
         denom = len(checked) - len(equivalent)
         groups[group] = {
             "run": True,
             "mutants": len(res),
             "checked": len(checked),
             "killed": len(killed),
-            "equivalent": {k: eq[k] for k in equivalent},
-            "survived": {k: checked[k] for k in survived},
+            "equivalent": equivalent,
+            "survived": {k: {"exit_code": checked[k], "diff": diffs[k]} for k in survived},
+            "stale_equivalents": stale,
+            "unused_equivalents": sorted(set(eq) - set(diffs)),
             "score": round(len(killed) / denom, 4) if denom else None,
         }
     lines = [
@@ -141,6 +197,11 @@ def report() -> dict:
         "each. Score = killed / (checked - listed as equivalent). Survivors not listed as "
         "equivalent in `tools/mutation_equivalents.toml` are open: each needs a test that "
         "checks a value against an independent reference.",
+        "",
+        f"mutmut {_mutmut_version()}; each group is judged by its own tests, run with "
+        "`-m 'not slow'`:",
+        "",
+        *[f"- {group}: " + ", ".join(f"`{t}`" for t in MODULES[group][1]) for group in MODULES],
         "",
         "| module | mutants | checked | killed | equivalent | survived | score |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -158,10 +219,19 @@ def report() -> dict:
         if not g.get("run") or not (g["survived"] or g["equivalent"]):
             continue
         lines += ["", f"## {group}", ""]
-        for name in g["survived"]:
-            lines += [f"- survived: `{name}`", "", "```diff", _diff(group, name), "```", ""]
+        for name, sv in g["survived"].items():
+            what = _status(sv["exit_code"])
+            note = (
+                " (its entry in the equivalents file is stale)"
+                if name in g["stale_equivalents"]
+                else ""
+            )
+            lines += [f"- {what}: `{name}`{note}", "", "```diff", *sv["diff"][:6], "```", ""]
+        if g["equivalent"]:
+            lines += ["Equivalent (the change cannot alter any result):", ""]
         for name, why in g["equivalent"].items():
-            lines += [f"- equivalent: `{name}`: {why}"]
+            new_line = next(ln[1:].strip() for ln in _diff(group, name) if ln.startswith("+"))
+            lines += [f"- `{name.rsplit('.', 1)[1]}`: `{new_line}`: {why}"]
     (ROOT / "docs" / "mutation.md").write_text("\n".join(lines) + "\n")
     (ROOT / "docs" / "mutation.json").write_text(json.dumps(groups, indent=2) + "\n")
     return groups
