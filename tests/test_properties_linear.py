@@ -188,19 +188,13 @@ def _conv_module(p: dict[str, Any], nd: int, g: torch.Generator) -> tuple[nn.Mod
     return conv, nobias
 
 
+@pytest.mark.parametrize("nd", [1, 2])
 @SETTINGS
-@given(conv_nd(1))
-def test_conv1d_is_its_own_linear_system(p: dict[str, Any]) -> None:
+@given(data=st.data())
+def test_conv_is_its_own_linear_system(nd: int, data: st.DataObject) -> None:
+    p = data.draw(conv_nd(nd))
     g = _gen(p["seed"])
-    conv, nobias = _conv_module(p, 1, g)
-    check_affine(conv, _randn(g, 1, p["cin"], *p["size"]), g, nobias)
-
-
-@SETTINGS
-@given(conv_nd(2))
-def test_conv2d_is_its_own_linear_system(p: dict[str, Any]) -> None:
-    g = _gen(p["seed"])
-    conv, nobias = _conv_module(p, 2, g)
+    conv, nobias = _conv_module(p, nd, g)
     check_affine(conv, _randn(g, 1, p["cin"], *p["size"]), g, nobias)
 
 
