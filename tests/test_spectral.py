@@ -218,9 +218,20 @@ def test_diagnose_names_the_four_patterns(curve: list[float], pattern: str) -> N
     assert sp.diagnose({"extra": {"max_gain": curve}}).pattern == pattern
 
 
-def test_diagnose_errors() -> None:
-    with pytest.raises(ConvscopeError, match="at least 4"):
-        sp.diagnose([1.0, 2.0])
+def test_diagnose_errors_and_short_curves() -> None:
+    # a short rising curve is not judged (a 4-epoch climb used to read as "rate too high")
+    for curve in ([1.0, 2.0], [-30.0, -20.0, -12.0, -9.0], [-30, -22, -27, -19, -26, -18, -25]):
+        d = sp.diagnose(curve)
+        assert d.pattern == "not enough epochs", d
+        assert d.advice == (
+            f"{len(curve)} epochs of max_gain: the curve needs at least 8 before its pattern "
+            "can be read; train longer"
+        )
+        assert d.variability == sp.variability(curve)
+    assert sp.MIN_EPOCHS == 8
+    # 8 epochs of the same jumps are judged
+    assert sp.diagnose([-30, -22, -27, -19, -26, -18, -25, -20]).pattern == "rate too high"
+    assert sp.diagnose([]).pattern == "not enough epochs"
     with pytest.raises(ConvscopeError, match="MaxGainCallback"):
         sp.diagnose({"train_loss": [1, 2, 3, 4]})
 
@@ -291,6 +302,21 @@ def test_committed_sweep_reads_as_the_paper_says() -> None:
     assert sp.diagnose(curve["lr x4"]).pattern == "rate too high"
     assert sp.diagnose(curve["lr x1"]).pattern != "rate too high"
     assert sp.diagnose(curve["lr x1/10"]).pattern == "too low or keep training"
+
+
+def test_committed_sweep_fields_and_page_follow_the_code() -> None:
+    from _scripts import experiment
+
+    sweep = experiment("spectral_sweep")
+    runs = json.loads((sweep.RESULTS / "spectral_sweep.json").read_text())
+    for name, r in runs.items():  # the stored derived fields are what the code computes
+        d = sp.diagnose(r["history"])
+        assert (r["variability"], r["diagnosis"]) == (d.variability, d.pattern), name
+    page = (sweep.RESULTS / "spectral_sweep.md").read_text()
+    reading = sweep._reading(runs)
+    assert reading and "\n".join(reading) in page  # regenerated, not typed
+    for name, r in runs.items():
+        assert f"| {name} | {r['lr']:.4g} |" in page and f"| {r['variability']:.3f} |" in page
 
 
 @pytest.mark.parametrize("with_val", [True, False])

@@ -379,9 +379,8 @@ def train(
 
         mg = history.extra["max_gain"]
         typer.echo(f"Maximum Gain: {mg[0]:.2f} -> {mg[-1]:.2f} dB")
-        if len(mg) >= 4:
-            d = diagnose(history)
-            typer.echo(f"diagnosis: {d.pattern} ({d.advice})")
+        d = diagnose(history)
+        typer.echo(f"diagnosis: {d.pattern} ({d.advice})")
     if tensorboard is not None:
         typer.echo(f"TensorBoard event files in {tensorboard} (tensorboard --logdir {tensorboard})")
     _done(out)
