@@ -134,3 +134,26 @@ def test_spectral_json_has_every_epoch() -> None:
         rec["callback_median_s"] / rec["epoch_median_s"]
     )
     assert rec["with_over_without"] == pytest.approx(rec["run_with_s"] / rec["run_without_s"])
+
+
+def test_edsr_sizes_table_and_json() -> None:
+    rec = record("edsr_sizes")
+    check_machine(rec)
+    block = benchmark("edsr_sizes").tables(rec)
+    assert block in section("linear"), "regenerate with python benchmarks/edsr_sizes.py --table"
+    assert "--json benchmarks/results/edsr_sizes_cpu.json" in section("linear")
+    sizes = [p["size"] for p in rec["points"]]
+    assert sizes == sorted(sizes) and len(sizes) >= 3
+    for p in rec["points"]:
+        assert set(p["rounds"]) == set(p["seconds"]) == {
+            "plain", "columns_off", "columns_on", "dfv", "jvp_vmap"
+        }  # fmt: skip
+        for k, ts in p["rounds"].items():
+            assert len(ts) == rec["repeats"] and all(t > 0 for t in ts)
+            assert p["seconds"][k] == statistics.median(ts)
+        # DfV's decisions and the interpreter's cache: one bool per ReLU element
+        assert p["dfv_storage_bytes"] == p["cache_bytes"] == p["float32_activation_bytes"] // 4
+        assert p["dfv_vs_interpreter_columns"] <= 1e-4 and p["cache_on_vs_off_columns"] <= 1e-4
+    # storage grows exactly with the image area
+    per_pixel = {p["dfv_storage_bytes"] / p["size"] ** 2 for p in rec["points"]}
+    assert len(per_pixel) == 1
