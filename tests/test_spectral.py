@@ -413,3 +413,17 @@ def test_hann_window_is_the_symmetric_one_by_hand() -> None:
     ref = 20 * np.log10(np.abs(np.fft.fftshift(np.fft.fft2(d.numpy() * np.outer(
         np.hanning(6), np.hanning(8))), axes=(-2, -1))))  # fmt: skip
     np.testing.assert_allclose(sp.spectrum_db(d, "hann").numpy(), ref, rtol=1e-12, atol=1e-9)
+
+
+def test_committed_toy_and_models_are_what_the_script_measures(tmp_path: Path) -> None:
+    from _scripts import experiment
+
+    toy = experiment("spectral_toy")
+    stored = json.loads((toy.OUT / "toy_and_models.json").read_text())
+    paths = toy.checkpoints(None)
+    assert [m["model"] for m in stored["models"]] == list(paths)  # committed checkpoints only
+    again = toy.compare_models(paths, tmp_path)
+    for a, b in zip(again, stored["models"], strict=True):
+        assert a["test_error"] == pytest.approx(b["test_error"], abs=1e-12)
+        assert a["maximum_gain_db"] == pytest.approx(b["maximum_gain_db"], abs=1e-4)
+    assert (tmp_path / "fig6_models.png").is_file()
