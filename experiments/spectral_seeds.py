@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from spectral_sweep import RATES, RESULTS, run_one  # noqa: E402
+from spectral_sweep import RATES, RESULTS, refresh, run_one  # noqa: E402
 
 from convscope import spectral as sp  # noqa: E402
 from convscope.io import write_json  # noqa: E402
@@ -77,6 +77,7 @@ PATTERNS = ["converging", "rate too high", "too low or keep training", "overfitt
 HIGH_GRID = [round(0.05 * i, 2) for i in range(2, 81)]  # 0.10 .. 4.00 dB
 SLOPE_GRID = [round(0.01 * i, 2) for i in range(0, 101)]  # 0.00 .. 1.00 dB/epoch
 SUMMARY = RESULTS / "spectral_seeds_summary.json"
+UNDERFIT_ACC = 0.99  # final training accuracy below this: the network has not fitted its data
 
 
 def calibration_runs() -> dict[str, dict]:
@@ -126,10 +127,13 @@ def per_rate(runs: dict[str, dict], high: float, slope: float) -> dict:
         if not rs:
             continue
         err = [100 * (1 - r["history"]["test_acc"][-1]) for r in rs]
-        mg = [r["history"]["extra"]["max_gain"][-1] for r in rs]
+        # a diverged run's gain is not finite from the epoch it blew up: its last finite one
+        mg = [[v for v in r["history"]["extra"]["max_gain"] if v is not None][-1] for r in rs]
+        blown = [r["seed"] for r in rs if None in r["history"]["train_loss"]]
         var = [sp.variability(r["history"]["extra"]["max_gain"]) for r in rs]
         out[name] = {
             "seeds": [r["seed"] for r in rs],
+            "diverged_seeds": blown,
             "test_error_pct": _stats(err),
             "final_max_gain_db": _stats(mg),
             "variability_db": _stats(var),
@@ -155,8 +159,18 @@ def summarise(results: dict[str, dict]) -> dict:
     d = {"high": 1.0, "slope": 0.05}  # diagnose()'s defaults
     sets = {"calibration (ours, seed 0)": calib, "held out (ours, seeds 1-2)": held,
             "paper rate (seeds 0-2)": paper}  # fmt: skip
+    # what the losses say about the paper-rate runs: a network that has not fitted its
+    # training set after 20 epochs would keep learning
+    under = {k: r for k, r in paper.items() if r["history"]["train_acc"][-1] < UNDERFIT_ACC}
+    named = {k: sp.diagnose(r["history"]).pattern for k, r in under.items()}
     return {
         "paper_reading": PAPER_READING,
+        "underfit": {
+            "train_acc_below": UNDERFIT_ACC,
+            "runs": len(under),
+            "named_keep_training": sum(v == "too low or keep training" for v in named.values()),
+            "names": named,
+        },
         "fitted": fit,
         "defaults": d,
         "confusion_fitted": {k: confusion(v, fit["high"], fit["slope"]) for k, v in sets.items()},
@@ -182,8 +196,13 @@ def figure(runs: dict[str, dict], base: float, path: Path) -> None:
                         (axes[2], lambda h: 100 * (1 - np.asarray(h["test_acc"])))):  # fmt: skip
             curves = np.array([get(r["history"]) for r in rs], dtype=float)
             ep = np.arange(1, curves.shape[1] + 1)
-            (line,) = ax.plot(ep, curves.mean(0), label=f"{name} ({base * RATES[name]:.2g})")
-            ax.fill_between(ep, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.2)
+            with np.errstate(all="ignore"):  # a diverged run is NaN from its blow-up on
+                lo, mid, hi = (np.nanmin(curves, 0), np.nanmean(curves, 0),
+                               np.nanmax(curves, 0))  # fmt: skip
+            blown = sum(None in r["history"]["train_loss"] for r in rs)
+            label = f"{name} ({base * RATES[name]:.2g})" + (f", {blown} diverged" if blown else "")
+            (line,) = ax.plot(ep, mid, label=label)
+            ax.fill_between(ep, lo, hi, color=line.get_color(), alpha=0.2)
     axes[0].set(ylabel="Maximum Gain (dB)", xlabel="epoch")
     axes[1].set(ylabel="test loss", xlabel="epoch", yscale="log")
     axes[2].set(ylabel="test error (%)", xlabel="epoch", yscale="log")
@@ -207,9 +226,9 @@ def page(summary: dict) -> str:
         "",
         "## Per learning rate (mean, with the range over seeds)",
         "",
-        "| base | multiple | rate | seeds | final test error (%) | final MG (dB) "
+        "| base | multiple | rate | seeds | diverged | final test error (%) | last finite MG (dB) "
         "| variability (dB) | final train acc. | diagnose() (fitted) |",
-        "| --- | --- | ---: | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | ---: | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, base in (("paper", PAPER_LR), ("ours", OUR_LR)):
         for name, r in summary["per_rate"][key].items():
@@ -219,6 +238,7 @@ def page(summary: dict) -> str:
 
             lines.append(
                 f"| {base:g} | {name} | {base * RATES[name]:.4g} | {len(r['seeds'])} "
+                f"| {', '.join(f'seed {k}' for k in r['diverged_seeds']) or 'none'} "
                 f"| {f(r['test_error_pct'], '.2f')} | {f(r['final_max_gain_db'], '.1f')} "
                 f"| {f(r['variability_db'], '.2f')} | {f(r['train_acc_final'], '.3f')} "
                 f"| {', '.join(r['diagnose'])} |"
@@ -244,6 +264,14 @@ def page(summary: dict) -> str:
         cd = summary["confusion_defaults"][name]
         lines.append(f"| {name} | {c['runs']} | {c['right']} ({c['accuracy']:.0%}) "
                      f"| {cd['right']} ({cd['accuracy']:.0%}) |")  # fmt: skip
+    u = summary["underfit"]
+    lines += [
+        "",
+        f"Against the losses instead: {u['runs']} of the paper-rate runs end below "
+        f"{u['train_acc_below']:.0%} training accuracy, networks that would keep learning; "
+        f"diagnose() (defaults) names {u['named_keep_training']} of them 'too low or keep "
+        "training'.",
+    ]
     for name, c in summary["confusion_fitted"].items():
         used = [p for p in PATTERNS if any(c["table"][p].values())
                 or any(c["table"][a][p] for a in PATTERNS)]  # fmt: skip
@@ -258,6 +286,8 @@ def page(summary: dict) -> str:
 
 
 def report(results: dict[str, dict]) -> dict:
+    refresh(results)  # the stored variability and diagnosis follow the current code
+    write_json(PATH, results)
     summary = summarise(results)
     write_json(SUMMARY, summary)
     paper = {k: r for k, r in results.items() if r["base_lr"] == PAPER_LR}
@@ -285,8 +315,9 @@ def main() -> None:
             results[name] = {**spec, **r}
             write_json(PATH, results)
             h = r["history"]
-            print(f"{name:24s} err {100 * (1 - h['test_acc'][-1]):5.2f}%  "
-                  f"MG {h['extra']['max_gain'][-1]:7.2f} dB  ({r['seconds']:.0f} s)",
+            err, mg = h["test_acc"][-1], h["extra"]["max_gain"][-1]
+            print(f"{name:24s} err {'diverged' if err is None else f'{100 * (1 - err):5.2f}%'}  "
+                  f"MG {'-' if mg is None else f'{mg:7.2f} dB'}  ({r['seconds']:.0f} s)",
                   flush=True)  # fmt: skip
     report(results)
     print(f"wrote {RESULTS / 'spectral_seeds.md'}")

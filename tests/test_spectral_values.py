@@ -345,3 +345,24 @@ def test_diagnose_reads_every_history_shape() -> None:
                 "no 'max_gain' series in the history; train with "
                 "convscope.train.MaxGainCallback")):  # fmt: skip
             sp.diagnose(h)
+
+
+def test_diagnose_names_a_diverged_run_whatever_its_length() -> None:
+    from convscope.train import History
+
+    smooth = [float(v) for v in range(12)]
+    for curve, epoch in (([1.0, 2.0, math.nan, math.nan], 3), ([*smooth, math.inf], 13)):
+        d = sp.diagnose(curve)
+        assert d.pattern == "rate too high", d
+        assert d.advice == (
+            f"the training diverged at epoch {epoch} (its loss or Maximum Gain is no longer "
+            "finite): lower the learning rate"
+        )
+    # metrics.json writes a NaN loss as None; the gain's None cells stay "not measured"
+    blown = {"train_loss": [2.0, 1.0, None, None], "extra": {"max_gain": [1.0, 2.0, None, None]}}
+    assert sp.diagnose(blown).advice.startswith("the training diverged at epoch 3 ")
+    assert sp.diagnose({"history": blown}).pattern == "rate too high"
+    h = History(train_loss=[2.0, math.nan] + [1.0] * 10, extra={"max_gain": smooth})
+    assert sp.diagnose(h).advice.startswith("the training diverged at epoch 2 ")
+    fine = {"train_loss": [1.0] * 12, "extra": {"max_gain": [None, *smooth[1:]]}}
+    assert sp.diagnose(fine) == sp.diagnose(smooth[1:])  # a missing gain is skipped

@@ -363,8 +363,10 @@ def diagnose(
     * ``s > slope``: **too low or keep training** (still rising);
     * otherwise **converging** (risen, now flat).
 
-    A curve of fewer than :data:`MIN_EPOCHS` (8) epochs is not judged: the pattern is
-    **not enough epochs** (its variabilities and slope are computed all the same).
+    A run whose training loss or gain stops being finite diverged: **rate too high**, whatever
+    its length. Otherwise a curve of fewer than :data:`MIN_EPOCHS` (8) finite epochs is not
+    judged: the pattern is **not enough epochs** (its variabilities and slope are computed
+    all the same).
 
     ``high`` and ``slope`` are per architecture and data set, as the paper warns; the
     defaults are calibrated on the LeNet/MNIST learning-rate sweep in
@@ -375,7 +377,8 @@ def diagnose(
         history: a list of values, a ``History``, or a mapping holding ``key`` (top
             level or under ``"extra"``, as in ``metrics.json``).
     """
-    curve = _curve(history, key)
+    raw = _curve(history, key)
+    curve = [v for v in raw if math.isfinite(v)]
     half = len(curve) // 2
     v_all = variability(curve)
     v_early = variability(curve[:half])
@@ -386,6 +389,11 @@ def diagnose(
     my = sum(tail) / n if n else 0.0
     den = sum((i - mx) ** 2 for i in range(n))
     s = sum((i - mx) * (y - my) for i, y in enumerate(tail)) / den if den else 0.0
+    blown = _diverged_at(history, raw)
+    if blown is not None:
+        advice = (f"the training diverged at epoch {blown} (its loss or Maximum Gain is no longer "
+                  "finite): lower the learning rate")  # fmt: skip
+        return Diagnosis("rate too high", advice, v_all, v_early, v_late, s)
     if len(curve) < MIN_EPOCHS:
         advice = (f"{len(curve)} epochs of {key}: the curve needs at least {MIN_EPOCHS} before "
                   "its pattern can be read; train longer")  # fmt: skip
@@ -417,3 +425,21 @@ def _curve(history: Any, key: str) -> list[float]:
             f"no {key!r} series in the history; train with convscope.train.MaxGainCallback"
         )
     return [float(v) for v in series if v is not None]
+
+
+def _diverged_at(history: Any, curve: list[float]) -> int | None:
+    """The first epoch (from 1) whose training loss or gain is not finite, if any.
+
+    A gain of NaN or infinity means the weights blew up. In a history the training loss
+    says the same: ``History.to_dict`` (and so ``metrics.json``) writes a NaN loss as
+    ``None``. A ``None`` gain alone is not read as divergence: a logger's table has empty
+    gain cells on the rows of other metrics.
+    """
+    bad = [i for i, v in enumerate(curve) if not math.isfinite(v)]
+    h = history
+    if isinstance(h, Mapping) and "train_loss" not in h and isinstance(h.get("history"), Mapping):
+        h = h["history"]
+    loss = h.get("train_loss") if isinstance(h, Mapping) else getattr(h, "train_loss", None)
+    if isinstance(loss, Sequence) and not isinstance(loss, str):
+        bad += [i for i, v in enumerate(loss) if v is None or not math.isfinite(float(v))]
+    return min(bad) + 1 if bad else None
