@@ -477,8 +477,9 @@ that works for the 1x1 maps of layers 5 and 7. A per-map or z-score normalisatio
 other values. (3) The paper is silent about biases; decoded filters have none. We add the
 layer's response to a black image to the estimate (the biases carried up; this makes layer
 1 exact), and also report eq. 3 read literally, where the biases count as error (layer 1:
-{l1_raw}); the two readings differ little above layer 1. We cannot tell which of these
-explains the gap at layer 3, and we did not tune anything to close it.
+{l1_raw}); the two readings differ little above layer 1. Each of these, and more, is
+measured one at a time in `decoding/layer3_gap.md` (`experiments/decoding_gap.py`), whose
+conclusion is computed from its measurements; we did not tune anything to close the gap.
 
 **Where the error comes from.** LeNet's first five layers are linear except the two
 max-pools, and its one ReLU sits just below layer 7. Replacing the max-pools by average
