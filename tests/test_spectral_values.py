@@ -35,14 +35,14 @@ def test_impulse_image_values_and_preprocessing() -> None:
     np.testing.assert_array_equal(x.numpy(), ref)
     # (1, C, H, W) is accepted; value, scale, mean and std each do what they say
     y = sp.impulse_image(
-        (1, 2, 4, 4), value=10.0, scale=0.5, mean=[1.0, 2.0], std=[2.0, 4.0],
+        (1, 2, 4, 4), value=10.0, scale=0.5, mean=[0.1, 0.2], std=[0.3, 0.7],
         dtype=torch.float64,
     )  # fmt: skip
     assert y.dtype == torch.float64
     raw = np.zeros((2, 4, 4))
     raw[:, 2, 2] = 10.0
-    want = (raw * 0.5 - np.array([1.0, 2.0])[:, None, None]) / np.array([2.0, 4.0])[:, None, None]
-    np.testing.assert_allclose(y[0].numpy(), want, rtol=0, atol=1e-15)
+    want = (raw * 0.5 - np.array([0.1, 0.2])[:, None, None]) / np.array([0.3, 0.7])[:, None, None]
+    np.testing.assert_allclose(y[0].numpy(), want, rtol=1e-15, atol=1e-15)  # float64 throughout
     assert sp.impulse_image((1, 3, 3), device="meta").device.type == "meta"
     assert sp.impulse_image((1, 1, 1))[0, 0, 0, 0] == 1.0  # a 1x1 image is its own centre
     for bad in ((3, 4), (2, 0, 4), (2, 2, 3, 4), (1, 1, 3, 4, 5)):
@@ -60,7 +60,12 @@ def test_hann_window2d_dtype_device_and_degenerate_sides() -> None:
     w = sp.hann_window2d(4, 1, dtype=torch.float32)
     assert w.dtype == torch.float32 and w.shape == (4, 1)
     np.testing.assert_allclose(w[:, 0].numpy(), np.hanning(4), atol=1e-7)
-    assert torch.equal(sp.hann_window2d(1, 1), torch.ones(1, 1, dtype=torch.float64))
+    one = sp.hann_window2d(1, 1)
+    assert one.dtype == torch.float64 and torch.equal(one, torch.ones(1, 1, dtype=torch.float64))
+    # two samples: the symmetric window is zero at both ends, so all of it
+    two = np.outer(np.hanning(2), np.hanning(3))
+    np.testing.assert_array_equal(sp.hann_window2d(2, 3).numpy(), two)
+    np.testing.assert_array_equal(sp.hann_window2d(3, 2).numpy(), np.zeros((3, 2)))
     assert sp.hann_window2d(3, 3, device="meta").device.type == "meta"
 
 
@@ -366,3 +371,37 @@ def test_diagnose_names_a_diverged_run_whatever_its_length() -> None:
     assert sp.diagnose(h).advice.startswith("the training diverged at epoch 2 ")
     fine = {"train_loss": [1.0] * 12, "extra": {"max_gain": [None, *smooth[1:]]}}
     assert sp.diagnose(fine) == sp.diagnose(smooth[1:])  # a missing gain is skipped
+
+
+def test_diagnose_short_and_diverged_answers_carry_their_numbers() -> None:
+    for curve in ([0.0, 3.0, 1.0, 4.0, 0.5, 5.0], [0.0, 3.0, 1.0, 4.0, math.nan]):
+        finite = [v for v in curve if math.isfinite(v)]
+        d = sp.diagnose(curve)
+        half = len(finite) // 2
+        assert d.variability == sp.variability(finite)
+        assert d.early_variability == sp.variability(finite[:half])
+        assert d.late_variability == sp.variability(finite[half:])
+        tail = finite[-3:]
+        assert d.late_slope == pytest.approx(_slope(tail), rel=1e-12)
+    # a slope exactly at the threshold is not "still rising"
+    curve = [-30, -29, -27.5, -26, -25, -24.8, -23.5, -22, -21.9, -21, -20, -19.7]
+    s = sp.diagnose(curve).late_slope
+    assert sp.diagnose(curve, slope=s).pattern == "converging"
+    # a top-level training loss is read before a nested history
+    mixed = {"train_loss": [1.0, None], "history": {"train_loss": [1.0, 1.0]},
+             "max_gain": [float(v) for v in range(10)]}  # fmt: skip
+    assert sp.diagnose(mixed).pattern == "rate too high"
+
+
+def test_radial_profile_of_a_single_row() -> None:
+    # one row: no frequency beyond 0.5, so no ring is dropped and bincount must still
+    # give every ring a count
+    spec = torch.arange(8.0, dtype=torch.float64).reshape(1, 8)
+    prof, centres = sp.radial_profile(spec, bins=4)
+    fx = np.abs(np.fft.fftshift(np.fft.fftfreq(8)))
+    ring = np.minimum((fx / 0.5 * 4).astype(int), 3)
+    want = [spec[0].numpy()[ring == k].mean() for k in range(4)]
+    np.testing.assert_allclose(prof.numpy(), want, rtol=1e-12)
+    # three samples in four rings: rings with no frequency are NaN, not an error
+    odd, _ = sp.radial_profile(torch.ones(1, 3, dtype=torch.float64), bins=4)
+    np.testing.assert_array_equal(np.isnan(odd.numpy()), [False, True, False, True])

@@ -142,7 +142,7 @@ class Conv2D(Layer):
         z = cols @ kernel.T  # (N*Ho*Wo, O)
         if self.has_bias:
             z += self.params["b"]
-        self._cache = {"cols": cols, "padded_shape": xp.shape, "input_shape": x.shape}
+        self._cache = {"cols": cols, "padded_shape": xp.shape}
         return np.ascontiguousarray(z.reshape(n, ho, wo, self.out_channels).transpose(0, 3, 1, 2))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
