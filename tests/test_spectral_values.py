@@ -242,7 +242,9 @@ def test_model_input_shape() -> None:
 
 def test_radial_profile_against_a_loop() -> None:
     rng = np.random.default_rng(2)
-    for h, w, bins in ((8, 8, None), (7, 10, 3), (6, 9, 1), (5, 5, 6)):
+    # (2, 14, 7) and (5, 10, 3): frequencies that land on a ring's edge, where float32 ones would
+    # put them in another ring
+    for h, w, bins in ((8, 8, None), (7, 10, 3), (6, 9, 1), (5, 5, 6), (2, 14, 7), (5, 10, 3)):
         spec = rng.standard_normal((2, h, w))
         prof, centres = sp.radial_profile(torch.from_numpy(spec), bins)
         n = bins if bins is not None else min(h, w) // 2
@@ -405,3 +407,8 @@ def test_radial_profile_of_a_single_row() -> None:
     # three samples in four rings: rings with no frequency are NaN, not an error
     odd, _ = sp.radial_profile(torch.ones(1, 3, dtype=torch.float64), bins=4)
     np.testing.assert_array_equal(np.isnan(odd.numpy()), [False, True, False, True])
+
+
+def test_diverged_gain_with_a_finite_loss() -> None:
+    h = {"train_loss": [1.0] * 12, "max_gain": [0.0, 1.0, math.nan] + [2.0] * 9}
+    assert sp.diagnose(h).advice.startswith("the training diverged at epoch 3 ")
