@@ -28,16 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from _machine import cpu_name  # sibling module: the scripts run from benchmarks/
+from _machine import machine_record  # sibling module: the scripts run from benchmarks/
 
 from convscope.decoding import decode
 from convscope.io import to_jsonable, write_json
@@ -113,15 +111,7 @@ def main() -> None:
     record = to_jsonable(
         {
             "benchmark": "decoding",
-            "machine": {
-                "cpu": cpu_name(),
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "numpy": np.__version__,
-                "threads": torch.get_num_threads(),
-                "load_average_start": load_start,
-                "load_average_end": os.getloadavg(),
-            },
+            "machine": machine_record(load_start, torch.get_num_threads()),
             "args": {k: v for k, v in vars(args).items() if k not in ("json", "table")},
             "layer": LAYER,
             "filters": 500,

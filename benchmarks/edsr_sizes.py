@@ -34,7 +34,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,7 +42,7 @@ from pathlib import Path
 
 import torch
 from _dfv import DfV  # sibling modules: the scripts run from benchmarks/
-from _machine import cpu_name
+from _machine import machine_record
 
 from convscope.data import prepare_for_model, sample_photo
 from convscope.io import write_json
@@ -238,14 +237,7 @@ def main() -> None:
     model.eval()
     record: dict = {
         "benchmark": "edsr_sizes",
-        "machine": {
-            "cpu": cpu_name(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "load_average_start": os.getloadavg(),
-            "load_average_end": os.getloadavg(),
-        },
+        "machine": machine_record(os.getloadavg(), torch.get_num_threads()),
         "probes": args.probes,
         "repeats": args.repeats,
         "warmup": args.warmup,
@@ -256,7 +248,7 @@ def main() -> None:
     for size in sorted(args.sizes):
         record["points"].append(measure(model, size, args.probes, args.repeats, args.warmup))
         print(f"S={size} done", file=sys.stderr, flush=True)
-        record["machine"]["load_average_end"] = os.getloadavg()
+        record["machine"]["load_average_end"] = list(os.getloadavg())
         if args.json:  # after every size, so a cut-off run keeps what it measured
             write_json(Path(args.json), record)
     print(tables(record))

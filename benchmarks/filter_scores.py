@@ -27,16 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from _machine import cpu_name  # sibling module: the scripts run from benchmarks/
+from _machine import cpu_name, machine_record  # sibling module: the scripts run from benchmarks/
 
 from convscope.attribution import filter_scores
 from convscope.io import to_jsonable, write_json
@@ -135,17 +133,12 @@ def main() -> None:
         {
             "benchmark": "filter_scores",
             "model": "GFNN (40 fixed kernels), float32, eval mode, random 28x28 grey images",
-            "machine": {
-                "cpu": cpu_name(),
-                "device": where if device.type == "cuda" else "the CPU",
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "numpy": np.__version__,
-                "captum": captum_version,
-                "threads": torch.get_num_threads(),
-                "load_average_start": load_start,
-                "load_average_end": os.getloadavg(),
-            },
+            "machine": machine_record(
+                load_start,
+                torch.get_num_threads(),
+                device=where if device.type == "cuda" else "the CPU",
+                captum=captum_version,
+            ),
             "args": {k: v for k, v in vars(args).items() if k not in ("json", "table")},
             "seconds": times,  # every timed round of every method
             "median_s": med,

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _machine import cpu_name  # sibling module: the scripts run from benchmarks/
+from _machine import machine_record  # sibling module: the scripts run from benchmarks/
 
 STEPS_PER_EPOCH = 125  # the 4,000-image subset in batches of 32
 
@@ -205,15 +204,7 @@ def main() -> None:
     record = to_jsonable(
         {
             "benchmark": "numpy_cnn",
-            "machine": {
-                "cpu": cpu_name(),
-                "python": platform.python_version(),
-                "numpy": np.__version__,
-                "torch": torch.__version__,
-                "threads": args.threads,
-                "load_average_start": load_start,
-                "load_average_end": os.getloadavg(),
-            },
+            "machine": machine_record(load_start, args.threads),
             "args": {k: v for k, v in vars(args).items() if k not in ("json", "table")},
             "layers": {"n": n, "c": c, "o": o, "h": h, "dtype": "float64"},
             "network": {"model": "section 11.6.1 MNIST CNN", "dtype": "float32"},

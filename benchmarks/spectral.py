@@ -20,15 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from _machine import cpu_name  # sibling module: the scripts run from benchmarks/
+from _machine import machine_record  # sibling module: the scripts run from benchmarks/
 
 from convscope.data import load_mnist_subset
 from convscope.io import to_jsonable, write_json
@@ -84,15 +82,7 @@ def main() -> None:
     record = to_jsonable(
         {
             "benchmark": "spectral",
-            "machine": {
-                "cpu": cpu_name(),
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "numpy": np.__version__,
-                "threads": torch.get_num_threads(),
-                "load_average_start": load_start,
-                "load_average_end": os.getloadavg(),
-            },
+            "machine": machine_record(load_start, torch.get_num_threads()),
             "args": {k: v for k, v in vars(args).items() if k not in ("json", "table")},
             "train": {"model": "LeNet", "images": len(train), "batch_size": 100, "lr": 0.02},
             "epoch_seconds_without": plain.seconds,  # train + eval, every epoch

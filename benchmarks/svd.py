@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +44,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as Fn
-from _machine import cpu_name  # sibling module: the scripts run from benchmarks/
+from _machine import machine_record  # sibling module: the scripts run from benchmarks/
 
 from convscope.io import to_jsonable, write_json
 from convscope.linear.svd import SVDResult, power_svd, randomized_svd
@@ -278,14 +277,7 @@ def main() -> None:
     record = to_jsonable(
         {
             "benchmark": "svd",
-            "machine": {
-                "cpu": cpu_name(),
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "load_average_start": load_start,
-                "load_average_end": os.getloadavg(),
-            },
+            "machine": machine_record(load_start, torch.get_num_threads()),
             "args": {k: v for k, v in vars(args).items() if k not in ("json", "table")},
             "reference": {
                 "seconds": t_ref,
