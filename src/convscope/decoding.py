@@ -22,10 +22,22 @@ it as a pattern over the image by walking down the network and, at every layer:
   :func:`kernel_composition` stops just above it and says which named kernels a deep
   filter is built from.
 
-Dropout and identities are no-ops. Anything else below the layer (branches, adds,
-concatenations, unknown functions) is a :class:`~convscope.errors.ConvscopeError`
-that names the module or function: decoding is defined for chains only. The
-chain is read from a torch.fx trace of the model, so functional calls are seen too.
+Dropout and identities are no-ops. Branching graphs are decoded where substitution is
+defined, because every step is linear in the pattern:
+
+- **sum** of branches (``a + b``, ``a - b``, ``torch.add(a, b, alpha=...)``, residual
+  additions through the identity): each branch receives the pattern (the second one
+  scaled by ``-1`` or ``alpha``), and a node reached by several paths (a fork) receives
+  the sum of their patterns, aligned on its grid;
+- **scaling** by a number (``2 * a``, ``a / 4``, ``-a``): the pattern is scaled;
+- **concatenation** along the channels (``torch.cat(..., dim=1)``, DenseNet): each part
+  receives its slice of the pattern's channels.
+
+So a sum of branches decodes to the sum of the decoded branches. Anything else (a
+product of tensors, a concatenation along another dimension, paths reaching one node at
+different strides, unknown modules or functions, a second input) is a
+:class:`~convscope.errors.ConvscopeError` that names the module or function. The graph
+is read from a torch.fx trace of the model, so functional calls are seen too.
 
 A decoded filter ``df_k`` estimates filter ``k``'s response by one correlation with
 the image, ``I * df_k`` at the stride that aligns the grids (the product of the
@@ -37,6 +49,7 @@ this is exact; everything else makes it the paper's approximation, measured by
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeGuard
@@ -289,11 +302,27 @@ class _LeafTracer(torch.fx.Tracer):
         )
 
 
+def _top_layer(model: nn.Module, layer: nn.Module | str) -> tuple[str, nn.Module]:
+    """The decoded layer's name and module, refused unless it is a Conv2d or kernel bank."""
+    name = layer_name(model, layer)
+    m = dict(model.named_modules())[name]
+    if not isinstance(m, nn.Conv2d) and not _is_bank(m):
+        raise ConvscopeError(
+            f"{name} is a {type(m).__name__}; decode_filters decodes Conv2d layers "
+            "(and KernelBank2d)"
+        )
+    if _is_bank(m):
+        _check_bank(name, m)
+    return name, m
+
+
 def decoding_chain(model: nn.Module, layer: nn.Module | str) -> list[ChainStep]:
     """The layers from the image up to ``layer`` (inclusive), bottom first.
 
     The model is traced with torch.fx; from ``layer`` the trace is followed back
-    to the input along the single tensor argument of each call.
+    to the input along the single tensor argument of each call. This is the
+    chain view that :func:`kernel_composition` and :func:`deconvnet` need;
+    :func:`decode` also follows sums and concatenations.
 
     Args:
         model: any model torch.fx can trace (``nn.Sequential`` chains, LeNet ...).
@@ -304,59 +333,295 @@ def decoding_chain(model: nn.Module, layer: nn.Module | str) -> list[ChainStep]:
             once, or something below it is not decodable (a branch, a merge, an
             unknown module or function); the message names it.
     """
-    name = layer_name(model, layer)
-    modules = dict(model.named_modules())
-    if not isinstance(modules[name], nn.Conv2d) and not _is_bank(modules[name]):
-        raise ConvscopeError(
-            f"{name} is a {type(modules[name]).__name__}; decode_filters decodes Conv2d layers "
-            "(and KernelBank2d)"
-        )
-    try:
-        graph = _LeafTracer().trace(model)
-    except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConvscopeError(
-            f"cannot trace {type(model).__name__} with torch.fx ({first[:160]}); decoding "
-            "needs a traceable model, e.g. an nn.Sequential chain"
-        ) from None
-    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == name]
-    if not calls:
-        raise ConvscopeError(f"{name} is never called in {type(model).__name__}.forward")
-    if len(calls) > 1:
-        raise ConvscopeError(f"{name} is called {len(calls)} times; its filters are ambiguous")
-
-    # nodes whose value depends on the input: only they can be the chain
-    from_input: set[torch.fx.Node] = set()
-    for n in graph.nodes:
-        if n.op == "placeholder" or any(a in from_input for a in n.all_input_nodes):
-            from_input.add(n)
-
+    name, _ = _top_layer(model, layer)
+    g = _Graph(model, name)
+    from_input = g.from_input
     steps: list[ChainStep] = []
-    node = calls[0]
+    node = g.top
     while node.op != "placeholder":
-        if node.op == "call_module":
-            step = _step_for_module(str(node.target), modules[str(node.target)])
-        elif node.op == "call_function" and node.target in _SKIPPED_FUNCTIONS:
-            fname = getattr(node.target, "__name__", str(node.target))
-            step = ChainStep(f"{fname}{_where(node)}", "skip", None)
-        elif node.op == "call_method" and node.target in _SKIPPED_METHODS:
-            step = ChainStep(f"Tensor.{node.target}{_where(node)}", "skip", None)
-        else:
+        step = g.step(node)
+        if step is None:
             fname = getattr(node.target, "__name__", str(node.target))
             raise ConvscopeError(
-                f"cannot decode {name}: {node.op} {fname}{_where(node)} lies between it and "
-                "the input; decoding follows chains of Conv2d, pooling, batch norm and ReLU"
+                f"cannot decode {name} as a chain: {node.op} {fname}{_where(node)} lies between "
+                "it and the input; a chain is Conv2d, pooling, batch norm and ReLU (decode() "
+                "also follows sums and concatenations)"
             )
         steps.append(step)
         inputs = [a for a in node.all_input_nodes if a in from_input]
         if len(inputs) != 1:
             raise ConvscopeError(
-                f"cannot decode {name}: {step.name} takes {len(inputs)} inputs that depend on "
-                "the image (a branch or merge); decoding is defined for chains only"
+                f"cannot decode {name} as a chain: {step.name} takes {len(inputs)} inputs that "
+                "depend on the image (a branch or merge); decode() follows sums and "
+                "concatenations, this needs a chain"
             )
         node = inputs[0]
     steps.reverse()
     return steps
+
+
+# --------------------------------------------------------------------------- branching graphs
+
+_ADDS: frozenset[Any] = frozenset({operator.add, operator.iadd, torch.add})
+_SUBS: frozenset[Any] = frozenset({operator.sub, operator.isub, torch.sub})
+_SCALES: frozenset[Any] = frozenset({operator.mul, operator.imul, torch.mul})
+_DIVS: frozenset[Any] = frozenset({operator.truediv, operator.itruediv, torch.div})
+_NEGS: frozenset[Any] = frozenset({operator.neg, torch.neg})
+_CATS: frozenset[Any] = frozenset({torch.cat, torch.concat})
+_METHODS = {"add": operator.add, "add_": operator.add, "sub": operator.sub, "mul": operator.mul}
+
+
+@dataclass
+class _Pattern:
+    """Patterns ``(F, C, h, w)`` over one node's maps and where they sit.
+
+    ``d[..., 0, 0]`` lies at position ``p * stride - offset`` of the node's grid for the
+    unit at position ``p`` of the decoded layer's grid.
+    """
+
+    d: torch.Tensor
+    offset: tuple[int, int]
+    stride: tuple[int, int]
+
+
+def _aligned_sum(a: _Pattern, b: _Pattern, where: str) -> _Pattern:
+    """``a + b`` on the union of their boxes (the patterns of two paths into one node)."""
+    if a.stride != b.stride:
+        raise ConvscopeError(
+            f"cannot decode: {where} is reached at strides {_pair_str(a.stride)} and "
+            f"{_pair_str(b.stride)} from the decoded layer; its paths do not share a grid"
+        )
+    off = (max(a.offset[0], b.offset[0]), max(a.offset[1], b.offset[1]))
+    size = tuple(max(off[i] - p.offset[i] + p.d.shape[-2 + i] for p in (a, b)) for i in range(2))
+
+    def placed(p: _Pattern) -> torch.Tensor:
+        top, left = off[0] - p.offset[0], off[1] - p.offset[1]
+        h, w = p.d.shape[-2:]
+        return F.pad(p.d, (left, size[1] - left - w, top, size[0] - top - h))
+
+    return _Pattern(placed(a) + placed(b), off, a.stride)
+
+
+def _step_down(d: torch.Tensor, step: ChainStep, unpool: str) -> torch.Tensor:
+    """Patterns over the output of one step -> patterns over its input."""
+    m = step.module
+    if step.kind == "conv":
+        assert m is not None
+        weight, groups = _conv_weight(m, d.dtype)
+        return F.conv_transpose2d(
+            d, weight, stride=step.stride, dilation=step.dilation, groups=groups
+        )
+    if step.kind == "pool":
+        return _unpool(d, step, unpool)
+    if step.kind == "scale":
+        assert isinstance(m, nn.BatchNorm2d) and m.running_var is not None
+        scale = torch.rsqrt(m.running_var.detach().to(d.dtype) + m.eps)
+        if m.weight is not None:
+            scale = scale * m.weight.detach().to(d.dtype)
+        return d * scale[None, :, None, None]
+    return d
+
+
+class _Graph:
+    """The traced model, read from the decoded layer down to the image."""
+
+    def __init__(self, model: nn.Module, name: str) -> None:
+        self.name = name
+        self.modules = dict(model.named_modules())
+        try:
+            self.graph = _LeafTracer().trace(model)
+        except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConvscopeError(
+                f"cannot trace {type(model).__name__} with torch.fx ({first[:160]}); decoding "
+                "needs a traceable model, e.g. an nn.Sequential chain"
+            ) from None
+        calls = [n for n in self.graph.nodes if n.op == "call_module" and n.target == name]
+        if not calls:
+            raise ConvscopeError(f"{name} is never called in {type(model).__name__}.forward")
+        if len(calls) > 1:
+            raise ConvscopeError(f"{name} is called {len(calls)} times; its filters are ambiguous")
+        self.top = calls[0]
+        # nodes whose value depends on the input: only they carry patterns
+        self.from_input: set[torch.fx.Node] = set()
+        for n in self.graph.nodes:
+            if n.op == "placeholder" or any(a in self.from_input for a in n.all_input_nodes):
+                self.from_input.add(n)
+        self._channels: dict[torch.fx.Node, int] = {}
+
+    def tensor_args(self, node: torch.fx.Node) -> list[tuple[int, torch.fx.Node]]:
+        """(position, node) of the positional arguments that depend on the image."""
+        return [
+            (i, a)
+            for i, a in enumerate(node.args)
+            if isinstance(a, torch.fx.Node) and a in self.from_input
+        ]
+
+    def refuse(self, node: torch.fx.Node, why: str) -> ConvscopeError:
+        fname = getattr(node.target, "__name__", str(node.target))
+        return ConvscopeError(
+            f"cannot decode {self.name}: {node.op} {fname}{_where(node)} lies between it and "
+            f"the input ({why}); decoding follows convolutions, pooling, batch norm, ReLU, "
+            "sums and channel concatenations"
+        )
+
+    def step(self, node: torch.fx.Node) -> ChainStep | None:
+        """The chain step of a module or skipped call; ``None`` for a merge or scaling."""
+        if node.op == "call_module":
+            return _step_for_module(str(node.target), self.modules[str(node.target)])
+        if node.op == "call_function" and node.target in _SKIPPED_FUNCTIONS:
+            fname = getattr(node.target, "__name__", str(node.target))
+            return ChainStep(f"{fname}{_where(node)}", "skip", None)
+        if node.op == "call_method" and node.target in _SKIPPED_METHODS:
+            return ChainStep(f"Tensor.{node.target}{_where(node)}", "skip", None)
+        return None
+
+    def channels(self, node: torch.fx.Node) -> int:
+        """Channels of a node's output (for splitting a concatenation's pattern)."""
+        if node not in self._channels:
+            self._channels[node] = self._count(node)
+        return self._channels[node]
+
+    def _count(self, node: torch.fx.Node) -> int:
+        if node.op == "call_module":
+            m = self.modules[str(node.target)]
+            if isinstance(m, nn.Conv2d) or _is_bank(m):
+                return _out_channels(m)
+            if isinstance(m, nn.BatchNorm2d):
+                return m.num_features
+        if node.op != "placeholder":
+            if node.target in _CATS:
+                return sum(self.channels(a) for a in self.cat_inputs(node))
+            args = self.tensor_args(node)
+            if args:
+                return self.channels(args[0][1])
+        raise self.refuse(node, "its channels cannot be read without an image")
+
+    def _cat_counts(self, node: torch.fx.Node, parts: list[torch.fx.Node], total: int) -> list[int]:
+        """Channels of each part of a concatenation whose output has ``total`` channels.
+
+        One part whose channels the graph does not tell (the image itself, say) gets what
+        the others leave of ``total``.
+        """
+        counts: list[int | None] = []
+        for a in parts:
+            try:
+                counts.append(self.channels(a))
+            except ConvscopeError:
+                counts.append(None)
+        known = sum(c for c in counts if c is not None)
+        if counts.count(None) == 1:
+            counts[counts.index(None)] = total - known
+        if None in counts or known > total or sum(c or 0 for c in counts) != total:
+            raise self.refuse(node, "the channels of its parts cannot be read without an image")
+        return [int(c or 0) for c in counts]
+
+    def cat_inputs(self, node: torch.fx.Node) -> list[torch.fx.Node]:
+        """The tensors a ``torch.cat`` call joins."""
+        parts = node.args[0] if node.args else node.kwargs.get("tensors")
+        if not isinstance(parts, (list, tuple)) or not all(
+            isinstance(a, torch.fx.Node) for a in parts
+        ):
+            raise self.refuse(node, "its tensors are not a list of traced values")
+        return [a for a in parts if isinstance(a, torch.fx.Node)]
+
+    def propagate(
+        self, node: torch.fx.Node, p: _Pattern, unpool: str
+    ) -> list[tuple[torch.fx.Node, _Pattern]]:
+        """The patterns ``node``'s image-dependent inputs receive from ``p`` over its output."""
+        step = self.step(node)
+        if step is not None:
+            inputs = [a for a in node.all_input_nodes if a in self.from_input]
+            if len(inputs) != 1:
+                raise self.refuse(node, f"{len(inputs)} image-dependent inputs")
+            off, stride = p.offset, p.stride
+            if step.kind in ("conv", "pool"):
+                (sh, sw), (ph, pw) = step.stride, step.padding
+                off = (off[0] * sh + ph, off[1] * sw + pw)
+                stride = (stride[0] * sh, stride[1] * sw)
+            return [(inputs[0], _Pattern(_step_down(p.d, step, unpool), off, stride))]
+        target = node.target
+        if node.op == "call_method":
+            if target not in _METHODS:
+                raise self.refuse(node, "not a linear operation decoding knows")
+            target = _METHODS[str(target)]
+        if node.op not in ("call_function", "call_method"):
+            raise self.refuse(node, "not a function call")
+        if target in _CATS:
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            if dim not in (1, -3):
+                raise self.refuse(node, f"concatenation along dim {dim}, not the channels")
+            parts = self.cat_inputs(node)
+            counts = self._cat_counts(node, parts, p.d.shape[1])
+            out: list[tuple[torch.fx.Node, _Pattern]] = []
+            start = 0
+            for a, c in zip(parts, counts, strict=True):
+                if a in self.from_input:
+                    piece = p.d[:, start : start + c]
+                    out.append((a, _Pattern(piece, p.offset, p.stride)))
+                start += c
+            return out
+        args = self.tensor_args(node)
+        if target in _ADDS or target in _SUBS:
+            alpha = node.kwargs.get("alpha", 1)
+            if not isinstance(alpha, (int, float)) or set(node.kwargs) - {"alpha"}:
+                raise self.refuse(node, "keyword arguments other than a number alpha")
+            sign = {0: 1.0, 1: (-1.0 if target in _SUBS else 1.0) * float(alpha)}
+            return [(a, _Pattern(p.d * sign[i], p.offset, p.stride)) for i, a in args]
+        if target in _SCALES or target in _DIVS or target in _NEGS:
+            others = [a for i, a in enumerate(node.args) if (i, a) not in args]
+            numbers = [float(o) for o in others if isinstance(o, (int, float))]
+            arity = 0 if target in _NEGS else 1
+            if len(args) != 1 or len(others) != arity or len(numbers) != arity or node.kwargs:
+                raise self.refuse(node, "a product of tensors, not a scaling by a number")
+            if target in _DIVS and args[0][0] != 0:
+                raise self.refuse(node, "a number divided by a tensor, not a scaling")
+            factor = -1.0 if target in _NEGS else numbers[0]
+            if target in _DIVS:
+                factor = 1.0 / factor
+            return [(args[0][1], _Pattern(p.d * factor, p.offset, p.stride))]
+        raise self.refuse(node, "not a linear operation decoding knows")
+
+
+def _decode_graph(
+    model: nn.Module, name: str, d: torch.Tensor, unpool: str
+) -> tuple[_Pattern, list[str]]:
+    """Walk unit patterns over ``name``'s output down every path to the image.
+
+    Nodes are visited from the decoded layer down, each once all its consumers have
+    given it their patterns (reverse topological order): a node used by several paths
+    receives the sum of their patterns, aligned on its grid.
+    """
+    g = _Graph(model, name)
+    pending: dict[torch.fx.Node, _Pattern] = {g.top: _Pattern(d, (0, 0), (1, 1))}
+    chain: list[str] = []
+    image: list[tuple[torch.fx.Node, _Pattern]] = []
+    nodes = list(g.graph.nodes)
+    for node in reversed(nodes[: nodes.index(g.top) + 1]):
+        p = pending.pop(node, None)
+        if p is None:
+            continue
+        if node.op == "placeholder":
+            image.append((node, p))
+            continue
+        step = g.step(node)
+        inputs = g.propagate(node, p, unpool)
+        if step is not None:
+            chain.append(step.describe())
+        else:
+            chain.append(f"{'merge' if len(inputs) > 1 else 'scale'} {node.name}{_where(node)}")
+        for a, q in inputs:
+            where = f"{a.name}{_where(a)}"
+            pending[a] = _aligned_sum(pending[a], q, where) if a in pending else q
+    if len(image) != 1:
+        image.reverse()  # visited last to first: name them in forward's order
+        names = ", ".join(n.name for n, _ in image)
+        raise ConvscopeError(
+            f"cannot decode {name}: it depends on {len(image)} inputs of "
+            f"{type(model).__name__}.forward ({names}); decoding needs one image"
+        )
+    chain.reverse()
+    return image[0][1], chain
 
 
 # --------------------------------------------------------------------------- decoding
@@ -426,15 +691,14 @@ def _unpool(d: torch.Tensor, step: ChainStep, mode: str) -> torch.Tensor:
 
 
 def _unit_patterns(
-    steps: list[ChainStep], filters: Iterable[int] | None, dtype: torch.dtype | None
+    name: str, top: nn.Module, filters: Iterable[int] | None, dtype: torch.dtype | None
 ) -> tuple[list[int], torch.Tensor]:
     """The filter indices and one unit pattern ``(F, K, 1, 1)`` per decoded filter."""
-    top = steps[-1].module
     k_all = _out_channels(top)
     idx = list(range(k_all)) if filters is None else [int(i) for i in filters]
     bad = [i for i in idx if not 0 <= i < k_all]
     if bad or not idx:
-        raise ConvscopeError(f"{steps[-1].name} has filters 0..{k_all - 1}; got {bad or 'none'}")
+        raise ConvscopeError(f"{name} has filters 0..{k_all - 1}; got {bad or 'none'}")
     assert isinstance(top, nn.Conv2d) or _is_bank(top)
     w = top.weight
     d = torch.zeros(len(idx), k_all, 1, 1, dtype=dtype or w.dtype, device=w.device)
@@ -444,23 +708,8 @@ def _unit_patterns(
 
 def _walk_down(d: torch.Tensor, steps: Sequence[ChainStep], unpool: str) -> torch.Tensor:
     """Patterns over the output of ``steps[-1]`` -> patterns over the input of ``steps[0]``."""
-    dt = d.dtype
     for step in reversed(steps):
-        m = step.module
-        if step.kind == "conv":
-            assert m is not None
-            weight, groups = _conv_weight(m, dt)
-            d = F.conv_transpose2d(
-                d, weight, stride=step.stride, dilation=step.dilation, groups=groups
-            )
-        elif step.kind == "pool":
-            d = _unpool(d, step, unpool)
-        elif step.kind == "scale":
-            assert isinstance(m, nn.BatchNorm2d) and m.running_var is not None
-            scale = torch.rsqrt(m.running_var.detach().to(dt) + m.eps)
-            if m.weight is not None:
-                scale = scale * m.weight.detach().to(dt)
-            d = d * scale[None, :, None, None]
+        d = _step_down(d, step, unpool)
     return d
 
 
@@ -480,7 +729,8 @@ def decode(
     """Decode the filters of ``layer`` into image space (all at once).
 
     Args:
-        model: a traceable model whose layers below ``layer`` form a chain.
+        model: a traceable model; below ``layer`` it may branch and merge through
+            sums, scalings by numbers and channel concatenations (see the module).
         layer: a ``Conv2d`` (or ``KernelBank2d``) of ``model`` or its dotted name (see
             ``named_modules()``).
         unpool: ``"nearest"``, ``"bilinear"``, ``"bicubic"`` or ``"adjoint"``.
@@ -493,30 +743,24 @@ def decode(
         ``h = (h_L - 1) * S + ...``, the receptive field of one unit of the layer.
 
     Raises:
-        ConvscopeError: see :func:`decoding_chain`; an unknown mode or filter index.
+        ConvscopeError: ``layer`` is not a Conv2d of ``model`` or is called more than
+            once; something below it is not decodable (named in the message); an
+            unknown mode or filter index.
     """
     _check_mode(unpool)
-    steps = decoding_chain(model, layer)
-    idx, d = _unit_patterns(steps, filters, dtype)
+    name, top = _top_layer(model, layer)
+    idx, d = _unit_patterns(name, top, filters, dtype)
     with torch.no_grad():
         # substituting layer L's own weights into the unit patterns gives the
         # (dilated, group-expanded) filters themselves
-        d = _walk_down(d, steps, unpool)
-    stride, padding = (1, 1), (0, 0)
-    for step in steps:
-        if step.kind in ("conv", "pool"):
-            padding = (
-                padding[0] + step.padding[0] * stride[0],
-                padding[1] + step.padding[1] * stride[1],
-            )
-            stride = (stride[0] * step.stride[0], stride[1] * step.stride[1])
+        image, chain = _decode_graph(model, name, d, unpool)
     return DecodedFilters(
-        filters=d,
-        layer=steps[-1].name,
+        filters=image.d,
+        layer=name,
         unpool=str(unpool),
-        stride=stride,
-        padding=padding,
-        chain=[s.describe() for s in steps],
+        stride=image.stride,
+        padding=image.offset,
+        chain=chain,
         filter_index=idx,
     )
 
@@ -705,7 +949,9 @@ def kernel_composition(
     bank = steps[b].module
     assert _is_bank(bank)
     _check_named_kernels(steps[b].name, bank)
-    idx, d = _unit_patterns(steps, filters, dtype)
+    top = steps[-1].module
+    assert top is not None
+    idx, d = _unit_patterns(name, top, filters, dtype)
     with torch.no_grad():
         d = _walk_down(d, steps[b + 1 :], unpool)  # patterns over the bank's maps
         c, k = bank.in_channels, bank.num_kernels
