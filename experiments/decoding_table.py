@@ -28,16 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from convscope.cross_lens import MAPS, cross_lens
 from convscope.data import ArrayDataset, load_mnist_idx, load_mnist_subset
 from convscope.decoding import (
     compare_responses,
     decode,
     decode_filters,
     decoded_activations,
-    deconvnet,
     error_table,
     layer_response,
-    linear_rows,
     max_activation_matrix,
     reconstruction_error,
     threshold_filters,
@@ -192,43 +191,38 @@ def _figures(model: nn.Module, test: ArrayDataset, x: torch.Tensor, out: Path) -
         )
 
 
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
-
-
 def _three_views(
     model: nn.Module, test: ArrayDataset, x: torch.Tensor, out: Path
 ) -> dict[str, Any]:
-    """Issue 4 point 6: decoded filter, Zeiler-Fergus deconvolution, linear interpreter row."""
+    """Issue 4 point 6: decoded filter, Zeiler-Fergus deconvolution, linear interpreter row.
+
+    Each unit is read on the test image that drives it hardest, at its strongest position
+    there, by :func:`convscope.cross_lens.cross_lens` (the ``convscope decode --unit`` view).
+    """
     res: dict[str, Any] = {}
     for layer, filters in (("features.conv4", range(10)), ("features.conv3", range(10))):
         response = layer_response(model, layer, x).flatten(2).amax(2)  # (N, K)
-        dec = decode(model, layer, "nearest").filters
         pick = [int(response[:, k].argmax()) for k in filters]  # each unit's top image
-        views: dict[str, list[torch.Tensor]] = {"decoded": [], "deconvnet": [], "linear_row": []}
-        for k, i in zip(filters, pick, strict=True):
-            views["decoded"].append(dec[k])
-            views["deconvnet"].append(deconvnet(model, layer, x[i : i + 1], k)[0])
-            views["linear_row"].append(linear_rows(model, layer, x[i : i + 1], k)[0])
-        v = {name: torch.stack(t) for name, t in views.items()}
+        units = [
+            cross_lens(model, layer, x[i : i + 1], k, unpool="nearest")
+            for k, i in zip(filters, pick, strict=True)
+        ]
+        v = {name: torch.stack([getattr(u, name) for u in units]) for name in MAPS}
         number = LENET_LAYER_NUMBERS[layer]
+        # the receptive field of these units is the whole 28x28 image
         res[f"layer{number}"] = {
             "units": list(filters),
             "images": pick,
-            "cos_decoded_row": [
-                _cosine(a, b) for a, b in zip(v["decoded"], v["linear_row"], strict=True)
-            ],
-            "cos_deconvnet_row": [
-                _cosine(a, b) for a, b in zip(v["deconvnet"], v["linear_row"], strict=True)
-            ],
-            "max_abs_deconvnet_minus_row": float((v["deconvnet"] - v["linear_row"]).abs().max()),
+            "cos_decoded_row": [u.cosine()["decoded_row"] for u in units],
+            "cos_deconvnet_row": [u.cosine()["deconvnet_row"] for u in units],
+            "max_abs_deconvnet_minus_row": float((v["deconvnet"] - v["row"]).abs().max()),
         }
         save_figure(
             plot_three_views(
                 test.images[pick],
                 v["decoded"].numpy(),
                 v["deconvnet"].numpy(),
-                v["linear_row"].numpy(),
+                v["row"].numpy(),
                 [
                     f"L{number} f{k} (label {test.labels[i]})"
                     for k, i in zip(filters, pick, strict=True)

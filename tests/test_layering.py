@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "convscope"
-LENSES = ("attribution", "data", "decoding", "kernels", "linear", "models", "spectral", "train")
+LENSES = (
+    "attribution",
+    "cross_lens",
+    "data",
+    "decoding",
+    "kernels",
+    "linear",
+    "models",
+    "spectral",
+    "train",
+)
 
 
 def _modules(part: str) -> list[Path]:

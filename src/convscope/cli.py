@@ -492,15 +492,34 @@ def decode(
     data_dir: Annotated[Path | None, typer.Option(help="MNIST IDX files or image folder.")] = None,
     images: Annotated[int, typer.Option(help="Test images used (the first N).")] = 1000,
     max_filters: Annotated[int, typer.Option(help="Decoded filters drawn.")] = 50,
+    unit: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--unit",
+            help="A unit to read three ways, LAYER:CHANNEL or LAYER:CHANNEL@Y,X (repeat for "
+            "more; no position: the channel's strongest): its decoded filter, deconvnet map "
+            "and linear interpreter's row side by side in the report.",
+        ),
+    ] = None,
+    unit_image: Annotated[
+        int | None,
+        typer.Option(help="--unit: the test image to read on (default: each unit's strongest)."),
+    ] = None,
     options: Any = None,
 ) -> None:
     """Decode a layer's filters into image space (seed 003): gallery, error table, report."""
     from convscope.runs import decode as run
 
     res = run.run(model, layer, out, unpool=unpool, dataset=dataset, data_dir=data_dir,
-                  n_images=images, max_filters=max_filters, **options)  # fmt: skip
+                  n_images=images, max_filters=max_filters, units=unit or (),
+                  unit_image=unit_image, **options)  # fmt: skip
     for mode, e in res.metrics["reconstruction_error"].items():
         typer.echo(f"{mode:9s} reconstruction error {e['mean']:.4f} ± {e['std']:.4f}")
+    for u in res.metrics.get("units", []):
+        c = u["cosine"]
+        typer.echo(f"{u['unit']} at {u['position'][0]},{u['position'][1]} on image {u['image']}: "
+                   f"cosine decoded/row {c['decoded_row']:.3f}, deconvnet/row "
+                   f"{c['deconvnet_row']:.3f}")  # fmt: skip
     _done(out / "report.html", "the report")
 
 

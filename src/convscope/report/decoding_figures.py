@@ -8,16 +8,18 @@ colours. Filters with 3 channels are drawn as colour images (0 at mid grey).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from convscope.errors import ConvscopeError
 from convscope.report.figures import _grey_imshow, _signed_imshow, styled
 
 __all__ = [
+    "plot_cross_lens",
     "plot_decoded_filters",
     "plot_kernel_composition",
     "plot_max_activation_matrix",
@@ -259,6 +261,49 @@ def plot_three_views(
             _show_filter(axes[i, j + 1], arr[i], heads[j + 1] if i == 0 else "")
     axes[0, 0].set_title(f"{heads[0]}\n{titles[0]}", fontsize=8)
     fig.suptitle("One unit, three readings (red > 0, blue < 0)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+@styled
+def plot_cross_lens(
+    image: np.ndarray,
+    maps: Sequence[np.ndarray],
+    window: tuple[int, int, int, int],
+    title: str,
+    cosines: Mapping[str, float] | None = None,
+) -> Figure:
+    """One unit read three ways, side by side: the image and the unit's three maps.
+
+    Args:
+        image: ``(C, H, W)`` in [0, 1], the image the unit is read on; the unit's
+            receptive field is outlined on it.
+        maps: ``(decoded, deconvnet, row)``, each ``(C, h, w)`` on the receptive field;
+            drawn signed (red > 0, blue < 0, white at 0), each with its colour bar.
+        window: ``(top, left, height, width)`` of the receptive field in image pixels (it
+            may reach past the image's edges).
+        title: the figure's title (which unit, which image).
+        cosines: ``{"decoded_deconvnet", "decoded_row", "deconvnet_row"}`` similarities,
+            written under the maps' titles.
+    """
+    if len(maps) != 3:
+        raise ConvscopeError(f"plot_cross_lens draws 3 maps, got {len(maps)}")
+    fig, axes = plt.subplots(1, 4, figsize=(8.4, 2.4), squeeze=False)
+    _grey_imshow(axes[0, 0], image, "image")
+    top, left, h, w = window
+    axes[0, 0].add_patch(
+        Rectangle((left - 0.5, top - 0.5), w, h, fill=False, edgecolor="#fc0", linewidth=1.5)
+    )
+    c = dict(cosines or {})
+    heads = (
+        ("decoded filter", "decoded_deconvnet", "vs deconvnet", "weight"),
+        ("deconvnet", "deconvnet_row", "vs row", "backward signal"),
+        ("linear row", "decoded_row", "vs decoded", "d unit / d pixel"),
+    )
+    for j, (arr, (head, key, vs, unit)) in enumerate(zip(maps, heads, strict=True)):
+        sub = f"{head}\ncos {c[key]:.2f} {vs}" if key in c else head
+        _show_filter(axes[0, j + 1], arr, sub, unit)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
 

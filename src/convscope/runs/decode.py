@@ -7,16 +7,21 @@ The numbers come from :mod:`convscope.decoding`, the pictures from
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from convscope.cross_lens import CrossLens, cross_lens, locate_unit
 from convscope.decoding import (
     UNPOOL_MODES,
     compare_responses,
     decode,
     decoded_activations,
     kernel_composition,
+    layer_response,
     max_activation_matrix,
     reconstruction_error,
     threshold_filters,
@@ -24,6 +29,7 @@ from convscope.decoding import (
 )
 from convscope.errors import ConvscopeError
 from convscope.report.decoding_figures import (
+    plot_cross_lens,
     plot_decoded_filters,
     plot_kernel_composition,
     plot_max_activation_matrix,
@@ -35,7 +41,7 @@ from convscope.runs.outputs import Outputs, open_out
 from convscope.runs.result import RunResult
 from convscope.runs.sources import LoadedModel, ModelLike, resolve_model
 
-__all__ = ["OWNED", "run"]
+__all__ = ["OWNED", "Unit", "parse_unit", "run"]
 
 _MATRIX_MAX_FILTERS = 20  # Fig. 1's matrix stays readable up to about this many filters
 _COMPOSITION_FILTERS = 6  # filters drawn over the kernel bank (the first ones)
@@ -53,6 +59,62 @@ OWNED = (
 )
 
 
+_UNIT = re.compile(r"^(?P<layer>[^:@\s]+):(?P<channel>-?\d+)(?:@(?P<y>-?\d+),(?P<x>-?\d+))?$")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A unit named on the command line: ``LAYER:CHANNEL`` or ``LAYER:CHANNEL@Y,X``.
+
+    Attributes:
+        layer: dotted module name.
+        channel: the channel (filter) of that layer.
+        position: ``(y, x)`` on the layer's output grid; ``None``: the channel's strongest
+            unit on the image.
+    """
+
+    layer: str
+    channel: int
+    position: tuple[int, int] | None = None
+
+    def __str__(self) -> str:
+        at = "" if self.position is None else f"@{self.position[0]},{self.position[1]}"
+        return f"{self.layer}:{self.channel}{at}"
+
+    @property
+    def figure(self) -> str:
+        """The unit's figure, e.g. ``cross_lens_features.conv2_5_at_2_3.png``."""
+        at = "" if self.position is None else f"_at_{self.position[0]}_{self.position[1]}"
+        return f"cross_lens_{self.layer}_{self.channel}{at}.png"
+
+
+def parse_unit(text: str | Unit) -> Unit:
+    """``"features.conv2:5@2,3"`` -> :class:`Unit`; a :class:`Unit` is returned as it is.
+
+    Raises:
+        ConvscopeError: anything else (one line saying the form).
+    """
+    if isinstance(text, Unit):
+        return text
+    m = _UNIT.match(str(text).replace(" ", ""))
+    if m is None:
+        raise ConvscopeError(
+            f"--unit must look like features.conv4:3 or features.conv2:5@2,3 "
+            f"(LAYER:CHANNEL or LAYER:CHANNEL@Y,X); got {text!r}"
+        )
+    pos = None if m["y"] is None else (int(m["y"]), int(m["x"]))
+    return Unit(m["layer"], int(m["channel"]), pos)
+
+
+def _check_units(net: torch.nn.Module, units: Sequence[Unit], first: torch.Tensor) -> None:
+    """Every unit's layer, channel and position, on the first image: one forward pass each."""
+    for u in units:
+        try:
+            locate_unit(net, u.layer, first, u.channel, u.position)
+        except ConvscopeError as e:
+            raise ConvscopeError(f"--unit {u}: {e}") from None
+
+
 def run(
     model: ModelLike,
     layer: str,
@@ -64,6 +126,8 @@ def run(
     n_images: int = 1000,
     max_filters: int = 50,
     top: int = 4,
+    units: Sequence[str | Unit] = (),
+    unit_image: int | None = None,
     weights: str | bool | None = None,
     state_dict: str | os.PathLike[str] | None = None,
     device: str | None = "cpu",
@@ -87,6 +151,14 @@ def run(
         n_images: at most this many test images (the first ones).
         max_filters: decoded filters drawn in the gallery (the first ones).
         top: top-activating images per filter.
+        units: units to read three ways (:func:`parse_unit`: ``"LAYER:CHANNEL"`` or
+            ``"LAYER:CHANNEL@Y,X"``, or :class:`Unit`): each one's decoded filter,
+            deconvnet reconstruction and linear interpreter's row (freeze mode) side by
+            side (:func:`convscope.cross_lens.cross_lens`), one figure per unit
+            (``cross_lens_*.png``), a report section and ``metrics["units"]``.
+        unit_image: the test image (an index into the first ``n_images``) the units are
+            read on; ``None``: for each unit the image it answers most (at its position,
+            or anywhere when it has none).
         weights, state_dict, device, overwrite, formats, progress: the shared options.
 
     Returns:
@@ -94,14 +166,16 @@ def run(
         metrics are the contents of ``metrics.json``.
 
     Raises:
-        ConvscopeError: a bad model, layer, mode, dataset or ``--out``, or images the
-            model cannot take.
+        ConvscopeError: a bad model, layer, mode, dataset, unit, ``unit_image`` or
+            ``--out``, or images the model cannot take; all before the long work.
     """
     from convscope.data import load_dataset
 
     if n_images < 1 or max_filters < 1 or top < 1:
         raise ConvscopeError("--images, --max-filters and --top must be at least 1")
-    o = open_out(out, OWNED, overwrite=overwrite, formats=formats)
+    named = list(dict.fromkeys(parse_unit(u) for u in units))
+    owned = (*OWNED, *(u.figure for u in named))
+    o = open_out(out, owned, overwrite=overwrite, formats=formats)
     loaded = resolve_model(model, weights=weights, state_dict=state_dict, device=device)
     net = loaded.module
     dec = decode(net, layer, unpool)  # fails early on a bad layer or mode
@@ -112,9 +186,17 @@ def run(
             f"{layer} decodes to {dec.filters.shape[1]}-channel filters but {test.name} has "
             f"{test.image_shape[0]}-channel images"
         )
+    if unit_image is not None and not 0 <= unit_image < len(test):
+        raise ConvscopeError(
+            f"--unit-image {unit_image} is out of range: the run reads test images "
+            f"0..{len(test) - 1}"
+        )
     x = torch.from_numpy(test.images).to(loaded.device)
+    _check_units(net, named, x[:1])
     with o.interruptible():
-        return _write(loaded, dec, test, x, o, unpool, max_filters, top, progress)
+        return _write(
+            loaded, dec, test, x, o, unpool, max_filters, top, progress, named, unit_image
+        )
 
 
 def _write(
@@ -127,6 +209,8 @@ def _write(
     max_filters: int,
     top: int,
     progress: bool,
+    units: Sequence[Unit] = (),
+    unit_image: int | None = None,
 ) -> RunResult:
     from tqdm.auto import tqdm
 
@@ -214,6 +298,7 @@ def _write(
         )
         metrics["best_image_labels"] = [int(test.labels[i]) for i in best.tolist()]
     composition = _composition(model, dec, unpool, o, metrics)
+    cross = _cross_lens(model, test, x, units, unit_image, unpool, o, metrics)
     o.json("metrics.json", metrics)
 
     table = Table(
@@ -259,6 +344,8 @@ def _write(
         )
     if composition is not None:
         sections.append(composition)
+    if cross is not None:
+        sections.append(cross)
     write_report(
         o.folder,
         f"Filter decoding: {dec.layer}",
@@ -343,4 +430,91 @@ def _composition(
                 f"The first {len(rows)} decoded filters beside their top {top} kernels.",
             )
         ],
+    )
+
+
+def _unit_image(
+    model: torch.nn.Module, x: torch.Tensor, u: Unit, name: str, unit_image: int | None
+) -> int:
+    """The test image a unit is read on: the one given, else the one it answers most."""
+    if unit_image is not None:
+        return unit_image
+    r = layer_response(model, name, x)[:, u.channel]  # (N, h, w)
+    at = r[:, u.position[0], u.position[1]] if u.position is not None else r.flatten(1).amax(1)
+    return int(at.argmax())
+
+
+def _cross_lens(
+    model: torch.nn.Module,
+    test: Any,
+    x: torch.Tensor,
+    units: Sequence[Unit],
+    unit_image: int | None,
+    unpool: str,
+    o: Outputs,
+    metrics: dict[str, Any],
+) -> Section | None:
+    """``--unit``: each unit's three readings, a figure each and ``metrics["units"]``."""
+    if not units:
+        return None
+    figures, rows = [], []
+    metrics["units"] = []
+    for u in units:
+        name, _, _ = locate_unit(model, u.layer, x[:1], u.channel, u.position)
+        i = _unit_image(model, x, u, name, unit_image)
+        c: CrossLens = cross_lens(model, name, x[i : i + 1], u.channel, u.position, unpool=unpool)
+        label = test.class_names[test.labels[i]]
+        cos = c.cosine()
+        y, xx = c.position
+        where = f"{name} channel {c.channel} at ({y}, {xx})"
+        chosen = "given" if unit_image is not None else "strongest"
+        o.figure(
+            u.figure,
+            plot_cross_lens(
+                test.images[i],
+                [m.cpu().numpy() for m in c.cropped().values()],
+                c.window,
+                f"{where}, test image {i} ({label})",
+                cos,
+            ),
+        )
+        metrics["units"].append(
+            {"unit": str(u), **c.to_dict(), "image": i, "image_label": label,
+             "image_chosen": chosen, "figure": u.figure}
+        )  # fmt: skip
+        top, left, h, w = c.window
+        figures.append(
+            Figure(
+                u.figure,
+                f"{where} on test image {i} ({label}; "
+                f"{'the image it answers most' if chosen == 'strongest' else 'as asked'}), "
+                f"activation {c.activation:.4g}; its {h}x{w} receptive field starts at "
+                f"({top}, {left}). Cosine on the receptive field: decoded/deconvnet "
+                f"{cos['decoded_deconvnet']:.3f}, decoded/row {cos['decoded_row']:.3f}, "
+                f"deconvnet/row {cos['deconvnet_row']:.3f}.",
+            )
+        )
+        rows.append(
+            [str(u), f"{i} ({label})", f"{y},{xx}", f"{c.activation:.4g}"]
+            + [f"{cos[k]:.3f}" for k in ("decoded_deconvnet", "decoded_row", "deconvnet_row")]
+        )
+    table = Table(
+        ["unit", "image", "position", "activation", "decoded / deconvnet", "decoded / row",
+         "deconvnet / row"],
+        rows,
+        caption="Cosine similarity of the three maps on each unit's receptive field.",
+    )  # fmt: skip
+    return Section(
+        "One unit, three readings",
+        [
+            "Each unit named with --unit, read three ways on one test image: its decoded "
+            f"filter ({unpool} unpooling, ReLUs skipped; the same for every position of the "
+            "channel), its Zeiler-Fergus deconvnet reconstruction (the image's max-pool "
+            "switches, the backward signal rectified at every ReLU) and the linear "
+            "interpreter's row for it (the network cut at the unit's layer and frozen at the "
+            "image: its ReLU masks and max-pool selections). The maps are cut to the unit's "
+            "receptive field, each drawn on its own signed scale (docs/decoding.md)."
+        ],
+        tables=[table],
+        figures=figures,
     )
