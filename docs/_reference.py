@@ -28,6 +28,7 @@ API = (
     "convscope.attribution",
     "convscope.linear",
     "convscope.decoding",
+    "convscope.cross_lens",
     "convscope.spectral",
     "convscope.train",
     "convscope.evaluate",

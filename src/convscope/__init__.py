@@ -15,6 +15,7 @@ __all__ = [
     "ConvscopeError",
     "__version__",
     "attribution",
+    "cross_lens",
     "data",
     "decoding",
     "kernels",
