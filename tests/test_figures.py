@@ -254,6 +254,9 @@ def test_every_signed_map_has_a_colour_bar_with_its_unit() -> None:
         "svd pairs": (lf.plot_svd_pairs(np.array([2.0, 1.0]), RNG.normal(size=(2, 1, 8, 8)),
                                         RNG.normal(size=(2, 1, 8, 8))), "entry (unit norm)"),
         "decoded filters": (dfigs.plot_decoded_filters(RNG.normal(size=(2, 1, 5, 5))), "weight"),
+        "colour examples": (figs.plot_color_examples(RNG.random((2, 3, 8, 8)),
+                                                     RNG.normal(size=(2, 3, 8, 8)), ["x", "y"]),
+                            "logit units"),
     }  # fmt: skip
     for what, (fig, unit) in cases.items():
         labels = _signed_bars(fig)
@@ -261,3 +264,32 @@ def test_every_signed_map_has_a_colour_bar_with_its_unit() -> None:
     f = RNG.normal(size=(2, 1, 5, 5))
     labels = _signed_bars(dfigs.plot_decoded_filters(f, np.sign(f)))
     assert labels == ["weight", "weight", "sign", "sign"]  # the filters, then their signs
+
+
+def test_colour_scores_bars_are_the_scores_in_their_channel_colours() -> None:
+    color = np.array([[0.5, -0.25, 0.125], [-1.0, 2.0, 0.0]])
+    edges = RNG.normal(size=(2, 4))
+    fig = figs.plot_color_scores(color, edges, ["E", "NE", "N", "blur"], ["cat", "sky"])
+    axes = np.array(fig.axes).reshape(2, 2)
+    for i in range(2):
+        bars = axes[i, 0].patches
+        np.testing.assert_allclose([b.get_height() for b in bars], color[i])
+        assert [b.get_facecolor()[:3] for b in bars] == [
+            plt.matplotlib.colors.to_rgb(c) for c in ("#d62728", "#2ca02c", "#1f77b4")
+        ]
+        np.testing.assert_allclose([b.get_height() for b in axes[i, 1].patches], edges[i])
+    assert axes[0, 0].get_ylabel() == "cat" and axes[1, 0].get_ylabel() == "sky"
+    assert [t.get_text() for t in axes[1, 0].get_xticklabels()] == ["R", "G", "B"]
+
+
+def test_colour_examples_share_one_scale_per_row_and_title_each_channel_score() -> None:
+    maps = RNG.normal(size=(1, 3, 6, 6))
+    maps[0, 1] *= 10  # green dominates: red and blue must be drawn on green's scale
+    fig = figs.plot_color_examples(RNG.random((1, 3, 6, 6)), maps, ["patch"])
+    signed = [ax for ax in fig.axes if ax.images and ax.images[0].get_cmap().name == "bwr"]
+    assert len(signed) == 3
+    lim = np.abs(maps).max()
+    for j, ax in enumerate(signed):
+        norm = ax.images[0].norm
+        assert (norm.vmin, norm.vmax) == pytest.approx((-lim, lim))
+        assert ax.get_title() == f"{('red', 'green', 'blue')[j]} score {maps[0, j].sum():+.3g}"

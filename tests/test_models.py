@@ -123,6 +123,28 @@ def test_gf_resnet50() -> None:
     assert isinstance(cs.models.gf_resnet50(first_layer="learned").conv1, torch.nn.Conv2d)
 
 
+def test_gf_resnet_small() -> None:
+    torch.manual_seed(0)
+    net = build_model("gf_resnet_small", num_classes=6, widths=(8, 12, 20))
+    front = net[0]
+    assert isinstance(front, cs.models.ColorFrontEnd)
+    assert front.bank.num_kernels == 32 and front.bank.out_channels == 96
+    assert front.mix.out_channels == 8 and front.mix.bias is None
+    assert not any(p.requires_grad for p in front.bank.parameters())
+    assert [b.conv2.out_channels for b in net[3:6]] == [8, 12, 20]
+    assert [b.stride for b in net[3:6]] == [1, 2, 2]
+    x = torch.rand(2, 3, 32, 32)
+    assert net(x).shape == (2, 6)
+    feats = net[:6](x)
+    assert feats.shape == (2, 20, 8, 8)  # two stride-2 blocks: 32 -> 8
+    learned = cs.models.gf_resnet_small(num_classes=6, first_layer="learned")
+    assert isinstance(learned[0], torch.nn.Conv2d) and learned[0].out_channels == 16
+    with pytest.raises(ConvscopeError, match=r"widths must be one or more positive ints; got \(\)"):
+        cs.models.gf_resnet_small(widths=())
+    with pytest.raises(ConvscopeError, match="first_layer must be one of"):
+        cs.models.gf_resnet_small(first_layer="frozen")  # type: ignore[arg-type]
+
+
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     model = build_model("gfnn", first_layer="random", kernels=kb.edge_subset(8), seed=3)
     path = save_checkpoint(tmp_path / "m.pt", model, extra={"test_acc": 0.5})

@@ -8,6 +8,7 @@ from convscope.models.gfnn import (
     KernelBank2d,
     find_kernel_bank,
     gf_resnet50,
+    gf_resnet_small,
     kernel_bank_conv2d,
 )
 from convscope.models.i2i import CycleGANGenerator
@@ -40,6 +41,7 @@ __all__ = [
     "build_model",
     "find_kernel_bank",
     "gf_resnet50",
+    "gf_resnet_small",
     "imagenet_normalized",
     "kernel_bank_conv2d",
     "load_checkpoint",

@@ -27,6 +27,7 @@ __all__ = [
     "KernelBank2d",
     "find_kernel_bank",
     "gf_resnet50",
+    "gf_resnet_small",
     "kernel_bank_conv2d",
     "resolve_kernels",
 ]
@@ -313,3 +314,55 @@ def gf_resnet50(
         assert ds is not None
         ds[0] = nn.Conv2d(width, ds[0].out_channels, 1, bias=False)
     return net
+
+
+def gf_resnet_small(
+    num_classes: int = 10,
+    widths: Sequence[int] = (16, 32, 64),
+    kernels: Sequence[kb.Kernel | str] | None = None,
+    first_layer: FirstLayer = "fixed",
+    seed: int = 0,
+) -> nn.Module:
+    """A small GF-ResNet for CPU-sized colour tasks (32 x 32 patches, say).
+
+    GF-ResNet's design at a width a CPU trains in minutes: the colour front-end (the bank,
+    default the 32 compass edge kernels, on every RGB channel: 96 maps, then a 1x1 conv
+    without bias to ``widths[0]`` maps), batch norm and ReLU as after ResNet's ``conv1``,
+    then one torchvision ``BasicBlock`` per width (stride 2 from the second on, with a 1x1
+    projection where the shape changes), global average pooling and a linear classifier.
+    ``first_layer="learned"`` puts a regular 3x3 conv with as many maps in front instead.
+
+    Shapes:
+        ``(N, 3, H, W)`` -> ``(N, num_classes)`` logits.
+    """
+    try:
+        from torchvision.models.resnet import BasicBlock
+    except ImportError as e:  # pragma: no cover - torchvision is in the zoo extra
+        raise ConvscopeError(
+            "gf_resnet_small needs torchvision: pip install 'convscope[zoo]'"
+        ) from e
+    ws = [int(w) for w in widths]
+    if not ws or min(ws) < 1:
+        raise ConvscopeError(f"widths must be one or more positive ints; got {tuple(widths)}")
+    if first_layer not in FIRST_LAYER_MODES:
+        raise ConvscopeError(
+            f"first_layer must be one of {', '.join(FIRST_LAYER_MODES)}; got {first_layer!r}"
+        )
+    front: nn.Module
+    if first_layer == "learned":
+        front = nn.Conv2d(3, ws[0], 3, padding=1, bias=False)
+    else:
+        front = ColorFrontEnd(kernels, 3, ws[0], first_layer, bias=False, seed=seed)
+    layers: list[nn.Module] = [front, nn.BatchNorm2d(ws[0]), nn.ReLU()]
+    prev = ws[0]
+    for i, w in enumerate(ws):
+        stride = 1 if i == 0 else 2
+        down = None
+        if stride != 1 or prev != w:
+            down = nn.Sequential(
+                nn.Conv2d(prev, w, 1, stride=stride, bias=False), nn.BatchNorm2d(w)
+            )
+        layers.append(BasicBlock(prev, w, stride=stride, downsample=down))
+        prev = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(prev, num_classes)]
+    return nn.Sequential(*layers)

@@ -61,6 +61,12 @@ def _gf_resnet50(**kw: Any) -> nn.Module:
     return gf_resnet50(**kw)
 
 
+def _gf_resnet_small(**kw: Any) -> nn.Module:
+    from convscope.models.gfnn import gf_resnet_small
+
+    return gf_resnet_small(**kw)
+
+
 def _bicubic(**kw: Any) -> nn.Module:
     from convscope.models.sr import BicubicUpscaler
 
@@ -94,6 +100,7 @@ def _lenet(**kw: Any) -> nn.Module:
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "gfnn": _gfnn,
     "gf_resnet50": _gf_resnet50,
+    "gf_resnet_small": _gf_resnet_small,
     "lenet": _lenet,
     "bicubic": _bicubic,
     "espcn": _espcn,

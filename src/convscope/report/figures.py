@@ -28,6 +28,8 @@ __all__ = [
     "STYLE",
     "plot_attribution_comparison",
     "plot_class_filter_scores",
+    "plot_color_examples",
+    "plot_color_scores",
     "plot_contact_sheet",
     "plot_kernel_bank",
     "plot_top_filter_images",
@@ -215,6 +217,83 @@ def plot_class_filter_scores(
     axes[-1].set_xticklabels(kernel_names, rotation=90, fontsize=6)
     fig.suptitle(title, y=1.0, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+_CHANNEL_COLOURS = {"red": "#d62728", "green": "#2ca02c", "blue": "#1f77b4"}
+
+
+@styled
+def plot_color_scores(
+    color: np.ndarray,
+    edges: np.ndarray,
+    categories: Sequence[str],
+    class_names: Sequence[str],
+    channels: Sequence[str] = ("red", "green", "blue"),
+) -> Figure:
+    """Seed 000 Fig. 6a: each class's average colour scores beside its edge-category scores.
+
+    Args:
+        color: ``(num_classes, C)`` class-average colour scores.
+        edges: ``(num_classes, G)`` class-average filter scores by category (edge directions).
+        categories: the ``G`` category names.
+        channels: the ``C`` channel names (bars in those colours where known).
+    """
+    n = len(class_names)
+    fig, axes = plt.subplots(
+        n, 2, figsize=(7.5, 1.25 * n + 0.9), squeeze=False,
+        gridspec_kw={"width_ratios": [1, 2.6]}, layout="constrained",
+    )  # fmt: skip
+    ccol = [_CHANNEL_COLOURS.get(c, "#555555") for c in channels]
+    ecol = [_CATEGORY_COLOURS.get(c, "#333333") for c in categories]
+    for i, name in enumerate(class_names):
+        a, b = axes[i]
+        a.bar(np.arange(len(channels)), color[i], color=ccol, width=0.7)
+        b.bar(np.arange(len(categories)), edges[i], color=ecol, width=0.8)
+        for ax in (a, b):
+            ax.axhline(0, color="black", lw=0.5)
+            ax.tick_params(labelsize=7)
+            ax.set_xticks([])
+        a.set_ylabel(str(name), rotation=0, ha="right", va="center", fontsize=8)
+    axes[-1, 0].set_xticks(np.arange(len(channels)), [c[0].upper() for c in channels])
+    short = [_SHORT.get(c, c) for c in categories]
+    axes[-1, 1].set_xticks(np.arange(len(categories)), short, rotation=60, fontsize=7)
+    axes[0, 0].set_title("colour scores (logit units)", fontsize=8)
+    axes[0, 1].set_title("filter scores by edge category (logit units)", fontsize=8)
+    fig.suptitle("Class averages of the colour front-end's scores", fontsize=10)
+    return fig
+
+
+@styled
+def plot_color_examples(
+    images: np.ndarray,
+    maps: np.ndarray,
+    row_titles: Sequence[str],
+    channels: Sequence[str] = ("red", "green", "blue"),
+) -> Figure:
+    """Seed 000 Fig. 6b: an image, its channels, and each channel's colour filter score image.
+
+    Args:
+        images: ``(R, C, H, W)`` in [0, 1].
+        maps: ``(R, C, H, W)``: per channel, the filter score images of its maps summed.
+    """
+    r, c = images.shape[:2]
+    fig, axes = plt.subplots(r, 1 + 2 * c, figsize=(1.45 * (1 + 2 * c), 1.45 * r + 0.5),
+                             squeeze=False, layout="constrained")  # fmt: skip
+    for i in range(r):
+        _grey_imshow(axes[i, 0], images[i], row_titles[i])
+        lim = float(np.abs(maps[i]).max()) or 1.0  # one scale per row: channels compare
+        for j in range(c):
+            _grey_imshow(axes[i, 1 + j], images[i, j], channels[j] if i == 0 else "")
+            _signed_imshow(
+                axes[i, 1 + c + j],
+                maps[i, j],
+                f"{channels[j]} score {maps[i, j].sum():+.3g}",
+                label="logit units",
+                lim=lim,
+            )
+    fig.suptitle("Colour filter score images (red: raises the logit, blue: lowers it)",
+                 fontsize=10)  # fmt: skip
     return fig
 
 
