@@ -43,7 +43,7 @@ Each run is written to experiments/results/numpy_cnn/runs/<framework>_<variant>_
     OMP_NUM_THREADS=1 python experiments/numpy_cnn_mnist.py --variants learned \
         --seeds 0,1,2 --bn-eps 1e-3 --bn-momentum 0.01                          # Keras BN
     OMP_NUM_THREADS=1 python experiments/numpy_cnn_mnist.py --diagnose-bn --seeds 0
-    python experiments/numpy_cnn_mnist.py --summarize   # mnist.json, plot, README tables
+    python experiments/numpy_cnn_mnist.py --summarize   # mnist.json, plot, README section
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ import json
 import os
 import platform
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,7 +66,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the PyTorch twin lives beside the tes
 
 from convscope import numpy_cnn as ncnn  # noqa: E402
 from convscope.data import load_mnist_subset  # noqa: E402
-from convscope.io import write_json  # noqa: E402
+from convscope.io import atomic_write_bytes, write_json  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results" / "numpy_cnn"
 RUNS_DIR = RESULTS / "runs"
@@ -73,6 +74,8 @@ VARIANTS = {"learned": "none", "fixed_first": "first", "fixed_all": "all"}
 FRAMEWORKS = ("numpy", "torch")
 MOMENTA = (0.01, 0.1, 0.5, 0.9, 1.0)
 DEFAULT_BN = {"eps": 1e-5, "momentum": 0.1}
+KERAS_BN = {"eps": 1e-3, "momentum": 0.01}  # Keras's defaults, in PyTorch's convention
+EPOCHS = 30  # the schedule the README reports (3,750 Adam steps)
 LR, BATCH = 1e-2, 32
 CURVE_CALIBRATION = 1000  # training images behind the per-epoch calibrated curve
 
@@ -403,13 +406,17 @@ def summarize() -> dict[str, Any]:
     return summary
 
 
+def _pm(stat: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
+    return f"{scale * stat['mean']:.{digits}f} +- {scale * stat['std']:.{digits}f}"
+
+
 def markdown_tables(summary: dict[str, Any]) -> str:
     """The README's tables, from the summary (printed by ``--summarize``)."""
-    table = summary["table"]
+    return _accuracy_table(summary) + "\n\n" + _momentum_table(summary)
 
-    def pm(stat: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
-        return f"{scale * stat['mean']:.{digits}f} +- {scale * stat['std']:.{digits}f}"
 
+def _accuracy_table(summary: dict[str, Any]) -> str:
+    table, pm = summary["table"], _pm
     lines = [
         "| run | NumPy | PyTorch | NumPy - PyTorch (pp) | running BN stats, NumPy / PyTorch "
         "| after 2 epochs, NumPy / PyTorch | trainable parameters | train time, NumPy / "
@@ -417,7 +424,7 @@ def markdown_tables(summary: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for variant in VARIANTS:
-        key = f"{variant}/30ep"
+        key = f"{variant}/{EPOCHS}ep"
         rows = [table.get(f"{fw}/{key}") for fw in FRAMEWORKS]
         if None in rows:
             continue
@@ -434,14 +441,18 @@ def markdown_tables(summary: dict[str, Any]) -> str:
             f"| {a['trainable_parameters']:,} "
             f"| {a['train_seconds']['mean']:.0f} s / {b['train_seconds']['mean']:.0f} s |"
         )
-    lines += [
-        "",
+    return "\n".join(lines)
+
+
+def _momentum_table(summary: dict[str, Any]) -> str:
+    table, pm = summary["table"], _pm
+    lines = [
         "| learned network, BN eps | framework | calibrated | momentum 0.01 (Keras) "
         "| 0.1 (PyTorch) | 0.5 | 0.9 | 1.0 (last batch) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in table.values():
-        if not row["variant"].startswith("learned") or row["epochs"] != 30:
+        if not row["variant"].startswith("learned") or row["epochs"] != EPOCHS:
             continue
         trained_with = f"trained with momentum {row['bn']['momentum']:g}"
         replay = row["bn_momentum_replay"]
@@ -452,6 +463,353 @@ def markdown_tables(summary: dict[str, Any]) -> str:
             + " |"
         )
     return "\n".join(lines)
+
+
+# -- the README's section on these runs ----------------------------------------------------
+
+README = RESULTS / "README.md"
+BEGIN = (
+    "<!-- made by `python experiments/numpy_cnn_mnist.py --summarize` from mnist.json and "
+    "bn_diagnosis.json: edit the script, not this part -->"
+)
+END = "<!-- end of the part made by experiments/numpy_cnn_mnist.py -->"
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _range(lo: float, hi: float, fmt: str) -> str:
+    a, b = format(lo, fmt), format(hi, fmt)
+    return a if a == b else f"{a}-{b}"
+
+
+def page_ready(summary: dict[str, Any], diagnosis: dict[str, Any] | None) -> bool:
+    """Whether the summary holds every run :func:`page` reads (and the diagnosis is there)."""
+    keras = _variant_name("learned", KERAS_BN)
+    need = [f"{fw}/{v}/{EPOCHS}ep" for fw in FRAMEWORKS for v in (*VARIANTS, keras)]
+    return diagnosis is not None and all(k in summary["table"] for k in need)
+
+
+def _fill(text: str, bullet: bool = False) -> str:
+    """One paragraph (or list item) wrapped at 92 columns."""
+    lead = ("* ", "  ") if bullet else ("", "")
+    return textwrap.fill(
+        " ".join(text.split()),
+        92,
+        initial_indent=lead[0],
+        subsequent_indent=lead[1],
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+
+
+def _e(x: float) -> str:
+    """1e-05 as 1e-5, 0.001 as 1e-3."""
+    return f"{x:.0e}".replace("e-0", "e-")
+
+
+def page(summary: dict[str, Any], diagnosis: dict[str, Any]) -> str:
+    """The README's section on the MNIST runs: every number and every verdict in it is
+    computed here from ``mnist.json`` and ``bn_diagnosis.json``."""
+    table = summary["table"]
+    keras = _variant_name("learned", KERAS_BN)
+    fws = {"numpy": "NumPy", "torch": "PyTorch"}
+
+    def row(fw: str, variant: str) -> dict[str, Any]:
+        return table[f"{fw}/{variant}/{EPOCHS}ep"]
+
+    def both(variant: str, key: str, fmt: str = ".1f", scale: float = 100.0) -> str:
+        a, b = (format(scale * row(fw, variant)[key]["mean"], fmt) for fw in FRAMEWORKS)
+        return f"{a}% / {b}%" if scale == 100 else f"{a} / {b}"
+
+    def pm0(stat: dict[str, Any]) -> str:
+        return f"{100 * stat['mean']:.0f}% +- {100 * stat['std']:.0f}%"
+
+    def pm1(stat: dict[str, Any]) -> str:
+        return f"{100 * stat['mean']:.1f}% +- {100 * stat['std']:.1f}%"
+
+    n_train, n_test = summary["train_images"], summary["test_images"]
+    seeds = sorted({s for r in table.values() for s in r["seeds"]})
+    threads = sorted({r["threads"] for r in summary["runs"].values()})
+    runs_threads = "one thread" if threads == ["1"] else f"threads {', '.join(threads)}"
+    learned = {fw: row(fw, "learned") for fw in FRAMEWORKS}
+    acc = {fw: 100 * learned[fw]["test_accuracy"]["mean"] for fw in FRAMEWORKS}
+    reach = (
+        f"{acc['numpy']:.1f}% in both frameworks"
+        if f"{acc['numpy']:.1f}" == f"{acc['torch']:.1f}"
+        else f"{acc['numpy']:.1f}% (NumPy) / {acc['torch']:.1f}% (PyTorch)"
+    )
+    diff = summary["numpy_minus_torch_pp"][f"learned/{EPOCHS}ep"]
+    cost = [
+        100
+        * (learned[fw]["test_accuracy"]["mean"] - row(fw, "fixed_first")["test_accuracy"]["mean"])
+        for fw in FRAMEWORKS
+    ]
+    cost_text = (
+        f"costs {cost[0]:.1f} / {cost[1]:.1f} points"
+        if min(cost) > 0
+        else f"changes accuracy by {-cost[0]:+.1f} / {-cost[1]:+.1f} points"
+    )
+    fa = [row(fw, "fixed_all")["test_accuracy"] for fw in FRAMEWORKS]
+    n_fa = len(fa[0]["values"])
+    same = sum(a == b for a, b in zip(fa[0]["values"], fa[1]["values"], strict=True))
+    same_text = (
+        "on every seed here: with no convolution trained, the two float32 computations "
+        "barely drift apart"
+        if same == n_fa
+        else f"on {same} of {n_fa} seeds"
+    )
+    bce = "; ".join(f"{both(v, 'test_loss', '.3f', 1.0)} ({v.replace('_', ' ')})" for v in VARIANTS)
+    np_times = learned["numpy"]["train_seconds"]["values"]
+
+    # batch norm: as trained against recomputed
+    last5 = {fw: 100 * learned[fw]["test_accuracy_as_trained_last5"]["mean"] for fw in FRAMEWORKS}
+    losses = [
+        100 * (r["test_accuracy"]["mean"] - r["test_accuracy_as_trained_last5"]["mean"])
+        for r in table.values()
+        if r["epochs"] == EPOCHS
+    ]
+    kr = {fw: row(fw, keras) for fw in FRAMEWORKS}
+    k_last5 = {fw: 100 * kr[fw]["test_accuracy_as_trained_last5"]["mean"] for fw in FRAMEWORKS}
+    k_gap = [100 * kr[fw]["test_accuracy"]["mean"] - k_last5[fw] for fw in FRAMEWORKS]
+    k_verdict = (
+        "the framework defaults do not fix it"
+        if max(k_gap) > 1
+        else "the framework defaults fix it (within a point)"
+    )
+    k_worse = all(k_last5[fw] < last5[fw] for fw in FRAMEWORKS)
+    km = KERAS_BN["momentum"]
+
+    # the diagnosis
+    d5, d3 = diagnosis[f"eps{DEFAULT_BN['eps']:g}"], diagnosis[f"eps{KERAS_BN['eps']:g}"]
+    sd5, sd3 = d5["per_epoch"]["sd"], d3["per_epoch"]["sd"]
+    scale = [float(np.sqrt(v**2 + DEFAULT_BN["eps"])) for v in (min(sd5), max(sd5))]
+    shift5 = d5["last_epoch_median_mean_shift_per_step"]
+    err5 = d5["last_epoch_median_batch_mean_error"]
+    shift3 = d3["last_epoch_median_mean_shift_per_step"]
+    off5 = float(np.median(d5["per_epoch"]["running_mean_offset"]))
+    off3 = float(np.median(d3["per_epoch"]["running_mean_offset"]))
+    outruns = (
+        "A moving average over past batches therefore averages means of weights that no "
+        "longer exist: with"
+        if shift5 > err5
+        else "With"
+    )
+    above = "above" if d3["sqrt_eps"] > max(sd3) else "not above"
+    damps = "does damp this" if shift3 < shift5 and off3 < off5 else "does not damp this"
+    window = [round(1 / m) for m in (km, DEFAULT_BN["momentum"])]
+    k_net = (
+        "loses more than the eps gains" if k_worse else "the eps gains more than the momentum loses"
+    )
+
+    # the momentum replay
+    lrows = [
+        r for r in table.values() if r["variant"].startswith("learned") and r["epochs"] == EPOCHS
+    ]
+    late = ("0.9", "1.0")
+    replay = [(r, m, r["bn_momentum_replay"][m]) for r in lrows for m in late]
+    means = [100 * st["mean"] for _, _, st in replay]
+    per_seed = [100 * v for _, _, st in replay for v in st["values"]]
+    below = [100 * r["test_accuracy"]["mean"] - 100 * st["mean"] for r, _, st in replay]
+    helps = all(
+        st["mean"] > r["bn_momentum_replay"][f"{r['bn']['momentum']:g}"]["mean"]
+        for r, _, st in replay
+    )
+    under90: dict[str, list[str]] = {}
+    for r, m, st in replay:
+        for s, v in zip(r["seeds"], st["values"], strict=True):
+            if v < 0.9:
+                who = f"{fws[r['framework']]} seed {s} with eps {_e(r['bn']['eps'])}"
+                under90.setdefault(who, []).append(f"{100 * v:.1f}% at momentum {float(m):g}")
+    under = "; ".join(f"{k} ({', '.join(v)})" for k, v in under90.items()) or "none"
+    ff = [
+        100 * r["bn_momentum_replay"][m]
+        for r in summary["runs"].values()
+        if r["variant"] == "fixed_first" and r["epochs"] == EPOCHS
+        for m in late
+    ]
+    matched = [
+        f"{fws[r['framework']]} {r['variant']} at momentum {m}"
+        for r in table.values()
+        if r["epochs"] == EPOCHS
+        for m, st in r["bn_momentum_replay"].items()
+        if st["mean"] >= r["test_accuracy"]["mean"]
+    ]
+    if matched:
+        verdict = (
+            "Some momenta make the running statistics as good as recomputing them ("
+            + "; ".join(matched)
+            + "); the headline numbers still use recomputed statistics."
+        )
+    else:
+        verdict = (
+            "No framework default, and no momentum, makes the running statistics as good as "
+            "recomputing them, so `mnist_cnn` keeps PyTorch's defaults (eps "
+            f"{_e(DEFAULT_BN['eps'])}, momentum {DEFAULT_BN['momentum']:g}; `bn_eps` / "
+            "`bn_momentum` change them), and the headline numbers use recomputed statistics "
+            '("precise batch norm").'
+        )
+    hours = sum(r["train_seconds"] for r in summary["runs"].values()) / 3600
+    keras_flags = f"--bn-eps {_e(KERAS_BN['eps'])} --bn-momentum {km:g}"
+    script = "OMP_NUM_THREADS=1 python experiments/numpy_cnn_mnist.py"
+
+    parts = [
+        "## MNIST CNN of sections 11.6.1 and 11.4 (`experiments/numpy_cnn_mnist.py`)",
+        _fill(
+            "Network: conv 3x3 x32 (padding 1) -> sigmoid -> 2x2 max-pool -> conv 3x3 x32 -> "
+            "sigmoid -> 2x2 max-pool -> global average pooling -> dense 32 -> sigmoid -> batch "
+            "norm -> dense 10 -> softmax; binary cross-entropy over one-hot classes; Adam, lr "
+            f"{_e(LR)}; batches of {BATCH}. Data: the embedded MNIST subset, {n_train:,} "
+            f"training and {n_test:,} test images. {EPOCHS} epochs = "
+            f"{EPOCHS * n_train // BATCH:,} Adam steps (the chapter's 2 epochs over 60,000 "
+            f"images are {2 * 60000 // BATCH:,}). Seeds {_and([str(s) for s in seeds])}, the "
+            f"full schedule for every seed; {runs_threads}; float32. Each PyTorch run starts "
+            "from its NumPy run's initial weights and sees the same batches in the same order "
+            "(`tests/numpy_cnn_twin.py`)."
+        ),
+        _fill(
+            "Variants (`mnist_cnn(fixed=...)`): `learned` (section 11.6.1); `fixed_first`, the "
+            "first convolution replaced by a fixed layer of the 32 compass edge kernels of "
+            "`convscope.kernels` (GFNN indices 0-31); `fixed_all` (section 11.4), both "
+            "convolutions fixed so only the dense part and batch norm learn - the second "
+            "layer's filter `r` is edge kernel `r` on all 32 channels, summed (the chapter's "
+            "filter tensor with the same component over the depth; see `docs/numpy_cnn.md`). "
+            "For a given seed the three variants start their dense layers from the same "
+            "weights."
+        ),
+        _fill(
+            "Test accuracy in %, mean +- sample standard deviation over the seeds (per-seed "
+            "values in `mnist.json`, per-run histories in `runs/`). The first two columns use "
+            f"batch-norm statistics recomputed over the {n_train:,} training images with the "
+            "final weights (`Sequential.calibrate_batchnorm`, the same computation on the "
+            'torch side); "running BN stats" uses the moving averages kept during training, '
+            'as trained. "After 2 epochs" is the per-epoch calibrated curve (statistics over '
+            f"the first {CURVE_CALIBRATION:,} training images)."
+        ),
+        _accuracy_table(summary),
+        "\n".join(
+            [
+                _fill(
+                    f"The chapter's network reaches {reach}; NumPy minus PyTorch, paired by seed, "
+                    f"is {diff['mean']:.2f} +- {diff['std']:.2f} percentage points. The chapter "
+                    "reports about 94.5% on the full MNIST test set after training on all 60,000 "
+                    "images.",
+                    bullet=True,
+                ),
+                _fill(
+                    f"Fixing the first layer to edge kernels {cost_text}, NumPy / PyTorch "
+                    f"({both('fixed_first', 'test_accuracy')}).",
+                    bullet=True,
+                ),
+                _fill(
+                    f"Fixing every convolution (section 11.4) leaves {pm1(fa[0])} (NumPy) / "
+                    f"{pm1(fa[1])} (PyTorch): the dense part sees only 32 global averages of edge "
+                    "responses to the *sum* of the 32 first-layer maps. NumPy and PyTorch give the "
+                    f"same calibrated accuracy {same_text}.",
+                    bullet=True,
+                ),
+                _fill(f"Test BCE (calibrated), NumPy / PyTorch: {bce}.", bullet=True),
+                _fill(
+                    "Train times are wall-clock, measured while other jobs shared the machine (the "
+                    f"same NumPy network took {min(np_times):.0f} s to {max(np_times):.0f} s over "
+                    "its seeds), so only their order of magnitude means anything; see "
+                    "`benchmarks/README.md` for a controlled NumPy/PyTorch ratio.",
+                    bullet=True,
+                ),
+            ]
+        ),
+        "### Batch norm: why the running statistics fail, and what does not fix it",
+        _fill(
+            "With the moving averages kept during training the learned network gets "
+            f"{pm0(learned['numpy']['test_accuracy_as_trained'])} (NumPy) / "
+            f"{pm0(learned['torch']['test_accuracy_as_trained'])} (PyTorch) at the end, and "
+            f"{last5['numpy']:.0f}% / {last5['torch']:.0f}% averaged over the last five "
+            f"epochs, against {acc['numpy']:.1f}% / {acc['torch']:.1f}% with recomputed "
+            "statistics; over every variant and both frameworks the running statistics cost "
+            f"{_range(min(losses), max(losses), '.0f')} points (last five epochs; "
+            "`mnist_curves.png`, right)."
+        ),
+        _fill(
+            "*Framework defaults.* The chapter's Keras programme (section 11.6.2) uses Keras's "
+            f"`BatchNormalization` defaults, momentum {1 - km:g} (PyTorch's {km:g}: each batch "
+            f"weighs {100 * km:g}%) and epsilon {_e(KERAS_BN['eps'])}, where PyTorch uses "
+            f"{DEFAULT_BN['momentum']:g} and {_e(DEFAULT_BN['eps'])} (the chapter's own NumPy "
+            "batch-norm layer, Programme 10.4.1, is not in our copy of the chapter). The "
+            f"learned network trained with Keras's defaults (`{keras_flags}`, "
+            f"{len(kr['numpy']['seeds'])} seeds, both frameworks) gets "
+            f"{pm0(kr['numpy']['test_accuracy_as_trained'])} (NumPy) / "
+            f"{pm0(kr['torch']['test_accuracy_as_trained'])} (PyTorch) as trained at the end, "
+            f"{k_last5['numpy']:.0f}% / {k_last5['torch']:.0f}% over the last five epochs, and "
+            f"{both(keras, 'test_accuracy')} with recomputed statistics: {k_verdict}."
+        ),
+        _fill(
+            f"*Cause* (`bn_diagnosis.json`, `--diagnose-bn`, PyTorch twin, seed "
+            f"{diagnosis['seed']}). The 32 features entering batch norm are sigmoids of a dense "
+            "layer over 32 global averages; across the training images each varies with a "
+            f"standard deviation of only {sd5[0]:.3f} (after epoch 1) to {sd5[-1]:.3f} (epoch "
+            f"{len(sd5)}) (median over features). With PyTorch's eps (sqrt(eps) = "
+            f"{d5['sqrt_eps']:.3f}) batch norm divides by `sqrt(sd^2 + eps)` = {scale[0]:.3f} "
+            f"to {scale[1]:.3f}, so it amplifies small shifts of the features' mean "
+            f"{1 / scale[1]:.0f}- to {1 / scale[0]:.0f}-fold. Adam at lr {_e(LR)} moves each "
+            f"weight by about {_e(LR)} per step whatever the gradient's size, and in the last "
+            f"epoch one step moves the exact mean of the features by a median {shift5:.2f} "
+            f"units of `sqrt(sd^2 + eps)`, {shift5 / err5:.1f} times the error with which a "
+            f"batch of {BATCH} estimates it ({err5:.2f}). {outruns} momentum "
+            f"{DEFAULT_BN['momentum']:g} the running mean sits a median {off5:.1f} units (over "
+            f"the {len(sd5)} epochs) from the exact one, and at eval time a typical feature is "
+            f"shifted by that much. Keras's eps (sqrt(eps) = {d3['sqrt_eps']:.3f}, {above} the "
+            f"features' spread of {min(sd3):.3f}-{max(sd3):.3f}) {damps} - {shift3:.2f} units "
+            f"per step, {off3:.1f} units off with momentum {DEFAULT_BN['momentum']:g} - but "
+            f"Keras's momentum averages over about {window[0]} steps instead of {window[1]} and "
+            f"{k_net}."
+        ),
+        _fill(
+            "*Momentum.* The running statistics never influence training, so each run also "
+            "replays the moving average over the batch statistics it saw for other momenta and "
+            "reports the test accuracy each would have given at the end (exact: the replay of "
+            "the momentum a run was trained with reproduces its running statistics):"
+        ),
+        _momentum_table(summary),
+        _fill(
+            f"Weighting the newest batch more {'helps' if helps else 'does not always help'}: "
+            "with momentum 0.9 or 1 (the last batch alone) the learned network reaches "
+            f"{_range(min(means), max(means), '.0f')}% on average ({min(per_seed):.1f}-"
+            f"{max(per_seed):.1f}% per seed), {_range(min(below), max(below), '.0f')} points "
+            f"below recomputed statistics; below 90%: {under}. The same momenta leave the "
+            f"fixed-first variant at {min(ff):.0f}-{max(ff):.0f}% per seed (`mnist.json`, "
+            f"`bn_momentum_replay`). {verdict}"
+        ),
+        _fill(
+            f"Reproduce (the stored runs took {hours:.1f} hours of one core in all, on a busy "
+            "machine; the diagnosis not counted):"
+        ),
+        "\n".join(
+            [
+                f"    {script} --seeds 0,1,2",
+                f"    {script} --variants learned --seeds 0,1,2 {keras_flags}",
+                f"    {script} --diagnose-bn --seeds 0",
+                "    python experiments/numpy_cnn_mnist.py --summarize    "
+                "# mnist.json, mnist_curves.png, this part",
+            ]
+        ),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_page(summary: dict[str, Any], diagnosis: dict[str, Any], path: Path) -> None:
+    """Put :func:`page` between the README's markers (a new README holds only it)."""
+    section = f"{BEGIN}\n\n{page(summary, diagnosis)}\n{END}\n"
+    if not path.is_file():
+        write_text = "# numpy_cnn results\n\n" + section
+    else:
+        old = path.read_text()
+        if old.count(BEGIN) != 1 or old.count(END) != 1:
+            raise SystemExit(f"{path}: no single pair of markers to write between")
+        head, rest = old.split(BEGIN)
+        after = rest.split(END, 1)[1].lstrip("\n")
+        write_text = head + section + ("\n" + after if after else "")
+    atomic_write_bytes(path, write_text.encode())
 
 
 def _plot(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -505,7 +863,11 @@ def diagnose_bn(seed: int, epochs: int, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _diagnose_one(eps: float, seed: int, epochs: int, data: dict[str, Any]) -> dict[str, Any]:
+def _diagnose_one(
+    eps: float, seed: int, epochs: int, data: dict[str, Any], *, steps: bool = True
+) -> dict[str, Any]:
+    """One eps of :func:`diagnose_bn`; ``steps=False`` leaves out the last epoch's per-step
+    measurements (an exact mean over 1,000 images before every step: most of the time)."""
     import torch
     from numpy_cnn_twin import fit_torch_twin, torch_twin
 
@@ -528,7 +890,7 @@ def _diagnose_one(eps: float, seed: int, epochs: int, data: dict[str, Any]) -> d
         return f.mean(0), f.std(0)
 
     def hook(mod: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _o: Any) -> None:
-        if not mod.training or state["epoch"] != epochs - 1:
+        if not steps or not mod.training or state["epoch"] != epochs - 1:
             return
         mu, sd = exact(sub)  # the weights this batch sees
         scale = torch.sqrt(sd**2 + eps)
@@ -551,12 +913,13 @@ def _diagnose_one(eps: float, seed: int, epochs: int, data: dict[str, Any]) -> d
     fit_torch_twin(
         model, data["xtr"], data["ytr"], epochs=epochs, lr=LR, seed=seed, on_epoch_end=after_epoch
     )
-    return {
-        "per_epoch": rec,
-        "last_epoch_median_mean_shift_per_step": float(np.median(step["mean_shift_per_step"])),
-        "last_epoch_median_batch_mean_error": float(np.median(step["batch_mean_error"])),
-        "sqrt_eps": float(np.sqrt(eps)),
-    }
+    out: dict[str, Any] = {"per_epoch": rec}
+    if steps:
+        shifts, errors = step["mean_shift_per_step"], step["batch_mean_error"]
+        out["last_epoch_median_mean_shift_per_step"] = float(np.median(shifts))
+        out["last_epoch_median_batch_mean_error"] = float(np.median(errors))
+    out["sqrt_eps"] = float(np.sqrt(eps))
+    return out
 
 
 def run_one(
@@ -589,7 +952,7 @@ def run_one(
 def main() -> None:
     global RESULTS, RUNS_DIR
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"from {list(VARIANTS)}")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=f"from {FRAMEWORKS}")
@@ -605,8 +968,7 @@ def main() -> None:
     if args.out is not None:
         RESULTS, RUNS_DIR = args.out, args.out / "runs"
     if args.summarize:
-        print(markdown_tables(summarize()))
-        print(f"wrote {RESULTS / 'mnist.json'}")
+        _summarize_and_write_page()
         return
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -649,8 +1011,22 @@ def main() -> None:
                     f"{r['train_seconds']:.0f} s",
                     flush=True,
                 )
-    summarize()
+    _summarize_and_write_page()
+
+
+def _summarize_and_write_page() -> None:
+    summary = summarize()
+    print(markdown_tables(summary))
     print(f"wrote {RESULTS / 'mnist.json'}")
+    path = RESULTS / "bn_diagnosis.json"
+    diagnosis = json.loads(path.read_text()) if path.is_file() else None
+    if diagnosis is not None and page_ready(summary, diagnosis):
+        write_page(summary, diagnosis, RESULTS / "README.md")
+        print(f"wrote {RESULTS / 'README.md'} (its section on these runs)")
+    else:
+        print(
+            "README.md not rewritten: it needs every variant, Keras's batch norm and the diagnosis"
+        )
 
 
 if __name__ == "__main__":
