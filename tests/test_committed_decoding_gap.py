@@ -41,11 +41,14 @@ def test_subset_variants_are_recomputed(data: dict[str, Any]) -> None:
     assert set(again) == set(subset["variants"]) == set(gap.CHECK_KEYS)
     for key, row in subset["variants"].items():
         assert again[key]["description"] == data["variants"][key]["description"]
+        # float32 responses: another CPU's vector width changes the summation order, which
+        # moves these errors by a few parts in 1e8 (seen: 4e-8); a changed method moves them
+        # by far more than 1e-6
         for n, modes in row["layers"].items():
             for mode, stats in modes.items():
                 got = again[key]["layers"][n][mode]
-                assert got["mean"] == pytest.approx(stats["mean"], rel=1e-9), (key, n, mode)
-                assert got["std"] == pytest.approx(stats["std"], rel=1e-9), (key, n, mode)
+                assert got["mean"] == pytest.approx(stats["mean"], rel=1e-6), (key, n, mode)
+                assert got["std"] == pytest.approx(stats["std"], rel=1e-6), (key, n, mode)
 
 
 def test_baseline_is_the_library_and_table_json(data: dict[str, Any]) -> None:
