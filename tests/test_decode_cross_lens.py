@@ -208,7 +208,8 @@ def test_bad_units_are_refused() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.b(F.relu(self.a(x)))
 
-    with pytest.raises(ConvscopeError, match="the deconvnet needs ReLU modules below b"):
+    msg = r"^deconvnet needs ReLU modules below b; found function call relu$"
+    with pytest.raises(ConvscopeError, match=msg):
         locate_unit(Functional().double(), "b", x, 0)
 
 

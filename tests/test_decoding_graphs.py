@@ -9,11 +9,20 @@ layer's bias-free response wherever the filter lies inside the image. Float64 th
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
 
-from convscope.decoding import DecodedFilters, decode, decoding_chain, layer_response
+from convscope.decoding import (
+    DecodedFilters,
+    decode,
+    decoding_chain,
+    deconvnet,
+    layer_response,
+)
 from convscope.errors import ConvscopeError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -320,3 +329,87 @@ class _Tanh(_Two):
 def test_undecodable_branches_name_the_operation(cls: type[nn.Module], message: str) -> None:
     with pytest.raises(ConvscopeError, match=message):
         decode(cls(), "top")
+
+
+# --------------------------------------------------------------------------- deconvnet
+
+
+class _RectifiedBackward(torch.autograd.Function):
+    """ReLU forward, ``relu`` of the incoming gradient backward: Zeiler-Fergus's rule."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        return g.clamp(min=0)
+
+
+class _DeconvReLU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _RectifiedBackward.apply(x)
+
+
+def _resnet18(seed: int) -> nn.Module:
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(seed)
+    return _calibrated(tv.models.resnet18(weights=None), (1, 3, 64, 64), seed=seed)
+
+
+def test_deconvnet_through_resnet18_is_autograd_with_rectified_relus() -> None:
+    """The reference swaps every ReLU module for one whose backward is relu(grad): plain
+    autograd then is the deconvnet, switches, residual splits and all."""
+    model = _resnet18(3)
+    ref = copy.deepcopy(model)
+    for m in list(ref.modules()):
+        for child, sub in list(m.named_children()):
+            if isinstance(sub, nn.ReLU):
+                setattr(m, child, _DeconvReLU())
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    got = deconvnet(model, "layer2.1.conv2", x, 7)
+    xr = x.clone().requires_grad_(True)
+    out: list[torch.Tensor] = []
+    h = dict(ref.named_modules())["layer2.1.conv2"].register_forward_hook(
+        lambda _m, _a, o: out.append(o)
+    )
+    try:
+        ref(xr)
+    finally:
+        h.remove()
+    o = out[0]
+    best = o[:, 7].flatten(1).argmax(1)
+    seed = torch.zeros_like(o)
+    for i in range(2):
+        seed[i, 7].view(-1)[best[i]] = 1.0
+    (want,) = torch.autograd.grad(o, xr, seed)
+    assert want.abs().max() > 1e-3
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # the model's own ReLUs are in place again and hook-free afterwards
+    assert model.relu.inplace and not model.relu._backward_hooks
+    # a fixed position: the same unit for every image
+    at = deconvnet(model, "layer2.1.conv2", x, 7, position=(3, 4))
+    one = deconvnet(model, "layer2.1.conv2", x[1:], 7, position=(3, 4))
+    torch.testing.assert_close(at[1:], one, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ConvscopeError, match=r"position 8,0 lies outside layer2.1.conv2's"):
+        deconvnet(model, "layer2.1.conv2", x, 7, position=(8, 0))
+
+
+def test_cross_lens_reads_a_resnet_unit_three_ways() -> None:
+    from convscope.cross_lens import cross_lens
+
+    model = _resnet18(4)
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    lens = cross_lens(model, "layer2.0.conv2", x, 3, position=(4, 4))
+    # the row of a ReLU / max-pool network in freeze mode is the unit's gradient
+    xr = x.clone().requires_grad_(True)
+    out: list[torch.Tensor] = []
+    h = model.layer2[0].conv2.register_forward_hook(lambda _m, _a, o: out.append(o))
+    try:
+        model(xr)
+    finally:
+        h.remove()
+    (g,) = torch.autograd.grad(out[0][0, 3, 4, 4], xr)
+    torch.testing.assert_close(lens.row, g[0], rtol=1e-9, atol=1e-12)
+    assert lens.decoded.abs().max() > 0 and lens.deconvnet.abs().max() > 0
+    assert all(-1 <= v <= 1 for v in lens.cosine().values())

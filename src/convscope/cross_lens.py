@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convscope.decoding import decode, decoding_chain
+from convscope.decoding import decode, deconvnet, deconvnet_relus
 from convscope.errors import ConvscopeError
 
 __all__ = ["MAPS", "CrossLens", "cross_lens", "locate_unit"]
@@ -172,8 +172,8 @@ def locate_unit(
     """Check a unit and find its position: one forward pass, no gradients.
 
     Args:
-        model: the network (a chain below ``layer``, as :func:`convscope.decoding.deconvnet`
-            needs).
+        model: the network; below ``layer`` a graph :func:`convscope.decoding.decode` can
+            walk (chains, sums, channel concatenations) with ReLU modules, not calls.
         layer: a ``Conv2d`` (or ``KernelBank2d``) of ``model`` or its dotted name.
         image: ``(1, C, H, W)``.
         channel: the unit's channel.
@@ -186,19 +186,12 @@ def locate_unit(
 
     Raises:
         ConvscopeError: an unknown or undecodable layer (the message from
-            :func:`convscope.decoding.decoding_chain`), a channel out of range, a position
+            :func:`convscope.decoding.deconvnet_relus`), a channel out of range, a position
             outside the map, or a ReLU below the layer that is a function call (the
             deconvnet reaches ReLUs through module hooks).
     """
     _check_image(image)
-    steps = decoding_chain(model, layer)
-    name = steps[-1].name
-    functional = [s.name for s in steps if s.kind == "skip" and s.module is None]
-    if functional:
-        raise ConvscopeError(
-            f"the deconvnet needs ReLU modules below {name}; found function call {functional[0]}"
-        )
-    k_all = int(getattr(steps[-1].module, "out_channels", 0))  # a Conv2d's or a kernel bank's
+    name, k_all, _ = deconvnet_relus(model, layer)
     if isinstance(channel, bool) or not 0 <= int(channel) < k_all:
         raise ConvscopeError(f"{name} has channels 0..{k_all - 1}; got {channel}")
     with torch.no_grad():
@@ -220,32 +213,11 @@ def _deconvnet_at(
     model: nn.Module, name: str, image: torch.Tensor, channel: int, position: tuple[int, int]
 ) -> tuple[torch.Tensor, float]:
     """The Zeiler-Fergus map of one unit, ``(C, H, W)``, and the unit's activation."""
-
-    def rectify(_m: nn.Module, _gin: Any, gout: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
-        return (gout[0].clamp(min=0),)
-
-    steps = decoding_chain(model, name)
-    captured: list[torch.Tensor] = []
-    module = dict(model.named_modules())[name]
-    handles = [module.register_forward_hook(lambda _m, _i, out: captured.append(out))]
-    handles += [
-        s.module.register_full_backward_hook(rectify)
-        for s in steps
-        if s.kind == "skip" and isinstance(s.module, (nn.ReLU, nn.ReLU6, nn.LeakyReLU))
-    ]
+    grad = deconvnet(model, name, image, channel, position)
+    with torch.no_grad():
+        out = _UpTo(model, name)(image)
     y, x = position
-    try:
-        x0 = image.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            model(x0)
-            out = captured[0]
-            seed = torch.zeros_like(out)
-            seed[0, channel, y, x] = 1.0
-            (grad,) = torch.autograd.grad(out, x0, seed)
-    finally:
-        for h in handles:
-            h.remove()
-    return grad.detach()[0], float(out.detach()[0, channel, y, x])
+    return grad[0], float(out[0, channel, y, x])
 
 
 def cross_lens(

@@ -77,6 +77,7 @@ __all__ = [
     "decoded_activations",
     "decoding_chain",
     "deconvnet",
+    "deconvnet_relus",
     "error_table",
     "kernel_composition",
     "layer_name",
@@ -1187,36 +1188,79 @@ def _unit_positions(response: torch.Tensor, k: int) -> torch.Tensor:
     return k * h * w + best
 
 
+_RECTIFIED = (nn.ReLU, nn.ReLU6, nn.LeakyReLU)
+
+
+def deconvnet_relus(model: nn.Module, layer: nn.Module | str) -> tuple[str, int, list[nn.Module]]:
+    """What :func:`deconvnet` needs of a layer: its name, filter count and the ReLUs below.
+
+    The graph below ``layer`` must be one :func:`decode` can walk (chains, sums,
+    scalings, channel concatenations); every rectifier on it must be a module, since
+    the deconvnet rectifies the backward signal through module hooks.
+
+    Returns:
+        ``(name, K, relus)``: the dotted name, the layer's number of filters and the
+        ReLU (ReLU6, LeakyReLU) modules on the paths from the image to the layer.
+
+    Raises:
+        ConvscopeError: an undecodable layer or graph, or a rectifier below it that is
+            a function call (``F.relu``); the message names it.
+    """
+    name, top = _top_layer(model, layer)
+    g = _Graph(model, name)
+    _decode_graph(model, name, _unit_patterns(name, top, [0], torch.float32)[1], "nearest")
+    below: set[torch.fx.Node] = set()
+    stack = [g.top]
+    while stack:
+        for a in stack.pop().all_input_nodes:
+            if a in g.from_input and a not in below:
+                below.add(a)
+                stack.append(a)
+    relus: list[nn.Module] = []
+    for node in g.graph.nodes:
+        if node not in below or node.op == "placeholder":
+            continue
+        step = g.step(node)
+        if step is not None and step.kind == "skip" and step.module is None:
+            raise ConvscopeError(
+                f"deconvnet needs ReLU modules below {name}; found function call {step.name}"
+            )
+        m = step.module if step is not None else None
+        if isinstance(m, _RECTIFIED) and all(m is not r for r in relus):
+            relus.append(m)
+    return name, _out_channels(top), relus
+
+
 def deconvnet(
-    model: nn.Module, layer: nn.Module | str, images: torch.Tensor, filter_index: int
+    model: nn.Module,
+    layer: nn.Module | str,
+    images: torch.Tensor,
+    filter_index: int,
+    position: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Zeiler-Fergus deconvolution of filter ``filter_index``'s strongest unit, per image.
+    """Zeiler-Fergus deconvolution of one unit of filter ``filter_index``, per image.
 
     The unit's activation is projected back to the image through the layers below:
     transposed convolutions, max-pool switches recorded in the forward pass, and at
-    every ReLU the rectified backward signal (``relu`` of it, not the forward mask).
-    Next to the decoded filter (no image, no switches, ReLUs skipped) and the linear
-    interpreter's row (switches and the forward ReLU masks of this image), it is the
-    third way of reading one unit.
+    every ReLU the rectified backward signal (``relu`` of it, not the forward mask);
+    at a sum the signal goes down every branch, at a concatenation each part gets its
+    channels. Next to the decoded filter (no image, no switches, ReLUs skipped) and
+    the linear interpreter's row (switches and the forward ReLU masks of this image),
+    it is the third way of reading one unit.
 
     Args:
         images: ``(N, C, H, W)``.
+        position: ``(y, x)`` on the layer's output grid, the same for every image;
+            ``None``: each image's strongest unit of the filter.
 
     Returns:
         ``(N, C, H, W)``.
 
     Raises:
-        ConvscopeError: ``layer`` cannot be decoded (see :func:`decoding_chain`) or a
-            ReLU below it is a function call, which this hook-based version cannot reach.
+        ConvscopeError: see :func:`deconvnet_relus`; a filter index or position out of
+            range.
     """
-    steps = decoding_chain(model, layer)
-    name = steps[-1].name
-    functional = [s.name for s in steps if s.kind == "skip" and s.module is None]
-    if functional:
-        raise ConvscopeError(
-            f"deconvnet needs ReLU modules below {name}; found function call {functional[0]}"
-        )
-    k_all = _out_channels(steps[-1].module)
+    name, k_all, relus = deconvnet_relus(model, layer)
     if not 0 <= filter_index < k_all:
         raise ConvscopeError(f"{name} has filters 0..{k_all - 1}; got {filter_index}")
 
@@ -1225,23 +1269,35 @@ def deconvnet(
 
     captured: list[torch.Tensor] = []
     module = dict(model.named_modules())[name]
+    # a full backward hook cannot follow an in-place op: run the ReLUs out of place meanwhile
+    inplace = [m for m in relus if getattr(m, "inplace", False)]
     handles = [module.register_forward_hook(lambda _m, _i, out: captured.append(out))]
-    handles += [
-        s.module.register_full_backward_hook(rectify)
-        for s in steps
-        if s.kind == "skip" and isinstance(s.module, (nn.ReLU, nn.ReLU6, nn.LeakyReLU))
-    ]
     try:
+        for m in inplace:
+            m.inplace = False  # type: ignore[assignment]
+        handles += [m.register_full_backward_hook(rectify) for m in relus]
         x = images.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             model(x)
             out = captured[0]
+            n, _, h, w = out.shape
             seed = torch.zeros_like(out).flatten(1)
-            seed[torch.arange(out.shape[0]), _unit_positions(out.detach(), filter_index)] = 1.0
+            if position is None:
+                flat = _unit_positions(out.detach(), filter_index)
+            else:
+                y, xx = int(position[0]), int(position[1])
+                if not (0 <= y < h and 0 <= xx < w):
+                    raise ConvscopeError(
+                        f"position {y},{xx} lies outside {name}'s output map ({h}x{w})"
+                    )
+                flat = torch.full((n,), (filter_index * h + y) * w + xx, dtype=torch.long)
+            seed[torch.arange(n), flat] = 1.0
             (grad,) = torch.autograd.grad(out, x, seed.view_as(out))
     finally:
-        for h in handles:
-            h.remove()
+        for hd in handles:
+            hd.remove()
+        for m in inplace:
+            m.inplace = True  # type: ignore[assignment]
     return grad.detach()
 
 
