@@ -90,3 +90,20 @@ def test_site_shows_the_committed_results(site: Path) -> None:
         assert "!-- result: " not in html and "!-- /result" not in html, page
     html = (site / "spectral" / "index.html").read_text()
     assert "21.8 dB at 2.6% test error" in html  # the committed LeNet, from toy_and_models.json
+
+
+def test_the_readme_shows_a_committed_picture_of_each_lens() -> None:
+    """The front door's pictures: every one a committed results file, one per lens."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    front = text[: text.index("## A short tour")]
+    srcs = re.findall(r'<img src="([^"]+)"', front)
+    tracked = set(
+        subprocess.run(
+            ["git", "ls-files", *srcs], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    assert srcs and set(srcs) == tracked  # each exists and is committed
+    folders = {s.split("/")[2] for s in srcs}  # experiments/results/<lens>/...
+    assert {"linear", "decoding", "spectral", "numpy_cnn", "evaluation"} <= folders
+    assert any("filter_scores" in s for s in srcs)
