@@ -413,3 +413,23 @@ def test_cross_lens_reads_a_resnet_unit_three_ways() -> None:
     torch.testing.assert_close(lens.row, g[0], rtol=1e-9, atol=1e-12)
     assert lens.decoded.abs().max() > 0 and lens.deconvnet.abs().max() > 0
     assert all(-1 <= v <= 1 for v in lens.cosine().values())
+
+
+def test_a_model_behind_input_normalisation_keeps_its_names_and_decodes_through_it() -> None:
+    """convscope puts torchvision models behind ``normalize`` (``(x - mean) / std``): the
+    user's layer names still work, and the decoded filter is still the image gradient (so
+    the per-channel 1 / std is applied; the mean is a bias)."""
+    from convscope.models import normalized
+
+    torch.manual_seed(0)
+    inner = _linear_resnet18()
+    model = normalized(inner, (0.485, 0.456, 0.406), (0.229, 0.224, 0.5)).double().eval()
+    x = torch.rand(1, 3, 96, 96, dtype=torch.float64)
+    dec = decode(model, "layer1.1.conv2", filters=[3])
+    assert dec.layer == "net.layer1.1.conv2" and dec.chain[0] == "scale normalize (Normalize)"
+    assert _gradient_matches_filter(model, "net.layer1.1.conv2", x, [(3, 6, 7)]) < 1e-10
+    bare = decode(inner, "layer1.1.conv2", filters=[3])
+    scale = torch.tensor([0.229, 0.224, 0.5], dtype=torch.float64)[None, :, None, None]
+    torch.testing.assert_close(dec.filters, bare.filters / scale, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ConvscopeError, match="has no module 'layer9'"):
+        decode(model, "layer9")

@@ -124,7 +124,7 @@ class ChainStep:
 
     Attributes:
         name: dotted module name (or the function's name for functional calls).
-        kind: ``"conv"``, ``"pool"``, ``"scale"`` (batch norm) or ``"skip"``.
+        kind: ``"conv"``, ``"pool"``, ``"scale"`` (batch norm, input normalisation) or ``"skip"``.
         module: the module (``None`` for a skipped function); a ``"conv"`` step's is a
             ``Conv2d`` or a ``KernelBank2d`` (a fixed grouped convolution).
         stride, padding, dilation, kernel_size: of a conv or pool, as (rows, cols);
@@ -161,11 +161,19 @@ def _pair_str(p: tuple[int, int]) -> str:
 def layer_name(model: nn.Module, layer: nn.Module | str) -> str:
     """The dotted name of ``layer`` in ``model.named_modules()``.
 
+    A model behind convscope's input normalisation (:func:`convscope.models.normalized`:
+    ``normalize`` then ``net``) also takes the inner network's own names: ``"layer1.0.conv1"``
+    for ``"net.layer1.0.conv1"``.
+
     Raises:
         ConvscopeError: the name or module is not part of ``model``.
     """
     if isinstance(layer, str):
         names = dict(model.named_modules())
+        if layer not in names and f"net.{layer}" in names and _is_normalizing(model):
+            # convscope put the user's network behind its input normalisation: the user's
+            # own layer names stay valid
+            return f"net.{layer}"
         if layer not in names or layer == "":
             convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
             raise ConvscopeError(
@@ -177,6 +185,20 @@ def layer_name(model: nn.Module, layer: nn.Module | str) -> str:
         if m is layer and name:
             return name
     raise ConvscopeError(f"{type(layer).__name__} module is not part of {type(model).__name__}")
+
+
+def _is_normalize(m: nn.Module | None) -> bool:
+    from convscope.models.normalize import Normalize
+
+    return isinstance(m, Normalize)
+
+
+def _is_normalizing(model: nn.Module) -> bool:
+    """Whether ``model`` is :func:`convscope.models.normalized`'s wrapper (normalize, net)."""
+    from convscope.models.normalize import Normalize
+
+    children = dict(model.named_children())
+    return list(children) == ["normalize", "net"] and isinstance(children["normalize"], Normalize)
 
 
 def _kernel_bank_class() -> type[KernelBank2d]:
@@ -255,6 +277,8 @@ def _step_for_module(name: str, m: nn.Module) -> ChainStep:
             dilation=dil,
             kernel_size=_pair(m.kernel_size),
         )
+    if _is_normalize(m):
+        return ChainStep(name, "scale", m)  # (x - mean) / std: its linear part is 1 / std
     if isinstance(m, nn.BatchNorm2d):
         if m.training or m.running_var is None:
             raise ConvscopeError(
@@ -266,7 +290,8 @@ def _step_for_module(name: str, m: nn.Module) -> ChainStep:
         return ChainStep(name, "skip", m)
     raise ConvscopeError(
         f"cannot decode through {name} ({type(m).__name__}): decoding knows Conv2d, "
-        "KernelBank2d, MaxPool2d, AvgPool2d, BatchNorm2d and skips ReLU, dropout and identities"
+        "KernelBank2d, MaxPool2d, AvgPool2d, BatchNorm2d, convscope's input normalisation and "
+        "skips ReLU, dropout and identities"
     )
 
 
@@ -415,6 +440,9 @@ def _step_down(d: torch.Tensor, step: ChainStep, unpool: str) -> torch.Tensor:
     if step.kind == "pool":
         return _unpool(d, step, unpool)
     if step.kind == "scale":
+        if _is_normalize(m):
+            std = torch.tensor(m.std, dtype=d.dtype, device=d.device)  # type: ignore[union-attr]
+            return d / std[None, :, None, None]
         assert isinstance(m, nn.BatchNorm2d) and m.running_var is not None
         scale = torch.rsqrt(m.running_var.detach().to(d.dtype) + m.eps)
         if m.weight is not None:
