@@ -73,7 +73,7 @@ SOURCES = {
     ),
 }
 # The one short cell the tests regenerate through run_cell (same code path, tiny data).
-SMOKE = {"condition": "init", "seed": 0, "epochs": 1, "n_train": 400, "n_test": 200}
+SMOKE: dict[str, Any] = {"condition": "init", "seed": 0, "epochs": 1, "n_train": 400, "n_test": 200}
 
 
 def regime() -> tr.TrainConfig:
