@@ -382,13 +382,17 @@ def test_deconvnet_through_resnet18_is_autograd_with_rectified_relus() -> None:
     seed = torch.zeros_like(o)
     for i in range(2):
         seed[i, 7].view(-1)[best[i]] = 1.0
-    (want,) = torch.autograd.grad(o, xr, seed)
+    (want,) = torch.autograd.grad(o, xr, seed, retain_graph=True)
     assert want.abs().max() > 1e-3
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     # the model's own ReLUs are in place again and hook-free afterwards
     assert model.relu.inplace and not model.relu._backward_hooks
-    # a fixed position: the same unit for every image
+    # a fixed position: the same unit (row 3, column 4) for every image
     at = deconvnet(model, "layer2.1.conv2", x, 7, position=(3, 4))
+    seed = torch.zeros_like(o)
+    seed[:, 7, 3, 4] = 1.0
+    (want_at,) = torch.autograd.grad(o, xr, seed, retain_graph=True)
+    torch.testing.assert_close(at, want_at, rtol=1e-10, atol=1e-12)
     one = deconvnet(model, "layer2.1.conv2", x[1:], 7, position=(3, 4))
     torch.testing.assert_close(at[1:], one, rtol=1e-12, atol=1e-14)
     with pytest.raises(ConvscopeError, match=r"position 8,0 lies outside layer2.1.conv2's"):
