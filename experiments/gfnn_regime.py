@@ -199,8 +199,14 @@ def _compare(d: dict, a: str, b: str) -> str:
             else ""
         )
         + "; "
-        f"seed by seed, {a} is above {b} on {wins} of {len(paired)} seeds and below on {losses}."
+        f"seed by seed, {a} is above {b} on {wins} of {len(paired)} seeds and below on {losses}"
     )
+    if wins + losses:
+        k, n = max(wins, losses), wins + losses  # one-sided sign test on the seeds that differ
+        p = sum(math.comb(n, j) for j in range(k, n + 1)) / 2**n
+        side = "below" if losses > wins else "above"
+        text += f" (sign test, one-sided, that {a} is {side} {b}: p = {p:.3f})"
+    text += "."
     if set(paired) != set(sa["seeds"]) | set(sb["seeds"]) and paired:
         gap = statistics.fmean(acc[(a, s)] - acc[(b, s)] for s in paired)
         text += (
