@@ -154,9 +154,12 @@ def conv_nd(draw: st.DrawFn, nd: int) -> dict[str, Any]:
     dil = tuple(draw(st.integers(1, 2)) for _ in range(nd))
     # at most the window's extent - 1, so the first window reads the input
     pad = tuple(min(draw(st.integers(0, 2)), dil[i] * (k[i] - 1)) for i in range(nd))
-    # every output has at least one position
+    # every output has at least one position, and the first window has a tap on the input:
+    # its taps sit at -pad, -pad + dil, ..., so the first one at or past 0 is (-pad) mod dil
+    # (with size 1, dilation 2 and padding 1 both taps would read padding)
     size = tuple(
-        draw(st.integers(max(1, dil[i] * (k[i] - 1) + 1 - 2 * pad[i]), 7)) for i in range(nd)
+        draw(st.integers(max(1, dil[i] * (k[i] - 1) + 1 - 2 * pad[i], -pad[i] % dil[i] + 1), 7))
+        for i in range(nd)
     )
     mode = draw(st.sampled_from(["zeros", "reflect", "circular", "replicate"]))
     if mode == "reflect" and any(p >= s for p, s in zip(pad, size, strict=True)):
