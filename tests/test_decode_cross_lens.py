@@ -284,6 +284,15 @@ def test_decode_unit_writes_figure_report_and_numbers(
     (u,) = json.loads((tmp_path / "seven" / "metrics.json").read_text())["units"]
     assert u["image"] == 7 and u["image_chosen"] == "given"
     assert u["cosine"] == cross_lens(model, "features.conv4", x[7:8], 3).cosine()
+    # --unit-mode taylor: the row is the unit's gradient (LeNet's max pools and ReLUs are
+    # piecewise linear, so the numbers differ from freeze only where the modes differ)
+    code, _, err = _run(capsys, *_BASE, "--unit", "features.conv4:3", "--unit-image", "7",
+                        "--unit-mode", "taylor", "--out", str(tmp_path / "taylor"))  # fmt: skip
+    assert code == 0, err
+    (t,) = json.loads((tmp_path / "taylor" / "metrics.json").read_text())["units"]
+    assert t["mode"] == "taylor"
+    assert t["cosine"] == cross_lens(model, "features.conv4", x[7:8], 3, mode="taylor").cosine()
+    assert "mode taylor" in (tmp_path / "taylor" / "report.html").read_text()
 
 
 _CONVS = "features.conv1, features.conv2, features.conv3, features.conv4"
@@ -308,6 +317,7 @@ _BAD = [
      "map (1x1: y 0..0, x 0..0)"),
     (["--unit", "features.conv4:1", "--unit-image", "20"],
      "error: --unit-image 20 is out of range: the run reads test images 0..19"),
+    (["--unit-mode", "exact"], "error: --unit-mode must be freeze or taylor; got 'exact'"),
 ]  # fmt: skip
 
 

@@ -505,6 +505,13 @@ def decode(
         int | None,
         typer.Option(help="--unit: the test image to read on (default: each unit's strongest)."),
     ] = None,
+    unit_mode: Annotated[
+        str,
+        typer.Option(
+            help="--unit: the linear row frozen at the image's decisions (freeze) or the "
+            "unit's gradient (taylor)."
+        ),
+    ] = "freeze",
     options: Any = None,
 ) -> None:
     """Decode a layer's filters into image space (seed 003): gallery, error table, report."""
@@ -512,7 +519,7 @@ def decode(
 
     res = run.run(model, layer, out, unpool=unpool, dataset=dataset, data_dir=data_dir,
                   n_images=images, max_filters=max_filters, units=unit or (),
-                  unit_image=unit_image, **options)  # fmt: skip
+                  unit_image=unit_image, unit_mode=unit_mode, **options)  # fmt: skip
     for mode, e in res.metrics["reconstruction_error"].items():
         typer.echo(f"{mode:9s} reconstruction error {e['mean']:.4f} ± {e['std']:.4f}")
     for u in res.metrics.get("units", []):

@@ -128,6 +128,7 @@ def run(
     top: int = 4,
     units: Sequence[str | Unit] = (),
     unit_image: int | None = None,
+    unit_mode: str = "freeze",
     weights: str | bool | None = None,
     state_dict: str | os.PathLike[str] | None = None,
     device: str | None = "cpu",
@@ -153,12 +154,14 @@ def run(
         top: top-activating images per filter.
         units: units to read three ways (:func:`parse_unit`: ``"LAYER:CHANNEL"`` or
             ``"LAYER:CHANNEL@Y,X"``, or :class:`Unit`): each one's decoded filter,
-            deconvnet reconstruction and linear interpreter's row (freeze mode) side by
-            side (:func:`convscope.cross_lens.cross_lens`), one figure per unit
+            deconvnet reconstruction and linear interpreter's row side by side
+            (:func:`convscope.cross_lens.cross_lens`), one figure per unit
             (``cross_lens_*.png``), a report section and ``metrics["units"]``.
         unit_image: the test image (an index into the first ``n_images``) the units are
             read on; ``None``: for each unit the image it answers most (at its position,
             or anywhere when it has none).
+        unit_mode: the row's mode: ``"freeze"`` (the image's decisions frozen, seed 001)
+            or ``"taylor"`` (the Jacobian, the unit's gradient).
         weights, state_dict, device, overwrite, formats, progress: the shared options.
 
     Returns:
@@ -166,13 +169,15 @@ def run(
         metrics are the contents of ``metrics.json``.
 
     Raises:
-        ConvscopeError: a bad model, layer, mode, dataset, unit, ``unit_image`` or
+        ConvscopeError: a bad model, layer, mode, dataset, unit, ``unit_image``, ``unit_mode`` or
             ``--out``, or images the model cannot take; all before the long work.
     """
     from convscope.data import load_dataset
 
     if n_images < 1 or max_filters < 1 or top < 1:
         raise ConvscopeError("--images, --max-filters and --top must be at least 1")
+    if unit_mode not in ("freeze", "taylor"):
+        raise ConvscopeError(f"--unit-mode must be freeze or taylor; got {unit_mode!r}")
     named = list(dict.fromkeys(parse_unit(u) for u in units))
     owned = (*OWNED, *(u.figure for u in named))
     o = open_out(out, owned, overwrite=overwrite, formats=formats)
@@ -195,7 +200,18 @@ def run(
     _check_units(net, named, x[:1])
     with o.interruptible():
         return _write(
-            loaded, dec, test, x, o, unpool, max_filters, top, progress, named, unit_image
+            loaded,
+            dec,
+            test,
+            x,
+            o,
+            unpool,
+            max_filters,
+            top,
+            progress,
+            named,
+            unit_image,
+            unit_mode,
         )
 
 
@@ -211,6 +227,7 @@ def _write(
     progress: bool,
     units: Sequence[Unit] = (),
     unit_image: int | None = None,
+    unit_mode: str = "freeze",
 ) -> RunResult:
     from tqdm.auto import tqdm
 
@@ -298,7 +315,7 @@ def _write(
         )
         metrics["best_image_labels"] = [int(test.labels[i]) for i in best.tolist()]
     composition = _composition(model, dec, unpool, o, metrics)
-    cross = _cross_lens(model, test, x, units, unit_image, unpool, o, metrics)
+    cross = _cross_lens(model, test, x, units, unit_image, unpool, o, metrics, unit_mode)
     o.json("metrics.json", metrics)
 
     table = Table(
@@ -453,6 +470,7 @@ def _cross_lens(
     unpool: str,
     o: Outputs,
     metrics: dict[str, Any],
+    mode: str = "freeze",
 ) -> Section | None:
     """``--unit``: each unit's three readings, a figure each and ``metrics["units"]``."""
     if not units:
@@ -462,7 +480,9 @@ def _cross_lens(
     for u in units:
         name, _, _ = locate_unit(model, u.layer, x[:1], u.channel, u.position)
         i = _unit_image(model, x, u, name, unit_image)
-        c: CrossLens = cross_lens(model, name, x[i : i + 1], u.channel, u.position, unpool=unpool)
+        c: CrossLens = cross_lens(
+            model, name, x[i : i + 1], u.channel, u.position, unpool=unpool, mode=mode
+        )
         label = test.class_names[test.labels[i]]
         cos = c.cosine()
         y, xx = c.position
@@ -511,8 +531,13 @@ def _cross_lens(
             f"filter ({unpool} unpooling, ReLUs skipped; the same for every position of the "
             "channel), its Zeiler-Fergus deconvnet reconstruction (the image's max-pool "
             "switches, the backward signal rectified at every ReLU) and the linear "
-            "interpreter's row for it (the network cut at the unit's layer and frozen at the "
-            "image: its ReLU masks and max-pool selections). The maps are cut to the unit's "
+            "interpreter's row for it (the network cut at the unit's layer; "
+            + (
+                "frozen at the image: its ReLU masks and max-pool selections"
+                if mode == "freeze"
+                else "mode taylor: the Jacobian, the unit's gradient at the image"
+            )
+            + "). The maps are cut to the unit's "
             "receptive field, each drawn on its own signed scale (docs/decoding.md)."
         ],
         tables=[table],
