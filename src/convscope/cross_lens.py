@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convscope.decoding import decode, deconvnet, deconvnet_relus
+from convscope.decoding import UpTo, decode, deconvnet, deconvnet_relus
 from convscope.errors import ConvscopeError
 
 __all__ = ["MAPS", "CrossLens", "cross_lens", "locate_unit"]
@@ -138,24 +138,6 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.flatten(), b.flatten(), dim=0))
 
 
-class _UpTo(nn.Module):
-    """``model`` cut at ``name``: returns that module's output (the rest still runs)."""
-
-    def __init__(self, model: nn.Module, name: str) -> None:
-        super().__init__()
-        self.model = model
-        self.target = dict(model.named_modules())[name]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        captured: list[torch.Tensor] = []
-        handle = self.target.register_forward_hook(lambda _m, _i, out: captured.append(out))
-        try:
-            self.model(x)
-        finally:
-            handle.remove()
-        return captured[0]
-
-
 def _check_image(image: torch.Tensor) -> None:
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[0] != 1:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
@@ -195,7 +177,7 @@ def locate_unit(
     if isinstance(channel, bool) or not 0 <= int(channel) < k_all:
         raise ConvscopeError(f"{name} has channels 0..{k_all - 1}; got {channel}")
     with torch.no_grad():
-        out = _UpTo(model, name)(image)
+        out = UpTo(model, name)(image)
     h, w = int(out.shape[-2]), int(out.shape[-1])
     if position is None:
         flat = int(out[0, int(channel)].flatten().argmax())
@@ -215,7 +197,7 @@ def _deconvnet_at(
     """The Zeiler-Fergus map of one unit, ``(C, H, W)``, and the unit's activation."""
     grad = deconvnet(model, name, image, channel, position)
     with torch.no_grad():
-        out = _UpTo(model, name)(image)
+        out = UpTo(model, name)(image)
     y, x = position
     return grad[0], float(out[0, channel, y, x])
 
@@ -256,7 +238,7 @@ def cross_lens(
     if mode not in ("freeze", "taylor"):  # before the interpreter's first pass
         raise ConvscopeError(f"mode must be one of ['freeze', 'taylor']; got {mode!r}")
     deconv, activation = _deconvnet_at(model, name, image, channel, pos)
-    li = LinearInterpreter(_UpTo(model, name), image.detach(), mode)  # type: ignore[arg-type]
+    li = LinearInterpreter(UpTo(model, name), image.detach(), mode)  # type: ignore[arg-type]
     row = li.rows([channel * h * w + pos[0] * w + pos[1]]).detach()[0]
     fh, fw = dec.filters.shape[-2:]
     window = (

@@ -70,6 +70,7 @@ __all__ = [
     "ChainStep",
     "DecodedFilters",
     "KernelComposition",
+    "UpTo",
     "ReconstructionError",
     "compare_responses",
     "decode",
@@ -1329,8 +1330,12 @@ def deconvnet(
     return grad.detach()
 
 
-class _UpTo(nn.Module):
-    """``model`` cut at ``name``: returns that module's output (the rest still runs)."""
+class UpTo(nn.Module):
+    """``model`` cut at ``name``: returns that module's output (the rest still runs).
+
+    What the linear interpreter reads a unit of an inner layer through (its rows are
+    then that layer's units).
+    """
 
     def __init__(self, model: nn.Module, name: str) -> None:
         super().__init__()
@@ -1365,7 +1370,7 @@ def linear_rows(
     from convscope.linear import LinearInterpreter
 
     name = layer_name(model, layer)
-    cut = _UpTo(model, name)
+    cut = UpTo(model, name)
     out = []
     for i in range(images.shape[0]):
         x0 = images[i : i + 1]
