@@ -29,8 +29,6 @@ checkpoint; the wrapper is :class:`BicubicRefiner`), ``metrics.json`` and ``comp
 from __future__ import annotations
 
 import argparse
-import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from train_sr import CROP, TRAIN_PHOTOS, luma, pairs, sample_batch, score
+from train_sr import CROP, TRAIN_PHOTOS, fit, luma, pairs, score
 
 from convscope.io import write_json
 from convscope.models import BicubicUpscaler, build_model, load_checkpoint, save_checkpoint
@@ -96,43 +94,9 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     train_data = pairs(TRAIN_PHOTOS, SCALE)
     model = build(ngf, n_blocks)
-    opt = torch.optim.Adam(model.generator.parameters(), lr=lr)
-    t0 = time.perf_counter()
-    losses: list[Any] = []
-    log = []
-    model.train()
-    for step in range(1, steps + 1):
-        # the schedule of train_sr.py: cosine from lr to lr / 100
-        frac = (step - 1) / steps
-        for g in opt.param_groups:
-            g["lr"] = lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * frac)))
-        x, y = sample_batch(train_data, batch, patch, gen)
-        loss = F.mse_loss(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.detach())
-        if step % 100 == 0:
-            losses[-100:] = [float(v) for v in losses[-100:]]
-            elapsed = time.perf_counter() - t0
-            mean = float(np.mean(losses[-100:]))
-            log.append({"step": step, "seconds": round(elapsed, 1), "train_mse": mean})
-            print(f"step {step:5d}  {elapsed:6.1f}s  train mse {mean:.6f}", flush=True)
-    model.eval()
-    info = {
-        "steps": steps,
-        "device": "cpu",
-        "train_seconds": round(time.perf_counter() - t0, 1),
-        "batch": batch,
-        "lr_patch": patch,
-        "hr_patch": patch * SCALE,
-        "peak_lr": lr,
-        "seed": seed,
-        "loss": "mse",
-        "optimizer": "adam, cosine to lr/100",
-        "torch_threads": torch.get_num_threads(),
-        "log": log,
-    }
+    # train_sr.py's loop (MSE, Adam, cosine to lr / 100) on the generator's parameters
+    info = fit(model, model.generator.parameters(), train_data, gen, SCALE, steps, seed, batch,
+               patch, lr)  # fmt: skip
     return model, info
 
 

@@ -25,6 +25,7 @@ import argparse
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,9 +122,33 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     train_data = pairs(TRAIN_PHOTOS, scale)
     model = build_model(arch, scale=scale, channels=1).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    info = fit(model, model.parameters(), train_data, gen, scale, steps, seed, batch, patch, lr,
+               device)  # fmt: skip
+    model.cpu()
+    return model, info
+
+
+def fit(
+    model: torch.nn.Module,
+    params: Any,
+    train_data: list[tuple[torch.Tensor, torch.Tensor]],
+    gen: torch.Generator,
+    scale: int,
+    steps: int,
+    seed: int,
+    batch: int,
+    patch: int,
+    lr: float,
+    device: str = "cpu",
+) -> dict:
+    """The training loop (MSE, Adam on ``params``, cosine schedule); returns its record.
+
+    ``experiments/train_i2i.py`` trains CycleGAN's generator with it too.
+    """
+    opt = torch.optim.Adam(params, lr=lr)
     t0 = time.perf_counter()
-    losses, log = [], []
+    losses: list[Any] = []
+    log = []
     model.train()
     for step in range(1, steps + 1):
         # Cosine decay from lr to lr / 100: a high peak rate because the budget is small
@@ -142,9 +167,9 @@ def train(
             elapsed = time.perf_counter() - t0
             mean = float(np.mean(losses[-100:]))
             log.append({"step": step, "seconds": round(elapsed, 1), "train_mse": mean})
-            print(f"step {step:5d}  {elapsed:6.1f}s  train mse {mean:.5f}", flush=True)
-    model.eval().cpu()
-    info = {
+            print(f"step {step:5d}  {elapsed:6.1f}s  train mse {mean:.6f}", flush=True)
+    model.eval()
+    return {
         "steps": steps,
         "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
         "train_seconds": round(time.perf_counter() - t0, 1),
@@ -158,7 +183,6 @@ def train(
         "torch_threads": torch.get_num_threads(),
         "log": log,
     }
-    return model, info
 
 
 def score(model: torch.nn.Module, key: str) -> dict:
