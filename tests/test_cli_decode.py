@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from _cli import run_cli
 
-from convscope.cli import main
 from convscope.models import build_model, save_checkpoint
 
 RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results" / "decoding"
@@ -19,14 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: threads only add
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    # in-process: a subprocess per case would spend most of the test importing torch
-    try:
-        main(["decode", *args])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, "decode", *args)
 
 
 def test_decode_writes_gallery_metrics_and_report(

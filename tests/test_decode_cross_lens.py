@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from _cli import run_cli
 from _scripts import experiment
 from torch import nn
 
-from convscope.cli import main
 from convscope.cross_lens import MAPS, cross_lens, locate_unit
 from convscope.decoding import decode, deconvnet, linear_rows
 from convscope.errors import ConvscopeError
@@ -217,13 +217,7 @@ def test_bad_units_are_refused() -> None:
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(["decode", *args])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, "decode", *args)
 
 
 _BASE = ("--model", str(CKPT), "--layer", "features.conv4", "--images", "20", "--no-progress",
